@@ -1,0 +1,367 @@
+"""Per-class coresets in latent space: the hierarchical divisive tree (ManifoldGD) and baselines.
+
+One call handles one class: ``Z`` (n, D) latents with their stable ``ids`` (n,), and returns
+exactly ``ipc`` :class:`Target` s, one per synthetic image.
+
+Methods
+  divisive  bisecting 2-means (FAISS) grown by a split criterion, then ``selection``:
+              leaves     grow exactly ipc leaves; targets = the leaves (what the reference code does)
+              levelwise  the paper's coarse-to-fine rule on a deeper tree (see ``select_levelwise``)
+  kmeans    FAISS k-means with k = ipc (MGD3); targets = cluster means (or medoids)
+  random    ipc distinct random real latents
+  herding   greedy herding toward the class mean (each pick keeps the running mean closest to it)
+  kcenter   greedy k-center, starting from the latent nearest the class mean
+
+Split criteria: ``sse`` picks the leaf with the largest sum of squared distances to its mean;
+``var`` the largest MEAN squared distance (SSE / size). (The reference code's ``var`` is numpy's
+scalar variance of all entries, which also measures spread between dimensions; we do not copy it.)
+A node's 2-means runs ``n_restarts`` seeded FAISS trainings on ALL its points
+(``max_points_per_centroid >= n`` so FAISS never subsamples) and keeps the assignment with the
+lowest exact SSE; a split with an empty side falls back to a seeded random halving.
+Everything is deterministic for a given ``seed`` (and thread count, for FAISS's reductions).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+METHODS = ("divisive", "kmeans", "random", "herding", "kcenter")
+SPLITS = ("sse", "var")
+SELECTIONS = ("leaves", "levelwise")
+REPRESENTATIVES = ("mean", "medoid")
+_SMALL_NODE = 1 << 22          # nodes with fewer numbers than this run FAISS on one thread
+
+
+def image_seed(global_seed: int, label: int, index: int) -> int:
+    """Seed of synthetic image (class ``label``, index ``index``): 63-bit, from SeedSequence.
+
+    Independent of batch size, worker count and order. -> int in [0, 2**63).
+    """
+    state = np.random.SeedSequence([int(global_seed), int(label), int(index)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 32 | int(state[1])) >> 1)
+
+
+@dataclass
+class Target:
+    """One synthetic image's target ``c`` and where it came from."""
+    label: int
+    index: int                    # j within the class, 0..ipc-1
+    depth: int                    # tree depth (root = 0); 0 for non-tree methods
+    parent: int                   # parent node id; -1 for the root and non-tree methods
+    node: int                     # node id in the class tree; -1 for non-tree methods
+    size: int                     # number of member latents
+    member_ids: np.ndarray        # (size,) int64 ids of the members
+    target: np.ndarray            # (D,) float32 latent c (mean or medoid, or the chosen real latent)
+    seed: int                     # image_seed(global_seed, label, index)
+    source_id: int = -1           # id of the chosen real latent (medoid/random/herding/kcenter), else -1
+    method: str = ""              # e.g. "divisive/levelwise/sse/mean"
+
+    def to_row(self) -> dict:
+        """Flat dict (for a table row)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _Node:
+    idx: np.ndarray               # (m,) row positions into Z
+    depth: int
+    parent: int
+    sse: float
+    children: list = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------
+# small numerics
+# ----------------------------------------------------------------------------------------
+def _mean64(X: np.ndarray) -> np.ndarray:
+    """(m, D) -> (D,) float64 mean."""
+    return X.mean(axis=0, dtype=np.float64)
+
+
+def _sse(X: np.ndarray, mu: np.ndarray | None = None, chunk: int = 2048) -> float:
+    """Sum of squared distances of the rows of X (m, D) to their mean; float64 accumulation."""
+    if len(X) <= 1:
+        return 0.0
+    mu32 = (_mean64(X) if mu is None else mu).astype(np.float32)
+    total = 0.0
+    for s in range(0, len(X), chunk):
+        d = X[s:s + chunk] - mu32
+        total += float(np.einsum("ij,ij->", d, d, dtype=np.float64))
+    return total
+
+
+def _sqdist_to(X: np.ndarray, v: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Squared distances of rows X (m, D) to one point v (D,) -> (m,) float64."""
+    v32 = np.asarray(v, dtype=np.float32)
+    out = np.empty(len(X), dtype=np.float64)
+    for s in range(0, len(X), chunk):
+        d = X[s:s + chunk] - v32
+        out[s:s + chunk] = np.einsum("ij,ij->i", d, d, dtype=np.float64)
+    return out
+
+
+@contextlib.contextmanager
+def _faiss_threads(n_numbers: int):
+    """OpenMP start-up costs more than a small k-means: one FAISS thread below ~4M numbers."""
+    import faiss
+
+    n_thr = faiss.omp_get_max_threads()
+    if n_numbers < _SMALL_NODE:
+        faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(n_thr)
+
+
+def _two_means(X: np.ndarray, rng: np.random.Generator, n_restarts: int, niter: int):
+    """Best-of-restarts FAISS 2-means on ALL rows of X (m, D) float32.
+
+    -> (assign (m,) bool: True = second cluster, sse of that split). Degenerate -> random halving.
+    """
+    m, D = X.shape
+    best, best_sse = None, np.inf
+    with _faiss_threads(m * D):
+        for _ in range(max(1, n_restarts)):
+            best, best_sse = _one_restart(X, rng, niter, best, best_sse)
+    if best is None:                                          # degenerate: seeded random halving
+        best = np.zeros(m, dtype=bool)
+        best[rng.permutation(m)[: m // 2]] = True
+        best_sse = _sse(X[~best]) + _sse(X[best])
+    return best, best_sse
+
+
+def _one_restart(X: np.ndarray, rng: np.random.Generator, niter: int, best, best_sse):
+    """One seeded FAISS 2-means on X (m, D); keeps (assign, sse) if its exact SSE is lower."""
+    import faiss
+
+    m, D = X.shape
+    km = faiss.Kmeans(D, 2, niter=niter, seed=int(rng.integers(1, 2**31 - 1)),
+                      max_points_per_centroid=m, min_points_per_centroid=1, verbose=False)
+    km.train(X)
+    c0, c1 = km.centroids[0].astype(np.float64), km.centroids[1].astype(np.float64)
+    # nearest centroid: |x-c1|^2 < |x-c0|^2  <=>  x.(c1-c0) > (|c1|^2-|c0|^2)/2
+    w = (c1 - c0).astype(np.float32)
+    assign = X @ w > 0.5 * (c1 @ c1 - c0 @ c0)
+    k1 = int(assign.sum())
+    if 0 < k1 < m:
+        sse = _sse(X[~assign]) + _sse(X[assign])
+        if sse < best_sse:
+            best, best_sse = assign, sse
+    return best, best_sse
+
+
+# ----------------------------------------------------------------------------------------
+# the divisive tree
+# ----------------------------------------------------------------------------------------
+def grow_tree(Z: np.ndarray, n_leaves: int, *, split: str = "sse", n_restarts: int = 3,
+              niter: int = 20, seed: int = 0) -> tuple[list[_Node], list[int]]:
+    """Bisecting 2-means until the tree has ``n_leaves`` leaves.
+
+    Z (n, D) float32. Each round splits the leaf with the largest score (``sse``: SSE;
+    ``var``: SSE/size), ties -> lowest node id; leaves whose points are all identical but
+    that have >= 2 points are split by random halving only if nothing else is splittable.
+    -> (nodes, leaf ids ascending). Node 0 is the root; children get consecutive ids.
+    """
+    n = len(Z)
+    if not 1 <= n_leaves <= n:
+        raise ValueError(f"cannot grow {n_leaves} leaves from {n} points")
+    rng = np.random.default_rng(seed)
+    nodes = [_Node(np.arange(n), 0, -1, _sse(Z))]
+    leaves = [0]
+    while len(leaves) < n_leaves:
+        def score(i):
+            nd = nodes[i]
+            s = nd.sse if split == "sse" else nd.sse / len(nd.idx)
+            return (len(nd.idx) >= 2, s)          # splittable first, then the criterion
+        pick = max(leaves, key=lambda i: (score(i), -i))
+        node = nodes[pick]
+        X = Z if len(node.idx) == n else Z[node.idx]
+        assign, _ = _two_means(X, rng, n_restarts, niter)
+        for side in (~assign, assign):
+            idx = node.idx[side]
+            nodes.append(_Node(idx, node.depth + 1, pick, _sse(Z[idx])))
+            node.children.append(len(nodes) - 1)
+        leaves.remove(pick)
+        leaves.extend(node.children)
+    return nodes, sorted(leaves)
+
+
+def _ancestor_sets(nodes: list[_Node]) -> list[set]:
+    """For each node, the set {itself and all its ancestors}."""
+    out: list[set] = []
+    for i, nd in enumerate(nodes):                 # parents always have lower ids
+        out.append({i} | (out[nd.parent] if nd.parent >= 0 else set()))
+    return out
+
+
+def select_levelwise(nodes: list[_Node], leaves: list[int], ipc: int, level_start: int = 1) -> list[int]:
+    """The paper's level-wise rule, made precise.
+
+    On a tree grown deeper than ipc leaves (see ``build_coreset``):
+      1. coarse-to-fine sweep: for depth d = level_start, level_start+1, ..., max depth, take ONE
+         node of depth d (leaf or internal): among unpicked nodes of that depth, prefer those
+         that are neither an ancestor nor a descendant of an already picked node, then the
+         largest, then the lowest id. Stop at ipc.
+      2. fill: take leaves not yet picked, again preferring ones unrelated to picked nodes,
+         then the largest, then the lowest id, until exactly ipc.
+    Depth counts from the root (0 = the class mean); level_start = 0 allows the root.
+    -> ipc distinct node ids, in pick order (coarse first).
+    """
+    picked: list[int] = []
+    anc = _ancestor_sets(nodes)
+
+    def key(i):
+        related = any(p in anc[i] or i in anc[p] for p in picked)
+        return (related, -len(nodes[i].idx), i)
+
+    max_depth = max(nd.depth for nd in nodes)
+    for d in range(max(0, level_start), max_depth + 1):
+        if len(picked) >= ipc:
+            break
+        pool = [i for i, nd in enumerate(nodes) if nd.depth == d and i not in picked]
+        if pool:
+            picked.append(min(pool, key=key))
+    while len(picked) < ipc:
+        pool = [i for i in leaves if i not in picked]
+        picked.append(min(pool, key=key))
+    return picked
+
+
+# ----------------------------------------------------------------------------------------
+# baselines choosing real latents
+# ----------------------------------------------------------------------------------------
+def _herding(Z: np.ndarray, ipc: int) -> list[int]:
+    """Greedy herding: pick k minimises |mu - mean(picked + x)|.  Z (n, D) -> ipc row positions."""
+    mu = _mean64(Z)
+    sq = np.einsum("ij,ij->i", Z, Z, dtype=np.float64)
+    S = np.zeros_like(mu)
+    chosen: list[int] = []
+    avail = np.ones(len(Z), dtype=bool)
+    for k in range(1, ipc + 1):
+        target = k * mu - S                                   # want x close to k*mu - S
+        score = sq - 2.0 * (Z @ target.astype(np.float32)).astype(np.float64)
+        score[~avail] = np.inf
+        j = int(np.argmin(score))
+        chosen.append(j)
+        avail[j] = False
+        S += Z[j]
+    return chosen
+
+
+def _kcenter(Z: np.ndarray, ipc: int) -> list[int]:
+    """Greedy k-center from the point nearest the mean.  Z (n, D) -> ipc row positions."""
+    first = int(np.argmin(_sqdist_to(Z, _mean64(Z))))
+    chosen = [first]
+    dmin = _sqdist_to(Z, Z[first])
+    dmin[first] = -1.0
+    while len(chosen) < ipc:
+        j = int(np.argmax(dmin))
+        chosen.append(j)
+        dmin = np.minimum(dmin, _sqdist_to(Z, Z[j]))
+        dmin[chosen] = -1.0
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------
+# entry point
+# ----------------------------------------------------------------------------------------
+def _representative(Z: np.ndarray, idx: np.ndarray, ids: np.ndarray, representative: str):
+    """Mean or medoid of rows idx.  -> (target (D,) float32, source_id or -1)."""
+    X = Z[idx]
+    mu = _mean64(X)
+    if representative == "mean":
+        return mu.astype(np.float32), -1
+    j = int(np.argmin(_sqdist_to(X, mu)))
+    return X[j].astype(np.float32).copy(), int(ids[idx[j]])
+
+
+def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, *, method: str = "divisive",
+                  split: str = "sse", selection: str = "leaves", representative: str = "mean",
+                  level_start: int = 1, depth_extra: int = 2, n_restarts: int = 3, niter: int = 20,
+                  seed: int = 0, n_threads: int | None = None, global_seed: int | None = None) -> list[Target]:
+    """Exactly ``ipc`` targets for one class.
+
+    Z (n, D) latents of class ``label`` (any float dtype; used as float32), ids (n,) int64.
+    levelwise grows min(n, ipc * 2**depth_extra) leaves, then applies ``select_levelwise``.
+    ``leaves`` orders its targets by (depth, node id): coarse leaves first.
+    Image seeds are image_seed(global_seed, label, j), global_seed defaulting to ``seed``.
+    -> list[Target] of length ipc, index j = 0..ipc-1.
+    """
+    for name, val, ok in (("method", method, METHODS), ("split", split, SPLITS),
+                          ("selection", selection, SELECTIONS), ("representative", representative, REPRESENTATIVES)):
+        if val not in ok:
+            raise ValueError(f"{name} must be one of {ok}, got {val!r}")
+    Z = np.ascontiguousarray(np.asarray(Z).reshape(len(Z), -1), dtype=np.float32)
+    ids = np.asarray(ids, dtype=np.int64)
+    n = len(Z)
+    if len(ids) != n:
+        raise ValueError(f"ids has {len(ids)} entries but Z has {n} rows")
+    if ipc < 1 or ipc > n:
+        raise ValueError(
+            f"ipc={ipc} does not fit class {label}, which has {n} latents: each target needs at "
+            f"least one distinct latent. Lower ipc to at most {n} (or drop this class); "
+            f"sampling with replacement is not offered.")
+    if n_threads is not None:
+        import faiss
+        faiss.omp_set_num_threads(int(n_threads))
+    gseed = seed if global_seed is None else global_seed
+    tag = f"{method}/{selection}/{split}/{representative}" if method == "divisive" else f"{method}/{representative}"
+
+    def make(j, depth, parent, node, idx, target, source_id):
+        return Target(label=int(label), index=j, depth=int(depth), parent=int(parent), node=int(node),
+                      size=int(len(idx)), member_ids=ids[idx].astype(np.int64), target=target,
+                      seed=image_seed(gseed, label, j), source_id=int(source_id), method=tag)
+
+    if method == "divisive":
+        n_leaves = ipc if selection == "leaves" else min(n, ipc * 2 ** max(0, depth_extra))
+        nodes, leaves = grow_tree(Z, n_leaves, split=split, n_restarts=n_restarts, niter=niter, seed=seed)
+        if selection == "leaves":
+            order = sorted(leaves, key=lambda i: (nodes[i].depth, i))
+        else:
+            order = select_levelwise(nodes, leaves, ipc, level_start)
+        out = []
+        for j, i in enumerate(order):
+            nd = nodes[i]
+            c, src = _representative(Z, nd.idx, ids, representative)
+            out.append(make(j, nd.depth, nd.parent, i, nd.idx, c, src))
+        return out
+
+    if method == "kmeans":
+        import faiss
+        km = faiss.Kmeans(Z.shape[1], ipc, niter=niter, nredo=max(1, n_restarts), seed=int(seed) + 1,
+                          max_points_per_centroid=n, min_points_per_centroid=1, verbose=False)
+        with _faiss_threads(Z.size):
+            km.train(Z)
+            _, a = km.index.search(Z, 1)
+        a = a[:, 0]
+        sizes = np.bincount(a, minlength=ipc)
+        out = []
+        for j, k in enumerate(sorted(range(ipc), key=lambda k: (-sizes[k], k))):
+            idx = np.flatnonzero(a == k)
+            if len(idx) == 0:                        # FAISS left a cluster empty: its nearest point
+                idx = np.array([int(np.argmin(_sqdist_to(Z, km.centroids[k])))])
+                c, src = (km.centroids[k].astype(np.float32).copy(), -1) if representative == "mean" \
+                    else (Z[idx[0]].copy(), int(ids[idx[0]]))
+            else:
+                c, src = _representative(Z, idx, ids, representative)
+            out.append(make(j, 0, -1, -1, idx, c, src))
+        return out
+
+    if method == "random":
+        chosen = np.random.default_rng(seed).choice(n, size=ipc, replace=False).tolist()
+    elif method == "herding":
+        chosen = _herding(Z, ipc)
+    else:
+        chosen = _kcenter(Z, ipc)
+    return [make(j, 0, -1, -1, np.array([r]), Z[r].copy(), int(ids[r])) for j, r in enumerate(chosen)]
+
+
+def tree_sse(Z: np.ndarray, targets: list[Target], ids: np.ndarray) -> float:
+    """Total within-cluster SSE of the targets' member sets (to their means).  -> float."""
+    pos = {int(i): p for p, i in enumerate(np.asarray(ids))}
+    Z = np.asarray(Z, dtype=np.float32).reshape(len(Z), -1)
+    return float(sum(_sse(Z[[pos[int(i)] for i in t.member_ids]]) for t in targets))

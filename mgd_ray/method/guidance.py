@@ -1,0 +1,374 @@
+"""Mode guidance (MGD3) and manifold-corrected guidance (ManifoldGD), batched over images.
+
+Notation map (paper -> code), all latents flattened to D numbers:
+    x_t            current sample                         x_t      (B, D)
+    x̂0(x_t)        predicted clean latent                 x0_hat   (B, D)
+    c              the image's target (IPC centroid)      c        (B, D)
+    σ_t            std of the reverse step                sigma_t  (B, D) | (B,) | scalar
+    ᾱ_t            alpha_bar at the current step          alpha_bar_t
+    g_mode         −λ_mode σ_t (x̂0 − c)                   g_mode   (B, D)
+    U              top-d local tangent directions          U        (B, d, D), orthonormal rows
+    P_T, P_N       U Uᵀ and I − U Uᵀ                        project_tangent / project_normal
+    β_t            strength of the normal removal           beta_t
+    r_t            radius (annealed over W warm steps)      r_t
+
+Guidance (paper Eq. 4):   g = g_mode − s_man · β_t · P_N g_mode    (s_man = manifold_scale)
+and the sampler takes   x_{t−1} = μ_t + g + σ_t · noise.
+
+Where U comes from (``GuidanceParams.basis``):
+  noised     Eq. 5 literally: M_t = √ᾱ_t z + √(1−ᾱ_t) ε over the target's neighbourhood z ∈ N(c),
+             fresh ε from the image's own guidance generator every step; the K points of M_t
+             nearest x_t; top-d right singular vectors of the centred K×D matrix.
+  expected   the noise-free expectation of Eq. 5: the K clean neighbours nearest x̂0
+             (ᾱΣ + (1−ᾱ)I has the eigenvectors of Σ, so noise does not move the population basis).
+  reference  the published code: a synthetic isotropic cloud of ``cloud_size`` points around c
+             (radii: half linspace(0.1, r_t), half uniform(0, r_t)), noised to level ᾱ_t; K nearest
+             to x_t; rank-d PCA (their D×D covariance + ridge·I, eigh; here the same directions
+             by thin SVD); then g = g_mode + s_man · λ_man · tanh(dist_min / bandwidth) · n̂, with
+             n̂ the unit vector −P_N(x_t − μ)/|·| from x_t toward the PCA plane through the
+             neighbours' mean μ and dist_min the distance from x_t to the nearest cloud point.
+             The mode term is NOT projected in this variant.
+The ridge (1e-5) only shifts every covariance eigenvalue by the same amount, so it never
+changes singular vectors; it is kept as a recorded parameter for the reference path.
+The radius only shapes the reference cloud; noised/expected use the real neighbourhood given.
+
+Guidance is on only while the respaced index t_index > t_stop (t_stop itself and below: off).
+Warm window: guided step i = 0, 1, ... (i = 0 at t_index = N−1), W_eff = min(W, n_guided),
+p = (W_eff − i)/W_eff for i < W_eff else 0,  s(p) = (e^p − 1)/(e − 1) | p | (1 − cos πp)/2 | 0,
+r_t = r (1 + (m − 1) s(p));  β_t = β (constant) or β (1 − s(p)) ("anneal": no normal removal at
+the first guided step, where x̂0 is least reliable, reaching β at the end of the warm window).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+BASES = ("noised", "expected", "reference")
+RADIUS_KINDS = ("exp", "linear", "cosine", "none")
+BETA_SCHEDULES = ("constant", "anneal")
+
+
+# ----------------------------------------------------------------------------------------
+# pure math
+# ----------------------------------------------------------------------------------------
+def tangent_basis(nbrs: torch.Tensor, d: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Top-d principal directions of each neighbour set, by thin SVD (never a D×D matrix).
+
+    nbrs (B, K, D); mask (B, K) bool, False rows ignored (zeroed after centring on the valid mean)
+    -> U (B, d, D) with orthonormal rows (the top-d right singular vectors of the centred K×D).
+    """
+    if mask is None:
+        centred = nbrs - nbrs.mean(dim=1, keepdim=True)
+    else:
+        w = mask.to(nbrs.dtype).unsqueeze(-1)                              # (B, K, 1)
+        mu = (nbrs * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1.0)
+        centred = (nbrs - mu) * w
+    d = min(int(d), centred.shape[1], centred.shape[2])
+    _, _, Vh = torch.linalg.svd(centred, full_matrices=False)           # Vh (B, min(K,D), D)
+    return Vh[:, :d, :]
+
+
+def project_tangent(v: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """P_T v = Uᵀ U v.   v (B, D), U (B, d, D) orthonormal rows -> (B, D)."""
+    coeff = torch.einsum("bkd,bd->bk", U, v)                            # (B, d)
+    return torch.einsum("bk,bkd->bd", coeff, U)
+
+
+def project_normal(v: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """P_N v = v − P_T v.   v (B, D), U (B, d, D) -> (B, D)."""
+    return v - project_tangent(v, U)
+
+
+def mode_term(x0_hat: torch.Tensor, c: torch.Tensor, sigma_t, lam_mode: float) -> torch.Tensor:
+    """MGD3 mode vector g_mode = −λ_mode σ_t (x̂0 − c).
+
+    x0_hat, c (B, D); sigma_t scalar, (B,) or (B, D) -> (B, D).
+    """
+    if torch.is_tensor(sigma_t) and sigma_t.ndim == 1:
+        sigma_t = sigma_t.unsqueeze(-1)
+    return -lam_mode * sigma_t * (x0_hat - c)
+
+
+def warm_shape(step_i: int, n_guided_total: int, warm: int, kind: str = "exp") -> float:
+    """s(p) of the warm window: 1 at the first guided step, 0 from step W_eff = min(W, n_guided) on."""
+    if kind not in RADIUS_KINDS:
+        raise ValueError(f"radius_kind must be one of {RADIUS_KINDS}, got {kind!r}")
+    span = min(int(warm), int(n_guided_total))
+    if kind == "none" or span <= 0 or step_i >= span or step_i < 0:
+        return 0.0
+    p = (span - step_i) / span
+    if kind == "exp":
+        return (math.exp(p) - 1.0) / (math.e - 1.0)
+    if kind == "linear":
+        return p
+    return (1.0 - math.cos(math.pi * p)) / 2.0
+
+
+def radius_schedule(step_i: int, n_guided_total: int, r: float, m: float, warm: int,
+                    kind: str = "exp") -> float:
+    """r_t = r (1 + (m − 1) s(p)); i = 0 is the first guided step.  -> float.
+
+    r=1, m=2, W=5, exp: 2.000, 1.713, 1.478, 1.286, 1.129, then 1.0.
+    """
+    return float(r) * (1.0 + (float(m) - 1.0) * warm_shape(step_i, n_guided_total, warm, kind))
+
+
+def beta_schedule(step_i: int, n_guided_total: int, beta: float, warm: int, kind: str = "exp",
+                  schedule: str = "constant") -> float:
+    """β_t: constant β, or "anneal" β (1 − s(p)) over the same warm window as the radius."""
+    if schedule not in BETA_SCHEDULES:
+        raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {schedule!r}")
+    if schedule == "constant":
+        return float(beta)
+    return float(beta) * (1.0 - warm_shape(step_i, n_guided_total, warm, kind))
+
+
+def knn_rows(points: torch.Tensor, query: torch.Tensor, K: int, mask: torch.Tensor | None = None):
+    """K rows of each point set nearest its query (squared L2).
+
+    points (B, M, D), query (B, D), mask (B, M) bool -> (nbrs (B, K', D), valid (B, K') bool,
+    dist_min (B,) Euclidean distance to the nearest valid point); K' = min(K, M).
+    """
+    d2 = ((points - query.unsqueeze(1)) ** 2).sum(-1)                   # (B, M)
+    if mask is not None:
+        d2 = d2.masked_fill(~mask, float("inf"))
+    k = min(int(K), points.shape[1])
+    vals, idx = torch.topk(d2, k, dim=1, largest=False)                  # (B, k)
+    nbrs = torch.gather(points, 1, idx.unsqueeze(-1).expand(-1, -1, points.shape[2]))
+    valid = torch.isfinite(vals)
+    return nbrs, valid, vals[:, 0].clamp_min(0).sqrt()
+
+
+# ----------------------------------------------------------------------------------------
+# neighbourhoods (built by the pipeline from the class latents)
+# ----------------------------------------------------------------------------------------
+def neighbourhood_for_target(Z_class: np.ndarray, ids_class: np.ndarray, target, M_max: int, K: int,
+                             return_ids: bool = False):
+    """Real class latents around one target: its members first, padded by nearest latents.
+
+    Z_class (n, D), ids_class (n,); target has ``member_ids`` and ``target`` (D,).
+    Rule: take the members; if fewer than K, add the non-members nearest to c until K (or the
+    class runs out); if more than M_max, keep the M_max members nearest to c.
+    Rows are ordered by distance to c.  -> (M, D) float32 [, (M,) int64 ids].
+    """
+    Z = np.asarray(Z_class, dtype=np.float32).reshape(len(Z_class), -1)
+    ids = np.asarray(ids_class, dtype=np.int64)
+    c = np.asarray(target.target, dtype=np.float32).reshape(-1)
+    d2 = ((Z - c) ** 2).sum(1)
+    is_member = np.isin(ids, np.asarray(target.member_ids, dtype=np.int64))
+    members = np.flatnonzero(is_member)
+    members = members[np.argsort(d2[members], kind="stable")][:M_max]
+    if len(members) < K:
+        others = np.flatnonzero(~is_member)
+        others = others[np.argsort(d2[others], kind="stable")][: K - len(members)]
+        members = np.concatenate([members, others])
+        members = members[np.argsort(d2[members], kind="stable")]
+    return (Z[members], ids[members]) if return_ids else Z[members]
+
+
+def pad_neighbourhoods(nbr_list: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-image neighbourhoods of different sizes.
+
+    list of B arrays (M_b, D) -> (nbrs (B, M, D) float32 zero-padded, mask (B, M) bool), M = max M_b.
+    """
+    M = max(len(a) for a in nbr_list)
+    D = np.asarray(nbr_list[0]).reshape(len(nbr_list[0]), -1).shape[1]
+    nbrs = torch.zeros(len(nbr_list), M, D)
+    mask = torch.zeros(len(nbr_list), M, dtype=torch.bool)
+    for b, a in enumerate(nbr_list):
+        a = torch.as_tensor(np.asarray(a, dtype=np.float32).reshape(len(a), -1))
+        nbrs[b, : len(a)] = a
+        mask[b, : len(a)] = True
+    return nbrs, mask
+
+
+# ----------------------------------------------------------------------------------------
+# guidance objects (called by the sampler once per step)
+# ----------------------------------------------------------------------------------------
+@dataclass
+class StepInfo:
+    """What a guidance object may know about the current step."""
+    i: int                                  # loop counter, 0 at the first step (t_index = N-1)
+    t_index: int                            # respaced index, N-1 .. 0 (counts down)
+    t: int                                  # original timestep given to the model
+    n_steps: int                            # N
+    alpha_bar_t: float                      # ᾱ at this step
+    sigma_t: torch.Tensor | float           # (B, D): std of the reverse DDPM step exp(½ log_var)
+    generators: list | None = None          # B torch.Generators (CPU) for guidance randomness
+
+    @property
+    def i_guided(self) -> int:
+        """Index within the guided phase; guidance starts at the first step, so == i."""
+        return self.i
+
+
+@dataclass(frozen=True)
+class GuidanceParams:
+    """All knobs of mode + manifold guidance (defaults: the ImageNet reference scripts)."""
+    lam_mode: float = 0.1           # λ_mode of the mode term
+    beta: float = 1.0               # β: 1 = strict tangent projection of g_mode
+    beta_schedule: str = "constant"  # "constant" | "anneal" (β(1 − s(p)) over the warm window)
+    d: int = 3                      # tangent dimension
+    K: int = 12                     # neighbours for the local PCA
+    ridge: float = 1e-5             # recorded; does not change singular vectors (see module doc)
+    basis: str = "expected"         # "noised" | "expected" | "reference" (default is provisional)
+    r: float = 0.1                  # radius of the reference cloud (0.05 ImageNette)
+    m: float = 2.0                  # radius multiplier at the first guided step
+    warm: int = 5                   # W, warm steps
+    radius_kind: str = "exp"        # "exp" | "linear" | "cosine" | "none"
+    t_stop: int = 25                # guidance on while t_index > t_stop
+    lam_man: float = 0.1            # λ_man of the reference pull toward the PCA plane
+    bandwidth: float = 0.2          # tanh bandwidth of the reference pull (0.2 nette/woof, 0.1 in100)
+    cloud_size: int = 300           # points in the reference synthetic cloud
+    manifold_scale: float = 1.0     # s_man; 0 -> pure MGD3 mode term (no basis computed)
+
+    def __post_init__(self):
+        if self.basis not in BASES:
+            raise ValueError(f"basis must be one of {BASES}, got {self.basis!r}")
+        if self.radius_kind not in RADIUS_KINDS:
+            raise ValueError(f"radius_kind must be one of {RADIUS_KINDS}, got {self.radius_kind!r}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        if self.d < 1 or self.K < 2:
+            raise ValueError(f"need d >= 1 and K >= 2, got d={self.d}, K={self.K}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class NoGuidance:
+    """Plain DiT: never on."""
+
+    def is_on(self, step: StepInfo) -> bool:
+        return False
+
+    def __call__(self, x_t: torch.Tensor, x0_hat: torch.Tensor, step: StepInfo) -> torch.Tensor:
+        """(B, D) -> zeros (B, D)."""
+        return torch.zeros_like(x_t)
+
+
+class ManifoldGuidance:
+    """g(x_t, x̂0, step) for a batch of B images with targets c (B, D).
+
+    neighbourhoods: None (only for basis="reference" or manifold_scale=0), a tensor (B, M, D),
+    or a pair (nbrs (B, M, D), mask (B, M) bool) of REAL class latents per target.
+    ``last_stats`` holds batch means of |g_mode|, |P_N g_mode|/|g_mode|, r_t and β_t of the last call.
+    """
+
+    def __init__(self, c: torch.Tensor, neighbourhoods=None, params: GuidanceParams | None = None):
+        self.params = params or GuidanceParams()
+        self.c = torch.as_tensor(c).reshape(len(c), -1)
+        if isinstance(neighbourhoods, (tuple, list)):
+            nbrs, mask = neighbourhoods
+        else:
+            nbrs, mask = neighbourhoods, None
+        if nbrs is not None:
+            nbrs = torch.as_tensor(nbrs)
+            nbrs = nbrs.reshape(nbrs.shape[0], nbrs.shape[1], -1)
+            mask = torch.ones(nbrs.shape[:2], dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()
+            if nbrs.shape[0] != self.c.shape[0] or nbrs.shape[2] != self.c.shape[1]:
+                raise ValueError(f"neighbourhoods must be (B, M, D) = ({self.c.shape[0]}, M, {self.c.shape[1]}), "
+                                 f"got {tuple(nbrs.shape)}")
+        elif self.params.basis != "reference" and self.params.manifold_scale != 0:
+            raise ValueError(f"basis={self.params.basis!r} needs neighbourhoods (B, M, D) of real latents; "
+                             f"pass them, or use basis='reference' / manifold_scale=0")
+        self.nbrs, self.mask = nbrs, mask
+        self.last_stats: dict = {}
+
+    def is_on(self, step: StepInfo) -> bool:
+        """True while t_index > t_stop."""
+        return step.t_index > self.params.t_stop
+
+    def _n_guided(self, step: StepInfo) -> int:
+        return max(0, step.n_steps - 1 - self.params.t_stop)
+
+    def __call__(self, x_t: torch.Tensor, x0_hat: torch.Tensor, step: StepInfo) -> torch.Tensor:
+        """x_t, x0_hat (B, D) -> g (B, D) (zeros when off)."""
+        P = self.params
+        if not self.is_on(step):
+            return torch.zeros_like(x_t)
+        out_dtype = x_t.dtype
+        wd = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
+        x_t, x0_hat = x_t.to(wd), x0_hat.to(wd)
+        c = self.c.to(x_t.device, wd)
+        sigma_t = step.sigma_t.to(x_t.device, wd) if torch.is_tensor(step.sigma_t) else step.sigma_t
+        n_g = self._n_guided(step)
+        r_t = radius_schedule(step.i_guided, n_g, P.r, P.m, P.warm, P.radius_kind)
+        beta_t = beta_schedule(step.i_guided, n_g, P.beta, P.warm, P.radius_kind, P.beta_schedule)
+        g_mode = mode_term(x0_hat, c, sigma_t, P.lam_mode)
+        stats = {"g_mode_norm": float(g_mode.norm(dim=1).mean()), "r_t": r_t, "beta_t": beta_t}
+        if P.manifold_scale == 0:
+            g = g_mode
+        elif P.basis == "reference":
+            g = g_mode + P.manifold_scale * self._reference_pull(x_t, c, step, r_t, stats)
+        else:
+            U = self._basis(x_t, x0_hat, step)
+            normal = project_normal(g_mode, U)
+            stats["normal_frac"] = float((normal.norm(dim=1) / g_mode.norm(dim=1).clamp_min(1e-30)).mean())
+            g = g_mode - P.manifold_scale * beta_t * normal
+        self.last_stats = stats
+        return g.to(out_dtype)
+
+    # --- the three bases ------------------------------------------------------------------
+    def _neigh(self, like: torch.Tensor):
+        if self.nbrs.dtype != like.dtype or self.nbrs.device != like.device:
+            self.nbrs, self.mask = self.nbrs.to(like.device, like.dtype), self.mask.to(like.device)
+        return self.nbrs, self.mask
+
+    def _basis(self, x_t: torch.Tensor, x0_hat: torch.Tensor, step: StepInfo) -> torch.Tensor:
+        """U (B, d, D) from the real neighbourhood (noised: Eq. 5; expected: clean, near x̂0)."""
+        P = self.params
+        nbrs, mask = self._neigh(x_t)
+        if P.basis == "expected":
+            pts, valid, _ = knn_rows(nbrs, x0_hat, P.K, mask)
+        else:
+            noise = _per_image_randn(step.generators, nbrs.shape, nbrs)          # (B, M, D)
+            ab = float(step.alpha_bar_t)
+            M_t = math.sqrt(ab) * nbrs + math.sqrt(1.0 - ab) * noise
+            pts, valid, _ = knn_rows(M_t, x_t, P.K, mask)
+        return tangent_basis(pts, P.d, valid)
+
+    def _reference_pull(self, x_t: torch.Tensor, c: torch.Tensor, step: StepInfo, r_t: float,
+                        stats: dict) -> torch.Tensor:
+        """λ_man tanh(dist_min/bandwidth) n̂ toward the PCA plane of a noised synthetic cloud.  -> (B, D)."""
+        P = self.params
+        B, D = x_t.shape
+        S = int(P.cloud_size)
+        gens = _generators(step.generators, B)
+        dirs = torch.stack([torch.randn(S, D, generator=g, dtype=torch.float32) for g in gens])
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True)                                  # (B, S, D)
+        radii = torch.stack([torch.cat([torch.linspace(0.1, r_t, S // 2),
+                                        torch.rand(S - S // 2, generator=g) * r_t]) for g in gens])
+        noise = torch.stack([torch.randn(S, D, generator=g, dtype=torch.float32) for g in gens])
+        dirs, radii, noise = (t.to(x_t.device, x_t.dtype) for t in (dirs, radii, noise))
+        ab = float(step.alpha_bar_t)
+        cloud = math.sqrt(ab) * (c.unsqueeze(1) + radii.unsqueeze(-1) * dirs) + math.sqrt(1 - ab) * noise
+        pts, valid, dist_min = knn_rows(cloud, x_t, P.K)                               # (B, K, D)
+        U = tangent_basis(pts, P.d)
+        mu = pts.mean(dim=1)                                                            # (B, D)
+        toward = -project_normal(x_t - mu, U)                                           # (B, D)
+        n_hat = toward / (toward.norm(dim=1, keepdim=True) + 1e-8)
+        weight = torch.tanh(dist_min / P.bandwidth).unsqueeze(-1)                       # (B, 1)
+        pull = P.lam_man * weight * n_hat
+        stats["pull_norm"] = float(pull.norm(dim=1).mean())
+        return pull
+
+
+def _generators(generators, B: int) -> list:
+    if generators is None:
+        raise ValueError("this guidance basis draws noise: StepInfo.generators must hold one "
+                         "torch.Generator per image (the sampler provides them)")
+    if len(generators) != B:
+        raise ValueError(f"need {B} generators (one per image), got {len(generators)}")
+    return list(generators)
+
+
+def _per_image_randn(generators, shape, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal (B, ...) drawn image by image from its own CPU generator, float32 -> like."""
+    gens = _generators(generators, shape[0])
+    z = torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=torch.float32) for g in gens])
+    return z.to(like.device, like.dtype)
