@@ -1,0 +1,197 @@
+"""Tangent basis, projections, mode term, schedules and the guidance objects."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mgd_ray.method import (GuidanceParams, ManifoldGuidance, NoGuidance, StepInfo, Target, beta_schedule,
+                            mode_term, neighbourhood_for_target, pad_neighbourhoods, project_normal,
+                            project_tangent, radius_schedule, tangent_basis)
+
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _step(i=0, t_index=49, n_steps=50, B=2, D=4, ab=0.5, sigma=1.0, gens=None):
+    return StepInfo(i=i, t_index=t_index, t=t_index * 20, n_steps=n_steps, alpha_bar_t=ab,
+                    sigma_t=torch.full((B, D), sigma), generators=gens)
+
+
+def _proj_matrix(U):
+    """P_T as a dense (D, D) matrix for one basis U (d, D), through project_tangent."""
+    D = U.shape[-1]
+    return torch.stack([project_tangent(e.unsqueeze(0), U.unsqueeze(0))[0] for e in torch.eye(D)], 1)
+
+
+def test_projector_algebra():
+    g = torch.Generator().manual_seed(0)
+    nbrs = torch.randn(3, 12, 10, generator=g)
+    U = tangent_basis(nbrs, 3)
+    assert U.shape == (3, 3, 10)
+    assert torch.allclose(U @ U.transpose(1, 2), torch.eye(3).expand(3, 3, 3), atol=1e-10)   # orthonormal
+    for b in range(3):
+        P = _proj_matrix(U[b])
+        assert torch.allclose(P, P.T, atol=1e-12)                    # symmetric
+        assert torch.allclose(P @ P, P, atol=1e-12)                  # idempotent
+        assert torch.allclose(torch.linalg.matrix_rank(P), torch.tensor(3))
+    v = torch.randn(3, 10, generator=g)
+    assert torch.allclose(project_tangent(v, U) + project_normal(v, U), v)           # P_T + P_N = I
+    for k in range(3):
+        assert torch.allclose(project_normal(U[:, k], U), torch.zeros(3, 10), atol=1e-12)  # P_N U = 0
+    # the basis is the top-d principal subspace (compare with an explicit covariance eigh)
+    X = nbrs[0] - nbrs[0].mean(0)
+    evals, evecs = torch.linalg.eigh(X.T @ X + 1e-5 * torch.eye(10))                  # ridge: same vectors
+    top = evecs[:, -3:].T
+    assert torch.allclose(_proj_matrix(top), _proj_matrix(U[0]), atol=1e-8)
+
+
+def test_masked_basis_ignores_padding():
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(1, 6, 8, generator=g)
+    padded = torch.cat([real, 100 * torch.randn(1, 4, 8, generator=g)], 1)
+    mask = torch.tensor([[True] * 6 + [False] * 4])
+    assert torch.allclose(_proj_matrix(tangent_basis(real, 2)[0]), _proj_matrix(tangent_basis(padded, 2, mask)[0]))
+
+
+def test_mode_term():
+    x0, c = torch.ones(2, 3), torch.zeros(2, 3)
+    assert torch.allclose(mode_term(x0, c, torch.tensor([1.0, 2.0]), 0.1), -torch.tensor([[0.1], [0.2]]) * x0)
+    assert torch.allclose(mode_term(x0, c, 0.5, 0.1), -0.05 * x0)
+
+
+def test_radius_schedule_numbers():
+    vals = [radius_schedule(i, 24, r=1.0, m=2.0, warm=5, kind="exp") for i in range(8)]
+    assert [round(v, 3) for v in vals] == [2.000, 1.713, 1.478, 1.286, 1.129, 1.0, 1.0, 1.0]
+    assert radius_schedule(0, 24, 0.1, 2.0, 5, "linear") == pytest.approx(0.2)
+    assert radius_schedule(1, 24, 1.0, 2.0, 4, "linear") == pytest.approx(1.75)
+    assert radius_schedule(2, 24, 1.0, 2.0, 4, "cosine") == pytest.approx(1.5)
+    assert radius_schedule(0, 24, 1.0, 2.0, 5, "none") == 1.0
+    assert radius_schedule(0, 2, 1.0, 2.0, 5, "linear") == 2.0 and radius_schedule(1, 2, 1.0, 2.0, 5, "linear") == 1.5
+    assert beta_schedule(0, 24, 1.0, 5, "exp", "anneal") == 0.0
+    assert beta_schedule(5, 24, 1.0, 5, "exp", "anneal") == 1.0
+    assert beta_schedule(0, 24, 0.7, 5, "exp", "constant") == 0.7
+
+
+def test_t_stop_boundary():
+    B, D = 2, 4
+    guide = ManifoldGuidance(torch.zeros(B, D), torch.randn(B, 5, D), GuidanceParams(t_stop=25, basis="expected"))
+    x = torch.ones(B, D)
+    on = {t: guide.is_on(_step(i=49 - t, t_index=t)) for t in range(50)}
+    assert [t for t in range(50) if on[t]] == list(range(26, 50))           # off at t_stop and below
+    assert torch.all(guide(x, x, _step(i=24, t_index=25)) == 0)
+    assert guide(x, x, _step(i=23, t_index=26)).abs().sum() > 0
+    assert not NoGuidance().is_on(_step())
+
+
+def test_full_basis_equals_mode_guidance():
+    g = torch.Generator().manual_seed(2)
+    B, D = 3, 4
+    nbrs = torch.randn(B, 10, D, generator=g)
+    c, x0, xt = (torch.randn(B, D, generator=g) for _ in range(3))
+    gens = [torch.Generator().manual_seed(i) for i in range(B)]
+    for basis in ("expected", "noised"):
+        full = ManifoldGuidance(c, nbrs, GuidanceParams(basis=basis, d=D, K=10))(xt, x0, _step(B=B, D=D, gens=gens))
+        mode = ManifoldGuidance(c, nbrs, GuidanceParams(basis=basis, manifold_scale=0))(xt, x0, _step(B=B, D=D))
+        assert torch.allclose(full, mode, atol=1e-10)
+        assert torch.allclose(mode, mode_term(x0, c, 1.0, 0.1))
+        # strict projection (beta = 1, d < D) keeps only the tangent part
+        part = ManifoldGuidance(c, nbrs, GuidanceParams(basis=basis, d=2, K=10))(xt, x0, _step(B=B, D=D, gens=gens))
+        assert not torch.allclose(part, mode)
+
+
+def _circle(n=400, D=6, R=3.0, seed=0):
+    """Points on a circle of radius R in a random 2-plane of R^D; returns (points, basis Q (D, 2))."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.normal(size=(D, 2)))
+    th = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    pts = R * (np.cos(th)[:, None] * Q[:, 0] + np.sin(th)[:, None] * Q[:, 1])
+    return torch.tensor(pts), torch.tensor(Q), R
+
+
+def _dist_to_circle(x, Q, R):
+    inplane = x @ Q                                                      # (B, 2)
+    off = x - inplane @ Q.T
+    return torch.sqrt((inplane.norm(dim=1) - R) ** 2 + off.norm(dim=1) ** 2)
+
+
+def test_circle_tangent_basis():
+    pts, Q, R = _circle()
+    for k in (0, 57, 211):
+        d2 = ((pts - pts[k]) ** 2).sum(1)
+        nbrs = pts[torch.argsort(d2)[:12]]
+        U = tangent_basis(nbrs.unsqueeze(0), 1)[0, 0]
+        th = 2 * math.pi * k / len(pts)
+        tangent = -math.sin(th) * Q[:, 0] + math.cos(th) * Q[:, 1]
+        assert abs(float(U @ tangent)) >= 0.99
+
+
+def test_projected_guidance_stays_on_circle():
+    pts, Q, R = _circle()
+    B, D = 8, pts.shape[1]
+    g = torch.Generator().manual_seed(3)
+    start = pts[torch.randint(0, len(pts), (B,), generator=g)]
+    c = pts[(torch.arange(B) * 37 + 100) % len(pts)]                        # far targets on the circle
+    nbrs = pts.unsqueeze(0).expand(B, -1, -1)
+    out = {}
+    for name, scale in (("projected", 1.0), ("unprojected", 0.0)):
+        guide = ManifoldGuidance(c, nbrs, GuidanceParams(basis="expected", d=1, K=8, lam_mode=0.05,
+                                                         manifold_scale=scale, t_stop=-1))
+        x = start.clone()
+        worst = torch.zeros(B)
+        for i in range(40):                                               # toy denoiser: x0_hat = x
+            x = x + guide(x, x, _step(i=i, t_index=40 - i, n_steps=41, B=B, D=D))
+            worst = torch.maximum(worst, _dist_to_circle(x, Q, R))
+        out[name] = worst.mean()
+    assert out["projected"] < 0.5 * out["unprojected"], out
+
+
+def test_noised_and_reference_variants():
+    g = torch.Generator().manual_seed(4)
+    B, D = 3, 16
+    c, x0, xt = (torch.randn(B, D, generator=g) for _ in range(3))
+    nbrs = c.unsqueeze(1) + 0.1 * torch.randn(B, 20, D, generator=g)
+
+    def gens():
+        return [torch.Generator().manual_seed(10 + b) for b in range(B)]
+    noised = ManifoldGuidance(c, nbrs, GuidanceParams(basis="noised"))
+    a = noised(xt, x0, _step(B=B, D=D, gens=gens()))
+    b = noised(xt, x0, _step(B=B, D=D, gens=gens()))
+    assert torch.equal(a, b) and a.shape == (B, D)
+    with pytest.raises(ValueError, match="generators"):
+        noised(xt, x0, _step(B=B, D=D))
+    # reference: unprojected mode term + lam_man * tanh(dist/bw) * unit vector
+    p = GuidanceParams(basis="reference", lam_man=0.1, bandwidth=0.2)
+    ref = ManifoldGuidance(c, None, p)
+    gr = ref(xt, x0, _step(B=B, D=D, gens=gens()))
+    pull = gr - mode_term(x0, c, 1.0, 0.1)
+    assert torch.allclose(pull.norm(dim=1), torch.full((B,), 0.1), rtol=1e-3)   # tanh(large) ~ 1
+    assert ref.last_stats["r_t"] == pytest.approx(0.2)                          # first step: m * r
+    mgd3 = ManifoldGuidance(c, None, GuidanceParams(basis="reference", manifold_scale=0))
+    assert torch.allclose(mgd3(xt, x0, _step(B=B, D=D)), mode_term(x0, c, 1.0, 0.1))
+    with pytest.raises(ValueError, match="neighbourhoods"):
+        ManifoldGuidance(c, None, GuidanceParams(basis="expected"))
+
+
+def test_neighbourhood_helper():
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(50, 5)).astype(np.float32)
+    ids = np.arange(50) + 100
+    t = Target(label=0, index=0, depth=1, parent=0, node=1, size=3, member_ids=np.array([100, 101, 102]),
+               target=Z[:3].mean(0), seed=0)
+    N, nid = neighbourhood_for_target(Z, ids, t, M_max=32, K=8, return_ids=True)
+    assert N.shape == (8, 5) and {100, 101, 102} <= set(nid.tolist())
+    d2 = ((Z - t.target) ** 2).sum(1)
+    others = sorted(set(range(50)) - {0, 1, 2}, key=lambda i: d2[i])[:5]
+    assert set(nid.tolist()) == {100, 101, 102} | {100 + i for i in others}
+    t.member_ids = ids[:40]
+    N = neighbourhood_for_target(Z, ids, t, M_max=16, K=8)
+    assert N.shape == (16, 5)
+    nbrs, mask = pad_neighbourhoods([np.zeros((3, 5)), np.ones((5, 5))])
+    assert nbrs.shape == (2, 5, 5) and mask.sum(1).tolist() == [3, 5]
