@@ -1,0 +1,221 @@
+"""Parquet files with an encoded-image column (PNG/JPEG bytes) and a label column.
+
+Where the files of a split are found (local or any fsspec URL):
+1. ``data.root`` containing ``{split}``: that file or directory (``s3://b/fm/{split}.parquet``);
+2. ``<root>/<split>/``: every ``*.parquet`` below it;
+3. files in ``<root>`` or ``<root>/data`` named ``<split>.parquet`` / ``<split>-*.parquet`` /
+   ``<split>_*.parquet`` (the Hugging Face layout).
+
+Columns: ``data.image_column`` (binary, or a struct with a ``bytes`` field as Hugging Face
+writes it), ``data.label_column`` (integer label, or the class name as a string), and an
+optional ``class_name`` column. Labels follow ``data.class_list`` when given (a
+``class_name`` column must then agree with it, which catches class-order mismatches); else
+the ``class_name`` column names the integer labels; else string labels are sorted; else
+labels are named "0".."K-1". ``id`` = row position across the split's files in path order.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import _UNSET, BaseSource, cfg_get, check_split
+from .classlists import ClassList, load_class_list
+from .errors import DataError
+from .failures import FailureLog
+from .imagefolder import _error_text, decode_all, shown_path
+
+
+class ParquetSource(BaseSource):
+    kind = "parquet"
+
+    def __init__(self, cfg: Any):
+        super().__init__(cfg)
+        if not self.root:
+            raise DataError("source 'parquet' needs data.root: a directory, file pattern with {split}, "
+                            "or s3:// URL of Parquet files (--set data.root=...)")
+        self.image_column = cfg_get(cfg, "image_column", "image")
+        self.label_column = cfg_get(cfg, "label_column", "label")
+        self._log = FailureLog(self.max_failures, str(self.root))
+        self._files: dict[str, tuple[Any, list[str]]] = {}
+        self._meta: dict[str, tuple[np.ndarray, np.ndarray | None, list[str]]] = {}
+        self._bytes: dict[str, Any] = {}
+        self._full: ClassList | None = None
+
+    # -- files and columns --------------------------------------------------------------
+    def files(self, split: str) -> tuple[Any, list[str]]:
+        check_split(split)
+        if split in self._files:
+            return self._files[split]
+        import fsspec
+
+        url = str(self.root)
+        try:
+            if "{split}" in url:
+                fs, p = fsspec.core.url_to_fs(url.replace("{split}", split), **self.storage_options)
+                found = sorted(f for f in fs.find(p) if f.endswith(".parquet")) if fs.isdir(p) else (
+                    [p] if fs.isfile(p) else [])
+            else:
+                fs, base = fsspec.core.url_to_fs(url, **self.storage_options)
+                base = base.rstrip("/")
+                if fs.isdir(f"{base}/{split}"):
+                    found = sorted(f for f in fs.find(f"{base}/{split}") if f.endswith(".parquet"))
+                else:
+                    pat = re.compile(rf"{split}([-_.].*)?\.parquet$")
+                    found = []
+                    for d in (base, f"{base}/data"):
+                        if fs.isdir(d):
+                            found += [f for f in fs.ls(d, detail=False) if pat.fullmatch(f.rsplit("/", 1)[-1])]
+                    found = sorted(found)
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"cannot list Parquet files at {url}: {_error_text(e)}. Check data.root and "
+                            "data.storage_options.") from None
+        if not found:
+            raise DataError(f"no Parquet files for split {split!r} at {url}. Expected {url}/{split}/*.parquet, "
+                            f"{url}/{split}[-*].parquet, or a data.root containing '{{split}}'.")
+        self._files[split] = (fs, found)
+        return self._files[split]
+
+    def _read(self, split: str, columns: list[str]):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        fs, found = self.files(split)
+        tables = []
+        for f in found:
+            schema = pq.read_schema(f, filesystem=fs)
+            missing = [c for c in columns if c not in schema.names and c != "class_name"]
+            if missing:
+                raise DataError(f"{shown_path(fs, f)} has no column {missing[0]!r} (columns: "
+                                f"{', '.join(schema.names)}); set data.image_column / data.label_column")
+            cols = [c for c in columns if c in schema.names]
+            tables.append(pq.read_table(f, columns=cols, filesystem=fs))
+        return tables, found
+
+    def _labels_raw(self, split: str):
+        """(raw label values, class_name values or None, row origin strings) of the split."""
+        if split not in self._meta:
+            cols = [self.label_column] + (["class_name"] if self.label_column != "class_name" else [])
+            tables, found = self._read(split, cols)
+            fs = self.files(split)[0]
+            raw = np.concatenate([t.column(self.label_column).to_numpy(zero_copy_only=False) for t in tables])
+            names = None
+            if all("class_name" in t.column_names for t in tables) and self.label_column != "class_name":
+                names = np.concatenate([t.column("class_name").to_numpy(zero_copy_only=False) for t in tables])
+            origin = [f"{shown_path(fs, f)}#{i}" for f, t in zip(found, tables) for i in range(t.num_rows)]
+            self._meta[split] = (raw, names, origin)
+        return self._meta[split]
+
+    # -- classes and rows ---------------------------------------------------------------
+    def _full_classes(self) -> ClassList:
+        if self._full is not None:
+            return self._full
+        cl = cfg_get(self.cfg, "class_list")
+        raw, names, _ = self._labels_raw("train")
+        if cl is not None:
+            self._full = load_class_list(cl)
+        elif raw.dtype.kind in "OUS":
+            self._full = ClassList("parquet", "labels", tuple(sorted({str(x) for x in raw})),
+                                   source=f"sorted labels of {self.root}")
+        else:
+            k = int(raw.max()) + 1 if len(raw) else 0
+            table = [str(i) for i in range(k)]
+            if names is not None:
+                seen: dict[int, str] = {}
+                for lab, n in zip(raw.tolist(), names.tolist()):
+                    if seen.setdefault(int(lab), str(n)) != str(n):
+                        raise DataError(f"{self.root}: label {lab} has two class names, {seen[int(lab)]!r} "
+                                        f"and {n!r}")
+                for lab, n in seen.items():
+                    table[lab] = n
+            self._full = ClassList("parquet", "labels", tuple(table), source=f"labels of {self.root}")
+        return self._full
+
+    def _index(self, split):
+        raw, names, _ = self._labels_raw(split)
+        full = self._full_classes()
+        if raw.dtype.kind in "OUS":
+            lookup = {v: full.index(v) for v in {str(x) for x in raw}}
+            labels = np.array([lookup[str(x)] for x in raw], dtype=np.int64)
+        else:
+            labels = raw.astype(np.int64)
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(full)):
+                raise DataError(f"{self.root} ({split}): labels range {labels.min()}..{labels.max()} but class "
+                                f"list {full.name!r} has {len(full)} classes")
+            if names is not None:
+                for lab, n in sorted(set(zip(labels.tolist(), (str(x) for x in names.tolist())))):
+                    if full._find(n) != lab:
+                        raise DataError(
+                            f"{self.root} ({split}): row with label {lab} has class_name {n!r}, but class list "
+                            f"{full.name!r} puts {full.names[lab]!r} at label {lab}: the class order does not "
+                            "match. Fix data.class_list or the file.")
+        return np.arange(len(labels), dtype=np.int64), labels
+
+    def _image_bytes(self, split: str):
+        if split not in self._bytes:
+            import pyarrow as pa
+
+            tables, _ = self._read(split, [self.image_column])
+            col = pa.chunked_array([c for t in tables for c in t.column(self.image_column).chunks])
+            if pa.types.is_struct(col.type):
+                col = pa.chunked_array([c.field("bytes") for c in col.chunks])
+            if not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+                raise DataError(f"column {self.image_column!r} of {self.root} has type {col.type}; expected "
+                                "encoded image bytes (binary) or a struct with a 'bytes' field")
+            self._bytes[split] = col
+        return self._bytes[split]
+
+    def _blobs(self, split: str, pos: np.ndarray) -> list[bytes | BaseException]:
+        col = self._image_bytes(split)
+        out: list[bytes | BaseException] = []
+        for p in pos.tolist():
+            v = col[int(p)].as_py()
+            out.append(v if v is not None else ValueError("empty image cell"))
+        return out
+
+    def _load(self, split, pos):
+        images, errors = decode_all(self._blobs(split, pos))
+        origin = self._labels_raw(split)[2]
+        good, bad = [], []
+        for p, im, err in zip(pos.tolist(), images, errors):
+            if err is None:
+                good.append(im)
+            else:
+                bad.append(p)
+                self._log.add(origin[p], split, err)
+        self._log.check()
+        return good, np.asarray(bad, dtype=np.int64)
+
+    @property
+    def failures(self) -> list[tuple[str, str, str]]:
+        return self._log.rows
+
+    def ray_dataset(self, split: str, limit_per_class: int | None = _UNSET, classes: Sequence[int] | None = None,
+                    image_size: int | None = None, mode: str = "center-crop", rows_per_block: int = 512,
+                    batch_size: int = 128, num_cpus: float = 0.25, failures_dir: str | None = None,
+                    failures_storage_options: dict | None = None, **_):
+        """Bytes are read in the driver, decoded in Ray tasks (same columns as ``arrays``)."""
+        import pyarrow as pa
+        import ray.data
+
+        from .imagefolder import decode_batch
+
+        pos, ids, labels = self.select(split, limit_per_class, classes)
+        blobs = self._image_bytes(split).take(pa.array(pos, pa.int64()))
+        origin = np.asarray(self._labels_raw(split)[2], dtype=object)
+        names = np.asarray(self.classes.names, dtype=object)
+        step = max(1, int(rows_per_block))
+        tables = [pa.table({"id": pa.array(ids[s:s + step], pa.int64()),
+                            "label": pa.array(labels[s:s + step], pa.int64()),
+                            "class_name": pa.array(list(names[labels[s:s + step]]), pa.string()),
+                            "path": pa.array(list(origin[pos[s:s + step]]), pa.string()),
+                            "bytes": blobs.slice(s, step).combine_chunks() if len(pos) else pa.array([], pa.binary())})
+                  for s in range(0, max(len(ids), 1), step)]
+        return ray.data.from_arrow(tables).map_batches(
+            decode_batch, fn_kwargs=dict(fs=None, split=split, image_size=image_size, mode=mode,
+                                         failures_dir=failures_dir,
+                                         failures_storage_options=failures_storage_options),
+            batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus)

@@ -1,0 +1,68 @@
+"""A session-wide S3 server on 127.0.0.1 (moto's ThreadedMotoServer), for s3:// tests.
+
+    from tests.s3_fixture import moto_s3  # noqa: F401  (or list it in conftest.py)
+
+    def test_x(moto_s3):
+        moto_s3.create_bucket("b")
+        moto_s3.client.put_object(Bucket="b", Key="k", Body=b"...")
+        fs_opts = moto_s3.storage_options        # for fsspec / s3fs / data.storage_options
+
+Fake credentials only ("testing"); the environment's AWS variables are restored afterwards.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+_DROP = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL")
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    port: int
+    client: Any
+
+    @property
+    def storage_options(self) -> dict:
+        return {"key": "testing", "secret": "testing", "endpoint_url": self.endpoint_url}
+
+    def create_bucket(self, name: str) -> str:
+        try:
+            self.client.create_bucket(Bucket=name)
+        except self.client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        return name
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (dev extra)")
+    boto3 = pytest.importorskip("boto3")
+    saved = {k: os.environ.get(k) for k in (*_ENV, *_DROP)}
+    os.environ.update(_ENV)
+    for k in _DROP:
+        os.environ.pop(k, None)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    from moto.server import ThreadedMotoServer
+
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    try:
+        _, port = srv.get_host_and_port()
+        ep = f"http://127.0.0.1:{port}"
+        client = boto3.client("s3", endpoint_url=ep, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        yield S3Server(endpoint_url=ep, port=port, client=client)
+    finally:
+        srv.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
