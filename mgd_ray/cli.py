@@ -1,0 +1,123 @@
+"""``mgd-ray``: a thin typer CLI over importable functions. Errors become one clear message and
+a non-zero exit code here, and only here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="mgd_ray: Ray-distributed dataset distillation with ManifoldGD.")
+prior_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the project's small priors.")
+app.add_typer(prior_app, name="prior")
+
+SET_HELP = "Override a job key, e.g. --set generate.ipc=10 (repeatable; values are YAML scalars)."
+
+
+def _fail(e: BaseException, code: int = 2):
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    from .config import JobError
+    from .models import ModelError
+    errs = [JobError, ModelError, FileNotFoundError]
+    try:
+        from .data import DataError
+        errs.append(DataError)
+    except Exception:  # pragma: no cover
+        pass
+    return tuple(errs)
+
+
+@app.command()
+def distill(job: str = typer.Argument(..., help="job file (YAML)"),
+            set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+            dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and exit"),
+            stages: Optional[str] = typer.Option(None, "--stages", help="comma-separated subset of "
+                                                 "encode,coreset,generate,evaluate")):
+    """Run a distillation job (also: python -m mgd_ray.distill JOB)."""
+    try:
+        from .config import load_job
+        from .distill import parse_stages, run_job, setup_logging
+        setup_logging()
+        cfg = load_job(job, set_)
+        out = run_job(cfg, parse_stages(stages), dry_run=dry_run)
+    except _user_errors() as e:
+        _fail(e)
+    if dry_run:
+        typer.echo(json.dumps(out["plan"], indent=1))
+    elif out.get("status") != "complete":
+        typer.echo(f"job finished with status {out.get('status')!r}", err=True)
+
+
+@app.command()
+def status(out: str = typer.Argument(..., help="a job's output.dir (local or s3://)"),
+           storage_option: Optional[List[str]] = typer.Option(None, "--storage-option", help="k=v for fsspec")):
+    """Summarise a finished or running job from its files."""
+    from .pipeline.report import status_text
+    try:
+        typer.echo(status_text(out, _kv(storage_option)))
+    except (FileNotFoundError, ValueError) as e:
+        _fail(e)
+
+
+@app.command()
+def export(out: str = typer.Argument(..., help="a job's output.dir"),
+           dest: str = typer.Argument(..., help="destination directory"),
+           format: str = typer.Option("imagefolder", "--format", help="imagefolder"),
+           storage_option: Optional[List[str]] = typer.Option(None, "--storage-option")):
+    """Export the distilled images: DIR/<class_name>/<sample_id>.png."""
+    from .pipeline.report import export_imagefolder
+    if format != "imagefolder":
+        _fail(ValueError(f"unknown --format {format!r}; supported: imagefolder"))
+    try:
+        n = export_imagefolder(out, dest, _kv(storage_option))
+    except (FileNotFoundError, ValueError) as e:
+        _fail(e)
+    typer.echo(f"wrote {n} images under {dest}")
+
+
+@prior_app.command("train")
+def prior_train(job: str, set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+                out: Optional[str] = typer.Option(None, "--out", help="output dir (default: the package's priors/)")):
+    """Train a small AutoencoderKL + class-conditional DiT on a dataset's train split."""
+    from .prior import main_train
+    try:
+        main_train(job, out, set_)
+    except _user_errors() as e:
+        _fail(e)
+
+
+@prior_app.command("evaluate")
+def prior_evaluate(job: str, set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+                   prior_dir: Optional[str] = typer.Option(None, "--prior", help="prior dir (default: shipped)"),
+                   samples: int = typer.Option(1000, help="class-conditional samples to score"),
+                   cfg_scale: float = typer.Option(4.0, help="CFG scale of the scored samples")):
+    """Measure a prior: real-data classifier, VAE reconstructions, sample fidelity, sample grid."""
+    from .prior_eval import main_evaluate
+    try:
+        main_evaluate(job, prior_dir, set_, samples, cfg_scale)
+    except _user_errors() as e:
+        _fail(e)
+
+
+def _kv(items) -> dict:
+    import yaml
+    out = {}
+    for it in items or []:
+        k, _, v = it.partition("=")
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

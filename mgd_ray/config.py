@@ -1,0 +1,283 @@
+"""Typed job files.
+
+A job file is YAML; this module is its schema. The tree mirrors the pipeline's stages
+(data -> encode -> coreset -> guidance/sampler -> generate -> evaluate), every model is
+``extra="forbid"`` and frozen, and errors name the key path, what was expected and what
+was given::
+
+    [sampler -> steps] must be greater than 0 (got: 0)
+
+``load_job(path, overrides)`` applies ``--set dotted.key=value`` overrides (values parsed as
+YAML scalars with ``yaml.safe_load``) before validation, so an override error reads exactly
+like a file error. ``dump_job`` writes the resolved config that is stored beside every output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class JobError(ValueError):
+    """A job file or override is invalid. The message says where, what and how to fix."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+METHODS = ("manifoldgd", "mgd3", "dit", "random-real", "herding", "kcenter")
+GENERATIVE_METHODS = ("manifoldgd", "mgd3", "dit")
+
+
+class DataConfig(_Model):
+    source: Literal["sklearn-digits", "fashion-mnist", "imagefolder", "parquet"] = "sklearn-digits"
+    root: str | None = None
+    download: bool = False
+    classes: list[str] | str | None = None
+    class_list: str | None = None
+    limit_per_class: int | None = Field(default=None, gt=0)
+    test_limit_per_class: int | None = Field(default=None, gt=0)
+    image_column: str = "image"
+    label_column: str = "label"
+    max_failures: int = Field(default=100, ge=0)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class EncodeConfig(_Model):
+    image_size: int | None = Field(default=None, gt=0, description="generator resolution; None = the VAE's")
+    preprocess: Literal["pad", "center-crop", "none"] = "pad"
+    batch_size: int = Field(default=256, gt=0)
+    min_actors: int = Field(default=1, ge=1)
+    max_actors: int = Field(default=2, ge=1)
+    num_cpus: float = Field(default=0.5, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    @model_validator(mode="after")
+    def _pool(self):
+        if self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors ({self.max_actors}) must be >= min_actors ({self.min_actors})")
+        return self
+
+
+class ModelConfig(_Model):
+    generator: str = Field(default="prior:digits", description="prior:<name>, a local dir, or a hub id")
+    vae: str | None = Field(default=None, description="None = the generator's vae/ subfolder")
+    allow_download: bool = False
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class CoresetConfig(_Model):
+    method: Literal["auto", "divisive", "kmeans", "random", "herding", "kcenter"] = "auto"
+    split: Literal["sse", "var"] = "sse"
+    selection: Literal["leaves", "levelwise"] = "leaves"
+    representative: Literal["mean", "medoid"] = "mean"
+    level_start: int = Field(default=1, ge=0)
+    depth_extra: int = Field(default=2, ge=0)
+    n_restarts: int = Field(default=3, ge=1)
+    niter: int = Field(default=20, ge=1)
+    neighbourhood_max: int = Field(default=256, ge=1, description="real latents kept per target for the tangent basis")
+
+
+class GuidanceConfig(_Model):
+    lam_mode: float = Field(default=0.1, ge=0)
+    manifold_scale: float | None = Field(default=None, ge=0, description="None = by method (0 for mgd3)")
+    beta: float = Field(default=1.0, ge=0, le=1)
+    beta_schedule: Literal["constant", "anneal"] = "constant"
+    basis: Literal["noised", "expected", "reference"] = "expected"
+    d: int = Field(default=3, ge=1)
+    K: int = Field(default=12, ge=2)
+    ridge: float = Field(default=1e-5, ge=0)
+    radius: float = Field(default=0.1, gt=0)
+    radius_mult: float = Field(default=2.0, ge=1)
+    warm: int = Field(default=5, ge=0)
+    radius_kind: Literal["exp", "linear", "cosine", "none"] = "exp"
+    t_stop: int = Field(default=25, ge=-1)
+    lam_man: float = Field(default=0.1, ge=0)
+    bandwidth: float = Field(default=1.0, gt=0)
+    cloud_size: int = Field(default=300, ge=2)
+
+    @model_validator(mode="after")
+    def _dims(self):
+        if self.d >= self.K:
+            raise ValueError(f"d ({self.d}) must be smaller than K ({self.K}): the basis comes from K neighbours")
+        return self
+
+
+class SamplerConfig(_Model):
+    kind: Literal["ddpm", "ddim"] = "ddpm"
+    steps: int = Field(default=50, gt=0, le=1000)
+    cfg_scale: float = Field(default=4.0, ge=1.0)
+    cfg_channels: Literal["all", "first3"] = "all"
+    variance_type: Literal["auto", "learned_range", "fixed_small", "fixed_large"] = "auto"
+    eta: float = Field(default=0.0, ge=0, le=1)
+
+
+class GenerateConfig(_Model):
+    ipc: int = Field(default=10, gt=0)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    targets_per_unit: int = Field(default=10, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    num_actors: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=1.0, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    max_retries: int = Field(default=3, ge=0)
+    fault_inject: str | None = Field(default=None, description="testing only: 'unit=<name>' kills the actor once")
+
+
+class EvaluateConfig(_Model):
+    enabled: bool = True
+    protocol: Literal["hard-label"] = "hard-label"
+    students: list[str] = Field(default_factory=lambda: ["convnet3"], min_length=1)
+    train_seeds: int = Field(default=3, ge=1)
+    epochs: int | None = Field(default=None, gt=0, description="None = the protocol's rule")
+    baselines: list[Literal["random-real"]] = Field(default_factory=lambda: ["random-real"])
+    batch_size: int = Field(default=64, gt=0)
+    num_workers: int = Field(default=1, ge=1)
+    cpus_per_worker: float = Field(default=0.5, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    max_concurrent: int = Field(default=2, ge=1)
+    augment: Literal["auto", "dsa-grey", "rgb", "none"] = "auto"
+    flip: bool = True
+    metrics: bool = True
+    classifier: str | None = Field(default=None, description="real-data classifier for FID features; None = the prior's")
+
+
+class RayConfig(_Model):
+    address: str | None = Field(default=None, description="None = attach if RAY_ADDRESS is set, else start locally")
+    num_cpus: int | None = Field(default=None, gt=0)
+    object_store_memory: int | None = Field(default=None, gt=0)
+    include_dashboard: bool = False
+
+
+class OutputConfig(_Model):
+    dir: str = "out/job"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    preview: bool = True
+    max_rows_per_shard: int = Field(default=1000, gt=0)
+
+
+class JobConfig(_Model):
+    name: str = "job"
+    method: Literal["manifoldgd", "mgd3", "dit", "random-real", "herding", "kcenter"] = "manifoldgd"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    encode: EncodeConfig = Field(default_factory=EncodeConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    coreset: CoresetConfig = Field(default_factory=CoresetConfig)
+    guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    # ---- resolved choices (the method decides what "auto" means) --------------------
+    @property
+    def generative(self) -> bool:
+        return self.method in GENERATIVE_METHODS
+
+    @property
+    def coreset_method(self) -> str | None:
+        if self.coreset.method != "auto":
+            return self.coreset.method
+        return {"manifoldgd": "divisive", "mgd3": "kmeans", "dit": None, "random-real": "random",
+                "herding": "herding", "kcenter": "kcenter"}[self.method]
+
+    @property
+    def manifold_scale(self) -> float:
+        if self.guidance.manifold_scale is not None:
+            return self.guidance.manifold_scale
+        return 1.0 if self.method == "manifoldgd" else 0.0
+
+    @property
+    def lam_mode(self) -> float:
+        return 0.0 if self.method == "dit" else self.guidance.lam_mode
+
+
+# ---------------------------------------------------------------------------------------
+def _fmt_loc(loc) -> str:
+    return " -> ".join(str(p) for p in loc) if loc else "(top level)"
+
+
+def format_validation_error(err: ValidationError, origin: str = "job") -> str:
+    lines = [f"invalid {origin}:"]
+    for e in err.errors():
+        loc = _fmt_loc(e.get("loc", ()))
+        kind = e.get("type", "")
+        given = e.get("input")
+        if kind == "extra_forbidden":
+            lines.append(f"  [{loc}] is not a known key (remove it or check its spelling; see README 'Job files')")
+            continue
+        msg = e.get("msg", "").removeprefix("Value error, ")
+        shown = json.dumps(given, default=str) if not isinstance(given, dict) else "{...}"
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  [{loc}] {msg} (got: {shown})")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b.c=value"`` -> (["a","b","c"], yaml scalar). Raises JobError when malformed."""
+    if "=" not in item:
+        raise JobError(f"override {item!r} must look like dotted.key=value, e.g. generate.ipc=10")
+    key, _, raw = item.partition("=")
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise JobError(f"override {item!r}: empty key segment in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError as e:
+        raise JobError(f"override {item!r}: value is not valid YAML ({e})") from None
+    return path, value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    raw = json.loads(json.dumps(raw))  # deep copy, plain types
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node = raw
+        for i, p in enumerate(path[:-1]):
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise JobError(f"override {item!r}: [{' -> '.join(path[:i + 1])}] is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def job_from_dict(raw: dict, overrides: list[str] | None = None, origin: str = "job") -> JobConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise JobError(f"invalid {origin}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as e:
+        raise JobError(format_validation_error(e, origin)) from None
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML job file (safe_load only), apply overrides, validate."""
+    p = Path(path)
+    if not p.is_file():
+        raise JobError(f"job file {str(p)!r} not found (expected a YAML file, e.g. jobs/digits.yaml)")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise JobError(f"job file {str(p)!r} is not valid YAML: {e}") from None
+    return job_from_dict(raw, overrides, origin=f"job file {p}")
+
+
+def dump_job(job: JobConfig) -> str:
+    """The resolved config as YAML (written beside every output)."""
+    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)

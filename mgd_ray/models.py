@@ -1,0 +1,224 @@
+"""The frozen generator: a diffusers ``DiTTransformer2DModel`` + ``AutoencoderKL``.
+
+Where models come from (``model.generator`` in a job):
+- ``prior:<name>``   a small prior that ships inside this package (``mgd_ray/priors/<name>/``),
+                     trained by ``mgd-ray prior train`` (see its ``prior.json``);
+- a local directory  in the diffusers DiT pipeline layout (``transformer/``, ``vae/``), e.g. a
+                     ``save_pretrained`` copy of facebook/DiT-XL-2-256;
+- a hub id           e.g. ``facebook/DiT-XL-2-256``, loaded from the local HF cache only
+                     (``local_files_only=True``) unless ``model.allow_download`` is true.
+``model.vae`` optionally names a separate VAE (e.g. ``stabilityai/sd-vae-ft-mse``).
+
+Nothing is read from literals: the VAE scaling factor comes from ``vae.config.scaling_factor``,
+the null class id from the transformer's ``num_embeds_ada_norm`` (diffusers' label embedding
+table has ``num_classes + 1`` rows and the last one is the CFG null class).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PRIORS_DIR = Path(__file__).parent / "priors"
+
+
+class ModelError(ValueError):
+    """A model could not be found or loaded; the message says where we looked and how to fix."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    source: str               # what the job asked for
+    path: str                 # where it was loaded from
+    num_classes: int
+    null_label: int
+    latent_channels: int
+    latent_size: int
+    image_channels: int
+    image_size: int
+    scaling_factor: float
+    learned_sigma: bool
+    transformer_sha256: str
+    vae_sha256: str
+
+    @property
+    def latent_dim(self) -> int:
+        return self.latent_channels * self.latent_size * self.latent_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def list_priors() -> list[str]:
+    if not PRIORS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRIORS_DIR.iterdir() if (p / "transformer").is_dir())
+
+
+def resolve_model_path(spec: str, allow_download: bool = False) -> tuple[str, bool]:
+    """-> (path or hub id, is_local_dir). Raises ModelError with a fix when nothing matches."""
+    if spec.startswith("prior:"):
+        name = spec.split(":", 1)[1]
+        p = PRIORS_DIR / name
+        if not (p / "transformer").is_dir():
+            raise ModelError(
+                f"unknown prior {name!r} (looked in {p}). Shipped priors: {', '.join(list_priors()) or 'none'}. "
+                f"Train one with `mgd-ray prior train jobs/prior-<dataset>.yaml`.")
+        return str(p), True
+    p = Path(os.path.expanduser(spec))
+    if p.exists():
+        if not p.is_dir():
+            raise ModelError(f"model path {spec!r} is a file; expected a directory with transformer/ and vae/")
+        return str(p), True
+    if spec.startswith(("/", "./", "../", "~")):
+        raise ModelError(f"model directory {spec!r} does not exist")
+    return spec, False
+
+
+def _sha256_dir(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16] if files else "unknown"
+
+
+def _load(cls, spec: str, subfolder: str | None, allow_download: bool, dtype):
+    path, local = resolve_model_path(spec, allow_download)
+    kwargs = dict(local_files_only=not allow_download, low_cpu_mem_usage=False)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if local and subfolder and not (Path(path) / subfolder).is_dir():
+        if (Path(path) / "config.json").is_file():
+            subfolder = None  # a bare model directory
+        else:
+            raise ModelError(f"{path!r} has no {subfolder}/ subfolder (expected the diffusers DiT pipeline layout)")
+    try:
+        model = cls.from_pretrained(path, subfolder=subfolder, **kwargs)
+    except (OSError, EnvironmentError, ValueError) as e:
+        how = ("set model.allow_download=true to fetch it, or point model.generator at a local "
+               "directory in the diffusers layout" if not allow_download else "check the id and your network")
+        raise ModelError(f"cannot load {cls.__name__} from {spec!r}"
+                         f"{' (subfolder ' + subfolder + ')' if subfolder else ''}: "
+                         f"{str(e).splitlines()[0][:300]}. {how}") from None
+    folder = Path(path) / subfolder if (local and subfolder) else Path(path)
+    if not local:
+        try:
+            from huggingface_hub import snapshot_download
+            folder = Path(snapshot_download(spec, local_files_only=True)) / (subfolder or "")
+        except Exception:  # pragma: no cover - hash is informative only
+            folder = Path("/nonexistent")
+    return model, path, folder
+
+
+def torch_dtype(name: str):
+    import torch
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_generator(generator: str, vae: str | None = None, *, allow_download: bool = False,
+                   dtype: str = "float32", device: str = "cpu"):
+    """-> (transformer, vae, ModelInfo); both models frozen in eval mode on ``device``."""
+    import diffusers
+    from diffusers import AutoencoderKL
+
+    if not allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    td = torch_dtype(dtype)
+    transformer, path, tfolder = _load(diffusers.DiTTransformer2DModel, generator, "transformer",
+                                       allow_download, td)
+    vae_spec, vae_sub = (vae, None) if vae else (generator, "vae")
+    if vae and resolve_model_path(vae)[1] and (Path(resolve_model_path(vae)[0]) / "vae").is_dir():
+        vae_sub = "vae"
+    vae_model, _, vfolder = _load(AutoencoderKL, vae_spec, vae_sub, allow_download, td)
+    for m in (transformer, vae_model):
+        m.requires_grad_(False)
+        m.eval()
+        m.to(device)
+    info = describe(transformer, vae_model, source=generator if not vae else f"{generator} + {vae}",
+                    path=path, tfolder=tfolder, vfolder=vfolder)
+    return transformer, vae_model, info
+
+
+def describe(transformer, vae, source="(in memory)", path="", tfolder=None, vfolder=None) -> ModelInfo:
+    tc, vc = transformer.config, vae.config
+    n_down = len(vc.block_out_channels) - 1
+    latent_size = int(tc.sample_size)
+    out_ch = tc.out_channels if tc.out_channels is not None else tc.in_channels
+    return ModelInfo(
+        source=source, path=str(path),
+        num_classes=int(tc.num_embeds_ada_norm),
+        null_label=int(tc.num_embeds_ada_norm),
+        latent_channels=int(tc.in_channels), latent_size=latent_size,
+        image_channels=int(vc.in_channels), image_size=latent_size * (2 ** n_down),
+        scaling_factor=float(vc.scaling_factor),
+        learned_sigma=int(out_ch) == 2 * int(tc.in_channels),
+        transformer_sha256=_sha256_dir(Path(tfolder)) if tfolder else "in-memory",
+        vae_sha256=_sha256_dir(Path(vfolder)) if vfolder else "in-memory",
+    )
+
+
+# ---- builders (tests and the prior trainer use the real classes) ---------------------------
+def build_dit(num_classes: int, latent_channels: int = 4, latent_size: int = 4, *, patch_size: int = 2,
+              num_layers: int = 2, num_heads: int = 2, head_dim: int = 16, learned_sigma: bool = True):
+    from diffusers import DiTTransformer2DModel
+    return DiTTransformer2DModel(
+        num_attention_heads=num_heads, attention_head_dim=head_dim, in_channels=latent_channels,
+        out_channels=latent_channels * (2 if learned_sigma else 1), num_layers=num_layers,
+        sample_size=latent_size, patch_size=patch_size, num_embeds_ada_norm=num_classes,
+        norm_num_groups=min(32, num_heads * head_dim))
+
+
+def build_vae(image_channels: int = 1, block_out_channels=(16, 32), latent_channels: int = 4,
+              layers_per_block: int = 1, norm_num_groups: int = 8, sample_size: int = 8,
+              scaling_factor: float = 1.0):
+    from diffusers import AutoencoderKL
+    n = len(block_out_channels)
+    return AutoencoderKL(
+        in_channels=image_channels, out_channels=image_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(block_out_channels), latent_channels=latent_channels,
+        layers_per_block=layers_per_block, norm_num_groups=norm_num_groups, sample_size=sample_size,
+        scaling_factor=scaling_factor)
+
+
+def tiny_models(num_classes: int = 10, image_channels: int = 1, image_size: int = 8, seed: int = 0,
+                learned_sigma: bool = True):
+    """A tiny random DiT + VAE of the real classes (for tests): latent 4 x image_size/2."""
+    import torch
+    torch.manual_seed(seed)
+    vae = build_vae(image_channels, (16, 32), 4, sample_size=image_size, scaling_factor=0.5)
+    dit = build_dit(num_classes, 4, image_size // 2, patch_size=2 if image_size >= 8 else 1,
+                    learned_sigma=learned_sigma)
+    return dit.eval(), vae.eval()
+
+
+def save_generator(transformer, vae, path: str | Path, legacy_class_name: bool = False) -> Path:
+    """Write the diffusers DiT pipeline layout (transformer/, vae/, model_index.json)."""
+    path = Path(path)
+    transformer.save_pretrained(path / "transformer")
+    vae.save_pretrained(path / "vae")
+    (path / "model_index.json").write_text(json.dumps({
+        "_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDPMScheduler"]}, indent=1))
+    if legacy_class_name:  # what the facebook/DiT-XL-2-256 hub repo ships
+        cfg_path = path / "transformer" / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["_class_name"] = "Transformer2DModel"
+        cfg_path.write_text(json.dumps(cfg, indent=1))
+    return path
+
+
+def encode_latents(vae, images, scaling_factor: float):
+    """images (B, C, H, W) in [-1, 1] -> z = s * posterior mean (B, c, h, w)."""
+    return vae.encode(images).latent_dist.mean * scaling_factor
+
+
+def decode_latents(vae, z, scaling_factor: float):
+    """z (B, c, h, w) -> images (B, C, H, W) in [-1, 1] (clamped)."""
+    return vae.decode(z / scaling_factor).sample.clamp(-1, 1)

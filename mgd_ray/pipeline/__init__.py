@@ -1,0 +1,1 @@
+"""The distributed pipeline. Only ``runner`` imports Ray; everything else is plain Python."""

@@ -1,0 +1,124 @@
+"""Evaluation trials (pure; Ray Train runs ``run_trials`` inside its workers).
+
+A trial = (dataset, student, training seed), where a dataset is a distilled set (one per
+generation seed) or a random-real baseline subset drawn with the same IPC. Each finished trial
+is committed as ``eval/<trial>.json``, so an interrupted evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from ..config import JobConfig
+from .store import Store
+from .units import decode_png
+
+
+def trial_name(kind: str, set_seed: int, student: str, train_seed: int) -> str:
+    return f"{kind}-s{set_seed}-{student}-t{train_seed}"
+
+
+def make_trials(job: JobConfig) -> list[dict]:
+    ev = job.evaluate
+    trials = []
+    kinds = [job.method] + [b for b in ev.baselines if b != job.method]
+    for kind in kinds:
+        for s in job.generate.seeds:
+            for student in ev.students:
+                for t in range(ev.train_seeds):
+                    trials.append(dict(name=trial_name(kind, s, student, t), kind=kind, set_seed=int(s),
+                                       student=student, train_seed=t))
+    return trials
+
+
+def load_shard_set(store: Store, gen_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> images uint8 (N, H, W, C), labels (N,) of one distilled set, ordered by sample_id."""
+    rows = []
+    for name in store.ls("shards", suffix=".parquet"):
+        if not name.startswith(f"s{gen_seed:03d}-"):
+            continue
+        t = store.read_table("shards", name, columns=["sample_id", "label", "image"]).to_pylist()
+        rows.extend(t)
+    rows.sort(key=lambda r: r["sample_id"])
+    if not rows:
+        raise RuntimeError(f"no shards for generation seed {gen_seed} under {store.uri('shards')}")
+    imgs = np.stack([decode_png(r["image"]) for r in rows])
+    return imgs, np.asarray([r["label"] for r in rows], dtype=np.int64)
+
+
+def random_real_subset(labels: np.ndarray, ipc: int, seed: int) -> np.ndarray:
+    """Indices of ``ipc`` random real images per class (seeded; the fair-comparison baseline)."""
+    rng = np.random.default_rng([int(seed), 7919])
+    out = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        out.append(rng.choice(idx, size=min(ipc, len(idx)), replace=False))
+    return np.sort(np.concatenate(out))
+
+
+def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None) -> list[dict]:
+    """Run this worker's share of the trials (trial i goes to worker i mod world_size)."""
+    import torch
+
+    from ..eval import TrainConfig, train_and_evaluate
+    from ..eval.train import to_float_images
+    job = JobConfig.model_validate(cfg["job"])
+    store = Store(job.output.dir, job.output.storage_options)
+    torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
+    x_test = to_float_images(cfg["test_images"])
+    y_test = torch.as_tensor(cfg["test_labels"]).long()
+    x_real, y_real = cfg["train_images"], np.asarray(cfg["train_labels"])
+    num_classes = int(cfg["num_classes"])
+    ev = job.evaluate
+    done = []
+    for i, trial in enumerate(cfg["trials"]):
+        if i % world_size != rank:
+            continue
+        key = ("eval", f"{trial['name']}.json")
+        if store.exists(*key):
+            done.append(store.read_json(*key))
+            continue
+        if trial["kind"] == "random-real" and job.method != "random-real":
+            idx = random_real_subset(y_real, job.generate.ipc, trial["set_seed"])
+            imgs, labels = x_real[idx], y_real[idx]
+        else:
+            imgs, labels = load_shard_set(store, trial["set_seed"])
+        tc = TrainConfig(student=trial["student"], epochs=ev.epochs, batch_size=ev.batch_size,
+                         augment=ev.augment, flip=ev.flip, seed=int(trial["train_seed"]))
+        t0 = time.time()
+        res = train_and_evaluate(to_float_images(imgs), torch.as_tensor(labels).long(), x_test, y_test,
+                                 num_classes, tc)
+        res = {k: v for k, v in res.items() if k != "history"} | {"history": res.get("history", [])}
+        rec = dict(trial, **res, images=int(len(labels)), wall_seconds=round(time.time() - t0, 2))
+        store.write_json(json.loads(json.dumps(rec, default=float)), *key)
+        done.append(rec)
+    return done
+
+
+def summarise(job: JobConfig, records: list[dict]) -> dict:
+    """Per method/baseline and student: per-seed final and best accuracy, mean and std."""
+    from ..eval import PROTOCOL, PROTOCOL_VERSION
+    out: dict = {"protocol": PROTOCOL, "protocol_version": PROTOCOL_VERSION, "ipc": job.generate.ipc,
+                 "note": "best_acc is the maximum over periodic test evaluations (optimistic, as papers report); "
+                         "final_acc is the last epoch.",
+                 "results": {}}
+    for r in sorted(records, key=lambda r: r["name"]):
+        cell = out["results"].setdefault(r["kind"], {}).setdefault(r["student"], {"runs": []})
+        cell["runs"].append({k: r[k] for k in ("set_seed", "train_seed", "final_acc", "best_acc", "epochs")})
+    for kind, by_student in out["results"].items():
+        for student, cell in by_student.items():
+            for m in ("final_acc", "best_acc"):
+                v = np.array([run[m] for run in cell["runs"]], dtype=float)
+                cell[f"{m}_mean"] = float(v.mean())
+                cell[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    base = out["results"].get("random-real", {})
+    for kind, by_student in out["results"].items():
+        if kind == "random-real":
+            continue
+        for student, cell in by_student.items():
+            if student in base:
+                cell["gain_over_random_real"] = cell["final_acc_mean"] - base[student]["final_acc_mean"]
+    return out

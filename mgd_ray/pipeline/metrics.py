@@ -1,0 +1,50 @@
+"""Distribution metrics of each distilled set, in the features of the project's real-data
+classifier (shipped beside the prior as ``classifier/``, or ``evaluate.classifier``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..config import JobConfig
+from .evaluate import load_shard_set
+
+log = logging.getLogger("mgd_ray")
+
+
+def classifier_dir(job: JobConfig, info) -> Path | None:
+    if job.evaluate.classifier:
+        return Path(job.evaluate.classifier)
+    p = Path(info.path) / "classifier"
+    return p if p.is_dir() else None
+
+
+def compute_distribution(job: JobConfig, store, source, info) -> dict:
+    import torch
+
+    from ..eval import distribution_report
+    from ..eval.classifier import features, load_classifier, predict
+    from ..eval.train import to_float_images
+    d = classifier_dir(job, info)
+    if d is None:
+        log.info("metrics: no real-data classifier beside the prior (train one with `mgd-ray prior evaluate`); skipped")
+        return {"skipped": "no real-data classifier"}
+    clf = load_classifier(d)
+    real = source.arrays("train")
+    x_real = to_float_images(real["image"])
+    with torch.no_grad():
+        f_real = features(clf, x_real)
+    out = {"feature_space": f"real-data classifier {d.name} ({clf.record.get('test_acc', 'n/a')} test acc)",
+           "sets": {}}
+    for s in job.generate.seeds:
+        imgs, labels = load_shard_set(store, s)
+        x = to_float_images(imgs)
+        with torch.no_grad():
+            f_syn, pred = features(clf, x), predict(clf, x)
+        out["sets"][str(s)] = distribution_report(f_real.numpy(), f_syn.numpy(), pred_syn=pred.numpy(),
+                                                  labels_syn=labels, num_classes=len(source.classes), seed=s)
+    keys = [k for k, v in next(iter(out["sets"].values())).items() if isinstance(v, float)]
+    out["mean"] = {k: float(np.nanmean([v[k] for v in out["sets"].values()])) for k in keys}
+    return out

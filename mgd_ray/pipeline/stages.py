@@ -1,0 +1,284 @@
+"""The pipeline's stages as plain callable classes (no Ray here; ``runner.py`` wires them).
+
+- ``Encoder``: ``__init__`` loads the frozen VAE once; ``__call__`` maps a batch
+  ``{id, label, image}`` -> ``{id, label, latent}`` (z = s * posterior mean, flattened).
+- ``build_class_targets``: one class's coreset (the method core) -> target rows.
+- ``GeneratorWorker``: ``__init__`` loads DiT + VAE once; ``run_unit`` generates one work unit
+  and commits it as ONE Parquet shard (deterministic name, atomic write); non-generative
+  methods (random-real, herding, kcenter) write the chosen real images instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+
+from ..config import JobConfig
+from .store import Store
+from .units import Unit, png_bytes, sample_id, shard_table, to_uint8
+
+log = logging.getLogger("mgd_ray")
+
+
+def set_threads(n: int | None):
+    import torch
+    n = max(1, int(n or 1))
+    torch.set_num_threads(n)
+    try:
+        import faiss
+        faiss.omp_set_num_threads(n)
+    except Exception:  # pragma: no cover
+        pass
+
+
+def pick_device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def image_size_for(job: JobConfig, info) -> int:
+    return job.encode.image_size or info.image_size
+
+
+def load_models(job: JobConfig, device: str):
+    from ..models import load_generator
+    return load_generator(job.model.generator, job.model.vae, allow_download=job.model.allow_download,
+                          dtype=job.model.dtype if device != "cpu" else "float32", device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+class Encoder:
+    """Batch ``{id, label, image}`` -> ``{id, label, latent (B, D) float32}``."""
+
+    def __init__(self, job: dict, threads: int = 1):
+        import torch
+        set_threads(threads)
+        self.job = JobConfig.model_validate(job)
+        self.device = pick_device(self.job.model.device)
+        _, self.vae, self.info = load_models(self.job, self.device)
+        self.size = image_size_for(self.job, self.info)
+        self.dtype = next(self.vae.parameters()).dtype
+        self.torch = torch
+
+    def __call__(self, batch: dict) -> dict:
+        from ..data import preprocess
+        from ..models import encode_latents
+        torch = self.torch
+        imgs = batch["image"]
+        if isinstance(imgs, np.ndarray) and imgs.dtype == np.float32 and imgs.ndim == 4 and imgs.shape[1] <= 4:
+            x = imgs  # already preprocessed (N, C, H, W) in [-1, 1]
+        else:
+            imgs = np.stack(list(imgs)) if not isinstance(imgs, np.ndarray) or imgs.dtype == object else imgs
+            x = preprocess(imgs, self.size, channels=self.info.image_channels, mode=self.job.encode.preprocess)
+        with torch.no_grad():
+            z = encode_latents(self.vae, torch.from_numpy(x).to(self.device, self.dtype), self.info.scaling_factor)
+        z = z.float().cpu().numpy().reshape(len(x), -1)
+        return {"id": np.asarray(batch["id"], dtype=np.int64), "label": np.asarray(batch["label"], dtype=np.int64),
+                "latent": z}
+
+
+# ---------------------------------------------------------------------------------------------
+def read_class_latents(store: Store, label: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> (ids (n,) int64, Z (n, D) float32) of one class from the latent cache (sorted by id)."""
+    import pyarrow.dataset as pads
+    d = store.path("latents", f"label={label}")
+    ds = pads.dataset(d, filesystem=store.arrow_fs(), format="parquet")
+    t = ds.to_table(columns=["id", "latent"])
+    ids = t.column("id").to_numpy()
+    lat = t.column("latent").combine_chunks()
+    flat = np.asarray(lat.flatten() if hasattr(lat, "flatten") else lat.storage.flatten(), dtype=np.float32)
+    Z = flat.reshape(len(ids), -1)
+    order = np.argsort(ids, kind="stable")
+    return ids[order].astype(np.int64), Z[order]
+
+
+def coreset_kwargs(job: JobConfig) -> dict:
+    c = job.coreset
+    return dict(method=job.coreset_method, split=c.split, selection=c.selection, representative=c.representative,
+                level_start=c.level_start, depth_extra=c.depth_extra, n_restarts=c.n_restarts, niter=c.niter)
+
+
+def build_class_targets(job: JobConfig, store: Store, label: int, gen_seed: int, threads: int = 1) -> list[dict]:
+    """One class, one generation seed -> ipc target rows (see ``targets.parquet``)."""
+    from ..method import build_coreset, image_seed
+    set_threads(threads)
+    ipc = job.generate.ipc
+    if job.coreset_method is None:  # plain DiT: no targets, only seeds
+        return [dict(label=label, index=j, depth=0, parent=-1, node=-1, size=0, member_ids=[], target=None,
+                     seed=image_seed(gen_seed, label, j), source_id=-1, method="none", gen_seed=gen_seed)
+                for j in range(ipc)]
+    ids, Z = read_class_latents(store, label)
+    targets = build_coreset(Z, ids, label, ipc, seed=gen_seed, global_seed=gen_seed, **coreset_kwargs(job))
+    rows = []
+    for t in targets:
+        r = t.to_row()
+        r["member_ids"] = np.asarray(r["member_ids"], dtype=np.int64).tolist()
+        r["target"] = np.asarray(r["target"], dtype=np.float32)
+        r["gen_seed"] = gen_seed
+        rows.append(r)
+    return rows
+
+
+def targets_table(rows: list[dict]):
+    import pyarrow as pa
+    D = next((len(r["target"]) for r in rows if r["target"] is not None), 0)
+    tgt = [None if r["target"] is None else np.asarray(r["target"], np.float32).tolist() for r in rows]
+    return pa.table({
+        "target_id": [f"s{r['gen_seed']}-c{r['label']}-j{r['index']}" for r in rows],
+        "gen_seed": pa.array([r["gen_seed"] for r in rows], pa.int64()),
+        "label": pa.array([r["label"] for r in rows], pa.int64()),
+        "index": pa.array([r["index"] for r in rows], pa.int32()),
+        "depth": pa.array([r["depth"] for r in rows], pa.int32()),
+        "parent": pa.array([r["parent"] for r in rows], pa.int64()),
+        "node": pa.array([r["node"] for r in rows], pa.int64()),
+        "size": pa.array([r["size"] for r in rows], pa.int64()),
+        "member_ids": pa.array([r["member_ids"] for r in rows], pa.list_(pa.int64())),
+        "target": pa.array(tgt, pa.list_(pa.float32(), D) if D else pa.list_(pa.float32())),
+        "seed": pa.array([r["seed"] for r in rows], pa.int64()),
+        "source_id": pa.array([r["source_id"] for r in rows], pa.int64()),
+        "method": [r["method"] for r in rows],
+    })
+
+
+def guidance_params(job: JobConfig):
+    from ..method import GuidanceParams
+    g = job.guidance
+    return GuidanceParams(lam_mode=job.lam_mode, beta=g.beta, beta_schedule=g.beta_schedule, d=g.d, K=g.K,
+                          ridge=g.ridge, basis=g.basis, r=g.radius, m=g.radius_mult, warm=g.warm,
+                          radius_kind=g.radius_kind, t_stop=g.t_stop, lam_man=g.lam_man, bandwidth=g.bandwidth,
+                          cloud_size=g.cloud_size, manifold_scale=job.manifold_scale)
+
+
+# ---------------------------------------------------------------------------------------------
+class GeneratorWorker:
+    """Holds the frozen DiT + VAE; turns one work unit into one committed shard."""
+
+    def __init__(self, job: dict, threads: int = 1):
+        set_threads(threads)
+        self.job = JobConfig.model_validate(job)
+        self.store = Store(self.job.output.dir, self.job.output.storage_options)
+        self.device = pick_device(self.job.model.device)
+        self._models = None
+        self._class_cache: dict[int, tuple] = {}
+        self._real = None
+
+    # lazily: real-image methods never load the generator
+    def models(self):
+        if self._models is None:
+            from ..method import GaussianDiffusion
+            dit, vae, info = load_models(self.job, self.device)
+            diff = GaussianDiffusion().respaced(self.job.sampler.steps)
+            self._models = (dit, vae, info, diff)
+        return self._models
+
+    def class_latents(self, label: int):
+        if label not in self._class_cache:
+            self._class_cache = {label: read_class_latents(self.store, label)}  # keep one class
+        return self._class_cache[label]
+
+    def _maybe_fault(self, unit: Unit):
+        spec = self.job.generate.fault_inject
+        if spec and spec == f"unit={unit.name}":
+            marker = ("_faults", f"{unit.name}.txt")
+            if not self.store.exists(*marker):
+                self.store.write_bytes(b"injected", *marker)
+                log.warning("fault injection: killing this actor in unit %s", unit.name)
+                os._exit(17)
+
+    def run_unit(self, unit: Unit) -> dict:
+        t0 = time.time()
+        if self.store.exists("shards", unit.shard):
+            return {"unit": unit.name, "skipped": True, "images": 0, "seconds": 0.0}
+        self._maybe_fault(unit)
+        if self.job.generative:
+            rows = self._generate(unit)
+        else:
+            rows = self._real_rows(unit)
+        self.store.write_table(shard_table(rows), "shards", unit.shard)
+        return {"unit": unit.name, "skipped": False, "images": len(rows), "seconds": time.time() - t0,
+                "pid": os.getpid()}
+
+    def _real_rows(self, unit: Unit) -> list[dict]:
+        from ..data import open_source
+        if self._real is None:
+            self._real = open_source(self.job.data)
+        want = [int(t["source_id"]) for t in unit.targets]
+        arr = self._real.arrays("train", ids=want) if "ids" in _params(self._real.arrays) else None
+        if arr is None:
+            full = self._real.arrays("train", classes=[unit.label])
+            pos = {int(i): k for k, i in enumerate(full["id"])}
+            imgs = np.stack([full["image"][pos[i]] for i in want])
+        else:
+            pos = {int(i): k for k, i in enumerate(arr["id"])}
+            imgs = np.stack([arr["image"][pos[i]] for i in want])
+        return [self._row(unit, t, img) for t, img in zip(unit.targets, imgs)]
+
+    def _row(self, unit: Unit, t: dict, img: np.ndarray) -> dict:
+        img = img if img.ndim == 3 else img[:, :, None]
+        return dict(sample_id=sample_id(unit.gen_seed, unit.label, int(t["index"])), label=unit.label,
+                    class_name=unit.class_name, target_id=f"s{unit.gen_seed}-c{unit.label}-j{t['index']}",
+                    seed=int(t["seed"]), gen_seed=unit.gen_seed, method=self.job.method, image=png_bytes(img),
+                    height=img.shape[0], width=img.shape[1], channels=img.shape[2])
+
+    def _generate(self, unit: Unit) -> list[dict]:
+        import torch
+
+        from ..method import ManifoldGuidance, dit_model_fn, neighbourhood_for_target, pad_neighbourhoods, sample
+        from ..models import decode_latents
+        from types import SimpleNamespace
+        dit, vae, info, diff = self.models()
+        job = self.job
+        params = guidance_params(job)
+        shape = (info.latent_channels, info.latent_size, info.latent_size)
+        vt = job.sampler.variance_type
+        if vt == "auto":
+            vt = "learned_range" if info.learned_sigma else "fixed_small"
+        needs_nbrs = job.method != "dit" and params.manifold_scale > 0 and params.basis != "reference"
+        rows = []
+        bs = job.generate.batch_size
+        dtype = next(dit.parameters()).dtype
+        for k in range(0, len(unit.targets), bs):
+            chunk = unit.targets[k:k + bs]
+            labels = torch.full((len(chunk),), unit.label, dtype=torch.long)
+            seeds = [int(t["seed"]) for t in chunk]
+            guidance = None
+            if job.method != "dit":
+                c = torch.as_tensor(np.stack([np.asarray(t["target"], np.float32) for t in chunk]))
+                nb = None
+                if needs_nbrs:
+                    ids, Z = self.class_latents(unit.label)
+                    lst = [neighbourhood_for_target(Z, ids, SimpleNamespace(member_ids=t["member_ids"],
+                                                                            target=t["target"]),
+                                                    job.coreset.neighbourhood_max, params.K) for t in chunk]
+                    nb = pad_neighbourhoods(lst)
+                guidance = ManifoldGuidance(c, nb, params)
+            x0 = sample(dit_model_fn(dit), diff, labels, seeds, shape, null_label=info.null_label,
+                        cfg_scale=job.sampler.cfg_scale, cfg_channels=job.sampler.cfg_channels,
+                        variance_type=vt, sampler=job.sampler.kind, eta=job.sampler.eta, guidance=guidance,
+                        device=self.device, dtype=torch.float32 if self.device == "cpu" else dtype)
+            with torch.no_grad():
+                imgs = decode_latents(vae, x0.to(dtype), info.scaling_factor).float().cpu().numpy()
+            imgs = self._crop(imgs)
+            for t, img in zip(chunk, to_uint8(imgs)):
+                rows.append(self._row(unit, t, img))
+        return rows
+
+    def _crop(self, imgs: np.ndarray) -> np.ndarray:
+        """Undo the encoder's padding (e.g. 32 -> 28 for Fashion-MNIST) so images keep the source size."""
+        native = getattr(self.job.data, "source", "") == "fashion-mnist" and self.job.encode.preprocess == "pad"
+        if native and imgs.shape[-1] == 32:
+            return imgs[:, :, 2:30, 2:30]
+        return imgs
+
+
+def _params(fn) -> list[str]:
+    import inspect
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
