@@ -109,59 +109,16 @@ def generator_labels(source, info) -> list[int]:
     return list(range(len(cl)))
 
 
-def plan(job: JobConfig, source, info, stages) -> dict:
-    n_train = source.num_rows("train")
-    C = len(source.classes)
-    ipc = job.generate.ipc
-    S = len(job.generate.seeds)
-    units = make_units(job.generate.seeds, range(C), source.classes.names, ipc, job.generate.targets_per_unit)
-    steps = job.sampler.steps
-    cfg_mult = 2 if job.sampler.cfg_scale != 1.0 else 1
-    fwd = C * ipc * S * steps * cfg_mult if job.generative else 0
-    from .pipeline.evaluate import make_trials
-    trials = make_trials(job) if job.evaluate.enabled else []
-    p = {
-        "job": job.name, "method": job.method, "stages": stages,
-        "classes": C, "images_to_encode": n_train, "generation_seeds": S, "ipc": ipc,
-        "images_to_generate": C * ipc * S, "work_units": len(units),
-        "dit_forward_passes_per_image": steps * cfg_mult if job.generative else 0,
-        "dit_forward_passes": fwd, "dit_forward_batched_calls": -(-fwd // (job.generate.batch_size * cfg_mult))
-        if fwd else 0,
-        "resources": {
-            "encode": f"{job.encode.min_actors}-{job.encode.max_actors} actors x ({job.encode.num_cpus} CPU, "
-                      f"{job.encode.num_gpus} GPU), batch {job.encode.batch_size}",
-            "coreset": "Ray tasks, 1 CPU each, classes split across them",
-            "generate": f"{job.generate.num_actors} actors x ({job.generate.num_cpus} CPU, "
-                        f"{job.generate.num_gpus} GPU), batch {job.generate.batch_size}",
-            "evaluate": f"1 TorchTrainer, {job.evaluate.num_workers} workers x ({job.evaluate.cpus_per_worker} CPU, "
-                        f"{job.evaluate.gpus_per_worker} GPU), {len(trials)} trials",
-        },
-        "model": {"generator": job.model.generator, "latent": [info.latent_channels, info.latent_size,
-                                                                info.latent_size], "classes": info.num_classes},
-    }
-    p["estimate"] = estimate(job, info, fwd)
-    return p
-
-
-def estimate(job: JobConfig, info, fwd: int) -> dict:
-    """Time estimate for generation from a stated per-forward cost (see README: Dry run)."""
-    from .bench.throughput import forward_seconds_estimate
-    per_fwd, source = forward_seconds_estimate(info, job.generate.num_gpus > 0, job.generate.batch_size)
-    actors = max(1, job.generate.num_actors)
-    secs = fwd * per_fwd / actors
-    return {"seconds_per_forward_per_image": per_fwd, "basis": source,
-            "generate_wall_seconds": round(secs, 1), "generate_device_hours": round(fwd * per_fwd / 3600, 2)}
-
-
 # ---------------------------------------------------------------------------------------------
 def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = False) -> dict:
     setup_logging()
     stages = stages or list(STAGES)
     t_start = time.time()
+    from .pipeline.plan import dry_run_plan, plan
+    if dry_run:
+        return {"plan": dry_run_plan(job, stages)}
     source, info = preflight(job)
     p = plan(job, source, info, stages)
-    if dry_run:
-        return {"plan": p}
     store = Store(job.output.dir, job.output.storage_options)
     store.makedirs()
     store.write_bytes(dump_job_redacted(job).encode(), "config.yaml")
@@ -184,8 +141,6 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
                     "image_size": job.encode.image_size, "preprocess": job.encode.preprocess}}
     labels = list(range(len(source.classes)))
     timings = manifest.setdefault("timings", {})
-    if failures := getattr(source, "failures", None):
-        store.write_table(source.failures_table(), "failures.parquet")
 
     def timed(name, fn):
         t0 = time.time()
@@ -195,16 +150,14 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
         return r
 
     if "encode" in stages or "coreset" in stages or "generate" in stages:
-        manifest["encode"] = timed("encode", lambda: runner.run_encode(job, store, source, data_key))
-        if source.failures:
-            store.write_table(source.failures_table(), "failures.parquet")
+        manifest["encode"] = timed("encode", lambda: runner.run_encode(job, store, source, data_key, info.image_size))
     targets = None
     if any(s in stages for s in ("coreset", "generate")):
         ckey = dict(data_key, coreset=job.coreset.model_dump(mode="json"), method=job.method,
                     ipc=job.generate.ipc, seeds=list(job.generate.seeds))
         targets = timed("coreset", lambda: runner.run_coreset(job, store, labels, ckey))
     units = make_units(job.generate.seeds, labels, source.classes.names, job.generate.ipc,
-                       job.generate.targets_per_unit)
+                       job.generate.targets_per_unit, generator_labels(source, info))
     if "generate" in stages:
         runner.attach_targets(units, targets)
         manifest["generate"] = timed("generate", lambda: runner.run_generate(job, store, units))

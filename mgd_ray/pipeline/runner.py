@@ -55,7 +55,7 @@ def job_dict(job: JobConfig) -> dict:
 
 
 # ---- encode ---------------------------------------------------------------------------------
-def run_encode(job: JobConfig, store: Store, source, cache_key: dict) -> dict:
+def run_encode(job: JobConfig, store: Store, source, cache_key: dict, image_size: int) -> dict:
     import ray.data
 
     from .stages import Encoder
@@ -69,7 +69,11 @@ def run_encode(job: JobConfig, store: Store, source, cache_key: dict) -> dict:
     t0 = time.time()
     n = source.num_rows("train")
     e = job.encode
-    ds = source.ray_dataset("train")
+    size = job.encode.image_size or image_size
+    store.rm("failures_parts")
+    ds = source.ray_dataset("train", image_size=size, mode=e.preprocess if e.preprocess != "none" else "center-crop",
+                            failures_dir=store.uri("failures_parts"),
+                            failures_storage_options=store.storage_options or None)
     ds = ds.map_batches(Encoder, fn_constructor_kwargs={"job": job_dict(job), "threads": max(1, int(e.num_cpus))},
                         compute=ray.data.ActorPoolStrategy(min_size=e.min_actors, max_size=e.max_actors),
                         num_cpus=e.num_cpus, num_gpus=e.num_gpus or None, batch_size=e.batch_size,
@@ -77,10 +81,23 @@ def run_encode(job: JobConfig, store: Store, source, cache_key: dict) -> dict:
     ds.write_parquet(store.path("latents"), filesystem=store.arrow_fs(), partition_cols=["label"],
                      min_rows_per_file=min(n, 20000))
     el = time.time() - t0
+    collect_failures(store, source, job.data.max_failures)
     rec = {"key": cache_key, "rows": n, "seconds": round(el, 2), "images_per_s": round(n / max(el, 1e-9), 1)}
     store.write_json(rec, "latents", "_COMPLETE.json")
     _say(f"encode: {n} images -> latents in {el:.1f}s ({rec['images_per_s']:.0f} img/s)")
     return rec
+
+
+def collect_failures(store: Store, source, max_failures: int):
+    """Unreadable images -> failures.parquet (beside the outputs); over the limit -> DataError."""
+    from ..data import check_failure_limit, failures_to_table, read_failures
+    t = read_failures(store.uri("failures_parts"), store.storage_options or None)
+    rows = set(zip(*[t.column(c).to_pylist() for c in ("path", "split", "error")])) if t.num_rows else set()
+    rows |= set(getattr(source, "failures", []) or [])
+    if rows:
+        store.write_table(failures_to_table(rows), "failures.parquet")
+        _say(f"encode: {len(rows)} unreadable image(s) skipped, listed in {store.uri('failures.parquet')}")
+    check_failure_limit(len(rows), max_failures, "the train split")
 
 
 # ---- coreset --------------------------------------------------------------------------------
@@ -101,7 +118,9 @@ def run_coreset(job: JobConfig, store: Store, labels: list[int], cache_key: dict
         s = Store(j.output.dir, j.output.storage_options)
         return [r for lab in chunk for g in seeds for r in build_class_targets(j, s, lab, g, threads=1)]
 
-    n_tasks = max(1, min(len(labels), int(ray.cluster_resources().get("CPU", 1)) * 2))
+    # a task per ~20k latents (small data: one task; each task pays a worker start-up)
+    n_rows = int(store.read_json("latents", "_COMPLETE.json").get("rows", 0))
+    n_tasks = max(1, min(len(labels), int(ray.cluster_resources().get("CPU", 1)), n_rows // 20000))
     chunks = [labels[i::n_tasks] for i in range(n_tasks)]
     jd = ray.put(job_dict(job))
     refs = [coreset_task.remote(jd, c, list(job.generate.seeds)) for c in chunks if c]

@@ -244,7 +244,7 @@ class GeneratorWorker:
         dtype = next(dit.parameters()).dtype
         for k in range(0, len(unit.targets), bs):
             chunk = unit.targets[k:k + bs]
-            labels = torch.full((len(chunk),), unit.label, dtype=torch.long)
+            labels = torch.full((len(chunk),), unit.model_label, dtype=torch.long)
             seeds = [int(t["seed"]) for t in chunk]
             guidance = None
             if job.method != "dit":

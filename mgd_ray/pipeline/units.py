@@ -20,6 +20,11 @@ class Unit:
     start: int               # first target index in the class
     count: int               # number of targets in this unit
     targets: list = field(default_factory=list)   # list[dict] target rows (filled by the coreset stage)
+    gen_label: int = -1      # the generator's class id (e.g. ImageNet index of a wnid); -1 = label
+
+    @property
+    def model_label(self) -> int:
+        return self.gen_label if self.gen_label >= 0 else self.label
 
     @property
     def name(self) -> str:
@@ -34,12 +39,13 @@ def sample_id(gen_seed: int, label: int, index: int) -> str:
     return f"s{gen_seed}-c{label}-i{index}"
 
 
-def make_units(gen_seeds, labels, class_names, ipc: int, per_unit: int) -> list[Unit]:
+def make_units(gen_seeds, labels, class_names, ipc: int, per_unit: int, gen_labels=None) -> list[Unit]:
     units = []
+    gen_labels = list(labels) if gen_labels is None else list(gen_labels)
     for s in gen_seeds:
-        for lab, name in zip(labels, class_names):
+        for lab, name, glab in zip(labels, class_names, gen_labels):
             for start in range(0, ipc, per_unit):
-                units.append(Unit(int(s), int(lab), name, start, min(per_unit, ipc - start)))
+                units.append(Unit(int(s), int(lab), name, start, min(per_unit, ipc - start), gen_label=int(glab)))
     return units
 
 

@@ -1,0 +1,124 @@
+"""Job files: schema, overrides, error messages, CLI exit codes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mgd_ray.config import JobConfig, JobError, dump_job, job_from_dict, load_job, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_method_resolution():
+    j = job_from_dict({})
+    assert j.method == "manifoldgd" and j.coreset_method == "divisive" and j.manifold_scale == 1.0
+    m = job_from_dict({"method": "mgd3"})
+    assert m.coreset_method == "kmeans" and m.manifold_scale == 0.0 and m.lam_mode == 0.1
+    d = job_from_dict({"method": "dit"})
+    assert d.coreset_method is None and d.lam_mode == 0.0 and d.generative
+    r = job_from_dict({"method": "random-real"})
+    assert r.coreset_method == "random" and not r.generative
+
+
+def test_overrides_are_yaml_scalars():
+    j = job_from_dict({}, ["generate.ipc=7", "generate.seeds=[3, 4]", "sampler.cfg_scale=1.5",
+                           "data.classes=[a, b]", "model.allow_download=true", "output.dir=s3://b/p"])
+    assert j.generate.ipc == 7 and j.generate.seeds == [3, 4] and j.sampler.cfg_scale == 1.5
+    assert j.data.classes == ["a", "b"] and j.model.allow_download is True and j.output.dir == "s3://b/p"
+    assert parse_override("a.b= 0.5")[1] == 0.5
+    assert job_from_dict({}, ["guidance.ridge=1e-3"]).guidance.ridge == 1e-3  # YAML 1.1 string, coerced
+
+
+def test_unknown_key_names_path():
+    with pytest.raises(JobError) as e:
+        job_from_dict({"sampler": {"stepz": 3}})
+    assert "[sampler -> stepz] is not a known key" in str(e.value)
+
+
+def test_wrong_type_and_range_say_expected_and_got():
+    with pytest.raises(JobError) as e:
+        job_from_dict({}, ["sampler.steps=0"])
+    msg = str(e.value)
+    assert "[sampler -> steps]" in msg and "greater than 0" in msg and "got: 0" in msg
+    with pytest.raises(JobError) as e:
+        job_from_dict({"generate": {"ipc": "many"}})
+    assert "[generate -> ipc]" in str(e.value) and "many" in str(e.value)
+    with pytest.raises(JobError) as e:
+        job_from_dict({"method": "magic"})
+    assert "manifoldgd" in str(e.value)  # lists the choices
+
+
+def test_cross_field_checks():
+    with pytest.raises(JobError, match="d \\(12\\) must be smaller than K"):
+        job_from_dict({"guidance": {"d": 12, "K": 12}})
+    with pytest.raises(JobError, match="max_actors"):
+        job_from_dict({"encode": {"min_actors": 3, "max_actors": 2}})
+
+
+def test_bad_override_syntax():
+    with pytest.raises(JobError, match="dotted.key=value"):
+        job_from_dict({}, ["generate.ipc"])
+    with pytest.raises(JobError, match="is a value, not a section"):
+        job_from_dict({"method": "dit"}, ["method.x=1"])
+
+
+def test_frozen():
+    j = job_from_dict({})
+    with pytest.raises(Exception):
+        j.generate.ipc = 3
+
+
+def test_roundtrip_dump(tmp_path):
+    j = job_from_dict({}, ["generate.ipc=3"])
+    p = tmp_path / "job.yaml"
+    p.write_text(dump_job(j))
+    assert load_job(p) == j
+
+
+def test_safe_load_only(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("!!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(JobError, match="not valid YAML"):
+        load_job(p)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "jobs").glob("*.yaml") if not p.name.startswith("prior-")))
+def test_shipped_jobs_validate(name):
+    assert isinstance(load_job(ROOT / "jobs" / name), JobConfig)
+
+
+def test_cli_error_is_one_message_no_traceback(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"generate": {"ipc": -1}, "colour": "red"}))
+    r = subprocess.run([sys.executable, "-m", "mgd_ray.distill", str(p)], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 2
+    assert "[generate -> ipc]" in r.stderr and "[colour] is not a known key" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_cli_missing_dataset_dir(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mgd_ray.distill", str(ROOT / "jobs" / "digits.yaml"),
+                        "--set", "data.source=fashion-mnist", "--set", f"data.root={tmp_path}/nope"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "dataset-fashion-mnist" in r.stderr and "data.root" in r.stderr
+
+
+def test_cli_unknown_model_offline(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mgd_ray.distill", str(ROOT / "jobs" / "digits.yaml"),
+                        "--set", "model.generator=nobody/no-such-model", "--dry-run"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**__import__("os").environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "nobody/no-such-model" in r.stderr and "allow_download" in r.stderr
+
+
+def test_cli_unknown_class_name():
+    r = subprocess.run([sys.executable, "-m", "mgd_ray.distill", str(ROOT / "jobs" / "digits.yaml"),
+                        "--set", "data.classes=[3, eleven]", "--dry-run"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "eleven" in r.stderr
