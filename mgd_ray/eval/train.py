@@ -1,0 +1,282 @@
+"""The `hard-label` evaluation protocol, version "1": train a student on a (distilled) set only,
+score it on the REAL test set.
+
+Recipe (IDC -> Minimax -> MGD3 -> ManifoldGD): SGD lr 0.01, momentum 0.9, weight decay 5e-4,
+batch 64, LR x 0.2 at 2/3 and 5/6 of the epochs, CutMix (Beta(1,1)) on every batch, the
+augmentation of :mod:`mgd_ray.eval.augment`. Epochs: see :func:`protocol_epochs`.
+
+Accuracy is evaluated at ~``n_evals`` evenly spaced epochs and at the last one. We return the
+final-epoch accuracy and the best over those evaluations; the best is what the papers report
+and it is OPTIMISTIC (it selects on the test set) — report both.
+
+Accuracies are fractions in [0, 1].
+
+Pure torch, no Ray. Inside a Ray Train worker, call :func:`train_and_evaluate` with
+``model_wrapper=ray.train.torch.prepare_model``, ``report=ray.train.report``-like callback and
+``rank/world_size`` from the train context: every rank walks the same seeded permutation and
+takes its slice of each global batch of 64, so the global batch stays the protocol's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import AUGMENT_CHOICES, cutmix, cutmix_loss, make_augment
+from .students import build_student
+
+PROTOCOL = "hard-label"
+PROTOCOL_VERSION = "1"
+LR_DECAY = 0.2
+LR_MILESTONE_FRACTIONS = (2 / 3, 5 / 6)
+SMALL_DATA_MAX_PX = 28  # at or below this size the small-data rule (1000 epochs) applies
+SMALL_DATA_EPOCHS = 1000
+MANY_CLASSES = 100  # from this many classes the IPC epochs are multiplied by 2/3
+
+
+def protocol_epochs(ipc: int, num_classes: int, im_size: int) -> int:
+    """Epochs of the protocol.
+
+    Small data (im_size <= 28 px): 1000. Otherwise by images per class: 1 -> 3000,
+    <= 10 -> 2000, <= 50 -> 1500, larger -> 1000 (the "<= 200" bucket also covers IPC > 200),
+    times 2/3 (rounded) when there are >= 100 classes.
+    """
+    if ipc < 1:
+        raise ValueError(f"ipc must be >= 1, got {ipc}")
+    if im_size <= SMALL_DATA_MAX_PX:
+        return SMALL_DATA_EPOCHS
+    if ipc == 1:
+        e = 3000
+    elif ipc <= 10:
+        e = 2000
+    elif ipc <= 50:
+        e = 1500
+    else:
+        e = 1000
+    if num_classes >= MANY_CLASSES:
+        e = int(round(e * 2 / 3))
+    return e
+
+
+def lr_milestones(epochs: int) -> list[int]:
+    """Epoch indices (0-based) from which the LR is multiplied by 0.2 once more."""
+    return [int(round(epochs * f)) for f in LR_MILESTONE_FRACTIONS]
+
+
+def lr_at(epoch: int, epochs: int, base_lr: float) -> float:
+    """LR used during 0-based ``epoch``: base, x0.2 from 2/3 of the epochs, x0.04 from 5/6."""
+    k = sum(epoch >= m for m in lr_milestones(epochs))
+    return base_lr * LR_DECAY ** k
+
+
+def eval_every(epochs: int, n_evals: int) -> int:
+    return max(1, epochs // max(1, n_evals))
+
+
+def eval_epochs(epochs: int, n_evals: int) -> list[int]:
+    """1-based epochs after which the test set is evaluated (~n_evals points, always the last)."""
+    k = eval_every(epochs, n_evals)
+    pts = list(range(k, epochs + 1, k))
+    if not pts or pts[-1] != epochs:
+        pts.append(epochs)
+    return pts
+
+
+def to_float_images(x: Any, layout: str = "auto") -> torch.Tensor:
+    """uint8 images (N,H,W), (N,H,W,C) or (N,C,H,W), numpy or torch -> float32 NCHW in [-1,1].
+
+    ``layout="auto"`` treats a 4-D array whose last axis is 1 or 3 as NHWC, else NCHW; pass
+    ``"NHWC"``/``"NCHW"`` to force it.
+    """
+    t = x if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x))
+    if t.dtype != torch.uint8:
+        raise TypeError(f"to_float_images expects uint8 pixels 0..255, got {t.dtype}; "
+                        "float images must already be NCHW in [-1, 1]")
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    elif t.ndim == 4:
+        if layout == "NHWC" or (layout == "auto" and t.shape[-1] in (1, 3)):
+            t = t.permute(0, 3, 1, 2)
+        elif layout not in ("auto", "NCHW"):
+            raise ValueError(f"layout must be auto, NHWC or NCHW, got {layout!r}")
+    else:
+        raise ValueError(f"expected (N,H,W) or 4-D images, got shape {tuple(t.shape)}")
+    return t.contiguous().float().div_(127.5).sub_(1.0)
+
+
+def pad_to(x: torch.Tensor, size: int, value: float = -1.0) -> torch.Tensor:
+    """Centre-pad (N,C,H,W) to (N,C,size,size) with ``value`` (-1 = black), e.g. 28 -> 32."""
+    h, w = x.shape[-2:]
+    if h > size or w > size:
+        raise ValueError(f"cannot pad {h}x{w} to {size}: already larger")
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(x, (left, size - w - left, top, size - h - top), value=value)
+
+
+@dataclass
+class TrainConfig:
+    student: str = "convnet3"
+    epochs: int | None = None        # None -> protocol_epochs(ipc, num_classes, im_size)
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    n_evals: int = 100
+    augment: str = "auto"            # "auto" (grey -> dsa-grey, RGB -> rgb), "dsa-grey", "rgb", "none"
+    flip: bool = True                # set False where mirror images change the class (digits)
+    cutmix: bool = True
+    cutmix_alpha: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    eval_batch_size: int = 512
+    width: int | None = None         # None = protocol width; only tests/tiny twins change it
+    num_threads: int | None = None   # torch.set_num_threads for this run (Ray workers: set it)
+
+    def resolved_augment(self, channels: int) -> str:
+        if self.augment == "auto":
+            return "dsa-grey" if channels == 1 else "rgb"
+        if self.augment not in AUGMENT_CHOICES:
+            raise ValueError(f"[augment] unknown {self.augment!r}; expected auto or one of "
+                             f"{', '.join(AUGMENT_CHOICES)}")
+        return self.augment
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
+             device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy (fraction) of ``model`` on x (N,C,H,W) / y (N,)."""
+    base = getattr(model, "module", model)  # unwrap DDP: no collectives during evaluation
+    was_training = base.training
+    base.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device, non_blocking=True)
+        yb = y[i:i + batch_size].to(device, non_blocking=True)
+        correct += int((base(xb).argmax(1) == yb).sum())
+    base.train(was_training)
+    return correct / max(1, len(x))
+
+
+def _check_inputs(x: torch.Tensor, y: torch.Tensor, num_classes: int, what: str) -> None:
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"{what}: expected float (N,C,H,W) in [-1,1], got {x.dtype} "
+                         f"{tuple(x.shape)}; use to_float_images() for uint8 data")
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"{what}: labels must be (N,) with N={len(x)}, got {tuple(y.shape)}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{what}: labels must lie in [0, {num_classes}), got "
+                         f"[{int(y.min())}, {int(y.max())}]")
+
+
+def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                       y_test: torch.Tensor, num_classes: int, cfg: TrainConfig | None = None,
+                       report: Callable[[dict], None] | None = None,
+                       model_wrapper: Callable[[nn.Module], nn.Module] | None = None,
+                       rank: int = 0, world_size: int = 1) -> dict:
+    """Train ``cfg.student`` from scratch on (x_train, y_train); evaluate on (x_test, y_test).
+
+    x_* float (N,C,H,W) in [-1,1]; y_* long (N,). ``report(metrics)`` is called at every
+    evaluation point with ``{"epoch", "acc", "best_acc", "lr", "loss"}``. ``model_wrapper``
+    (e.g. Ray Train's ``prepare_model``) receives the freshly built model and returns the
+    model to train (DDP-wrapped or moved to the device); without it the model is moved to
+    ``cfg.device``. Deterministic for a given seed, world size and thread count.
+
+    Returns ``{"final_acc", "best_acc", "best_epoch", "epochs", "history": [(epoch, acc)],
+    "seconds", "protocol", "protocol_version", "student", "augment", "seed", "n_train",
+    "ipc", "images_per_s"}``.
+    """
+    cfg = cfg or TrainConfig()
+    t0 = time.perf_counter()
+    y_train, y_test = torch.as_tensor(y_train).long(), torch.as_tensor(y_test).long()
+    _check_inputs(x_train, y_train, num_classes, "x_train")
+    _check_inputs(x_test, y_test, num_classes, "x_test")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    channels, im_size = x_train.shape[1], x_train.shape[-1]
+    ipc = int(torch.bincount(y_train, minlength=num_classes).max())
+    epochs = cfg.epochs if cfg.epochs is not None else protocol_epochs(ipc, num_classes, im_size)
+    if epochs < 1:
+        raise ValueError(f"[epochs] must be >= 1, got {epochs}")
+    aug_name = cfg.resolved_augment(channels)
+    augment = make_augment(aug_name, cfg.flip)
+
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    model: nn.Module = build_student(cfg.student, channels, num_classes, im_size, cfg.width)
+    if model_wrapper is not None:
+        model = model_wrapper(model)
+        device = next(model.parameters()).device
+    else:
+        device = torch.device(cfg.device)
+        model = model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    order_gen = torch.Generator().manual_seed(cfg.seed)               # same on every rank
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 1009 + 7919 * (rank + 1))
+    x_dev, y_dev = x_train.to(device), y_train.to(device)
+    n, bs = len(x_dev), cfg.batch_size
+    evals = set(eval_epochs(epochs, cfg.n_evals))
+    history: list[tuple[int, float]] = []
+    best_acc, best_epoch, loss_val, seen = -1.0, 0, float("nan"), 0
+    t_train = 0.0
+
+    for epoch in range(epochs):
+        lr = lr_at(epoch, epochs, cfg.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        te = time.perf_counter()
+        perm = torch.randperm(n, generator=order_gen)
+        loss_sum, n_batches = 0.0, 0
+        for i in range(0, n, bs):
+            glob = perm[i:i + bs]
+            if len(glob) < world_size:  # every DDP rank must step, or the others hang
+                continue
+            idx = glob[rank::world_size].to(device)
+            xb, yb = augment(x_dev[idx], aug_gen), y_dev[idx]
+            if cfg.cutmix and len(idx) > 1:
+                xb, ya, yb2, lam = cutmix(xb, yb, aug_gen, cfg.cutmix_alpha)
+                loss = cutmix_loss(model(xb), ya, yb2, lam)
+            else:
+                loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach())
+            n_batches += 1
+            seen += len(idx)
+        t_train += time.perf_counter() - te
+        loss_val = loss_sum / max(1, n_batches)
+        if (epoch + 1) in evals:
+            acc = evaluate(model, x_test, y_test, cfg.eval_batch_size, device)
+            history.append((epoch + 1, acc))
+            if acc > best_acc:
+                best_acc, best_epoch = acc, epoch + 1
+            if report is not None:
+                report({"epoch": epoch + 1, "acc": acc, "best_acc": best_acc, "lr": lr,
+                        "loss": loss_val})
+
+    return {
+        "final_acc": history[-1][1],
+        "best_acc": best_acc,
+        "best_epoch": best_epoch,
+        "epochs": epochs,
+        "history": history,
+        "seconds": time.perf_counter() - t0,
+        "protocol": PROTOCOL,
+        "protocol_version": PROTOCOL_VERSION,
+        "student": cfg.student,
+        "augment": aug_name,
+        "config": dataclasses.asdict(cfg),
+        "seed": cfg.seed,
+        "n_train": n,
+        "ipc": ipc,
+        "images_per_s": seen / t_train if t_train > 0 else float("nan"),
+    }
