@@ -58,6 +58,8 @@ class DiTTrain(_M):
     lr: float = 3e-4
     ema: float = 0.999
     grad_clip: float = 1.0
+    max_minutes: float | None = Field(default=None, gt=0, description="stop early at this budget (recorded)")
+    checkpoint_every: int = Field(default=500, gt=0)
 
 
 class PriorSpec(_M):
@@ -68,6 +70,7 @@ class PriorSpec(_M):
     dit: DiTTrain = Field(default_factory=DiTTrain)
     threads: int = 2
     seed: int = 0
+    vae_from: str | None = Field(default=None, description="reuse a trained VAE dir (skips VAE training)")
 
 
 class PriorJob(_M):
@@ -190,7 +193,7 @@ def hybrid_loss(out, z0, noise, x_t, t, sch: _Schedule, C: int):
     return mse + vb, mse, vb
 
 
-def train_dit(z, y, num_classes: int, spec: PriorSpec):
+def train_dit(z, y, num_classes: int, spec: PriorSpec, checkpoint=None):
     import copy
 
     import torch
@@ -222,44 +225,64 @@ def train_dit(z, y, num_classes: int, spec: PriorSpec):
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), dit.parameters()):
                 pe.mul_(d.ema).add_(pm.detach(), alpha=1 - d.ema)
+        if checkpoint is not None and step % d.checkpoint_every == 0 and step < d.steps:
+            checkpoint(ema, step, time.time() - t0)
+        if d.max_minutes and time.time() - t0 > 60 * d.max_minutes:
+            _log(f"dit: time budget of {d.max_minutes} min reached at step {step}/{d.steps}; stopping")
+            break
         if step % 50 == 0 or step == d.steps:
             el = time.time() - t0
             _log(f"dit step {step}/{d.steps} loss {loss.item():.4f} mse {mse.item():.4f} vb {vb.item():.4f} "
                  f"{step / el:.2f} it/s eta {(d.steps - step) * el / step:.0f}s")
     ema.eval()
-    return ema, time.time() - t0
+    return ema, time.time() - t0, step
 
 
 def train_prior(job: PriorJob, out_dir: Path, command: str) -> dict:
     import torch
+    from diffusers import AutoencoderKL
+
     from .models import save_generator
     torch.set_num_threads(job.prior.threads)
     spec = job.prior
     t_all = time.time()
     x, y, names = load_images(job, "train")
     _log(f"{len(x)} train images {x.shape[1:]} of {len(names)} classes from {job.data.source}")
-    vae, t_vae = train_vae(x, spec)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.vae_from:
+        vae = AutoencoderKL.from_pretrained(spec.vae_from, local_files_only=True).eval()
+        t_vae = float(json.loads((Path(spec.vae_from).parent / "prior.json").read_text())["vae"]["seconds"]) \
+            if (Path(spec.vae_from).parent / "prior.json").is_file() else 0.0
+        vae.register_to_config(scaling_factor=1.0)
+        _log(f"vae loaded from {spec.vae_from}")
+    else:
+        vae, t_vae = train_vae(x, spec)
     lat = encode_all(vae, x)
     scaling = float(1.0 / lat.std())
     vae.register_to_config(scaling_factor=scaling)
+    vae.save_pretrained(out_dir / "vae")
     _log(f"vae trained in {t_vae:.0f}s; latent {tuple(lat.shape[1:])}, std {lat.std():.3f} -> scaling_factor {scaling:.4f}")
     z = lat * scaling
-    dit, t_dit = train_dit(z, y, len(names), spec)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_generator(dit, vae, out_dir)
     record = {
         "name": spec.name, "dataset": job.data.source, "classes": names, "command": command,
         "git_commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
-        "image_size": spec.image_size, "preprocess": spec.preprocess,
-        "train_images": int(len(x)), "vae": {**spec.vae.model_dump(), "seconds": round(t_vae, 1),
-                                             "scaling_factor": scaling},
-        "dit": {**spec.dit.model_dump(), "seconds": round(t_dit, 1),
-                "params": int(sum(p.numel() for p in dit.parameters()))},
-        "total_seconds": round(time.time() - t_all, 1),
+        "machine": f"{torch.get_num_threads()} CPU thread(s), torch {torch.__version__}, shared 2-core box",
+        "image_size": spec.image_size, "preprocess": spec.preprocess, "train_images": int(len(x)),
+        "vae": {**spec.vae.model_dump(), "seconds": round(t_vae, 1), "scaling_factor": scaling},
+        "complete": False,
     }
-    (out_dir / "prior.json").write_text(json.dumps(record, indent=1))
-    _log(f"wrote {out_dir} in {record['total_seconds']:.0f}s")
+
+    def save(dit, steps_done, secs, complete=False):
+        save_generator(dit, vae, out_dir)
+        record["dit"] = {**spec.dit.model_dump(), "steps_done": steps_done, "seconds": round(secs, 1),
+                         "params": int(sum(p.numel() for p in dit.parameters()))}
+        record["complete"] = complete
+        record["total_seconds"] = round(time.time() - t_all, 1)
+        (out_dir / "prior.json").write_text(json.dumps(record, indent=1))
+        _log(f"saved {'final' if complete else 'checkpoint'} prior at dit step {steps_done} to {out_dir}")
+
+    dit, t_dit, steps_done = train_dit(z, y, len(names), spec, checkpoint=lambda m, s, t: save(m, s, t))
+    save(dit, steps_done, t_dit, complete=True)
     return record
 
 

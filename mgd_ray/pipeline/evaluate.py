@@ -86,7 +86,7 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
             imgs, labels = x_real[idx], y_real[idx]
         else:
             imgs, labels = load_shard_set(store, trial["set_seed"])
-        tc = TrainConfig(student=trial["student"], epochs=ev.epochs, batch_size=ev.batch_size,
+        tc = TrainConfig(student=trial["student"], epochs=ev.epochs, batch_size=ev.batch_size, n_evals=ev.n_evals,
                          augment=ev.augment, flip=ev.flip, seed=int(trial["train_seed"]))
         t0 = time.time()
         res = train_and_evaluate(to_float_images(imgs), torch.as_tensor(labels).long(), x_test, y_test,
