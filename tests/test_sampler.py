@@ -161,3 +161,18 @@ def test_float32_matches_float64_start(tiny_dit, diffusion):
     assert x64.dtype == torch.float64
     with pytest.raises(ValueError, match="cfg_channels"):
         sample(tiny_dit, diffusion, labels, seeds, SHAPE, null_label=3, cfg_channels="some")
+
+
+def test_last_step_has_no_noise(diffusion):
+    labels, seeds = torch.tensor([0, 1]), [1, 2]
+    x, traj = sample(_linear_model, diffusion, labels, seeds, SHAPE, null_label=3, cfg_scale=1.0,
+                     dtype=torch.float64, return_trajectory=True)
+    x1 = traj[-2]
+    out = _linear_model(x1, torch.full((2,), int(diffusion.timesteps[-1])), labels)
+    mean, _, _, _ = diffusion.p_mean_variance(x1, 0, out, "learned_range")
+    assert torch.allclose(x, mean, atol=1e-12)
+    # ... while an earlier step does add noise
+    x2 = traj[-3]
+    out = _linear_model(x2, torch.full((2,), int(diffusion.timesteps[-2])), labels)
+    mean, _, _, _ = diffusion.p_mean_variance(x2, 1, out, "learned_range")
+    assert not torch.allclose(x1, mean, atol=1e-3)

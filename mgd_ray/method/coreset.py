@@ -93,6 +93,22 @@ def _sse(X: np.ndarray, mu: np.ndarray | None = None, chunk: int = 2048) -> floa
     return total
 
 
+def _sse_masked(X: np.ndarray, mask: np.ndarray, chunk: int = 4096) -> float:
+    """SSE of the rows X[mask] (X (m, D), mask (m,) bool) without copying them all at once."""
+    k = int(mask.sum())
+    if k <= 1:
+        return 0.0
+    tot = np.zeros(X.shape[1], dtype=np.float64)
+    for s in range(0, len(X), chunk):
+        tot += X[s:s + chunk][mask[s:s + chunk]].sum(axis=0, dtype=np.float64)
+    mu32 = (tot / k).astype(np.float32)
+    sse = 0.0
+    for s in range(0, len(X), chunk):
+        d = X[s:s + chunk][mask[s:s + chunk]] - mu32
+        sse += float(np.einsum("ij,ij->", d, d, dtype=np.float64))
+    return sse
+
+
 def _sqdist_to(X: np.ndarray, v: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Squared distances of rows X (m, D) to one point v (D,) -> (m,) float64."""
     v32 = np.asarray(v, dtype=np.float32)
@@ -117,53 +133,60 @@ def _faiss_threads(n_numbers: int):
         faiss.omp_set_num_threads(n_thr)
 
 
+def _assign_two(X: np.ndarray, c0: np.ndarray, c1: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Nearest of two centroids for every row of X (m, D): True = c1.  -> (m,) bool.
+
+    |x − c1|² < |x − c0|²  <=>  x·(c1 − c0) > (|c1|² − |c0|²)/2 ; one matrix-vector pass.
+    """
+    c0, c1 = c0.astype(np.float64), c1.astype(np.float64)
+    w = (c1 - c0).astype(np.float32)
+    thr = 0.5 * (c1 @ c1 - c0 @ c0)
+    out = np.empty(len(X), dtype=bool)
+    for s in range(0, len(X), chunk):
+        out[s:s + chunk] = X[s:s + chunk] @ w > thr
+    return out
+
+
 def _two_means(X: np.ndarray, rng: np.random.Generator, n_restarts: int, niter: int):
     """Best-of-restarts FAISS 2-means on ALL rows of X (m, D) float32.
 
-    -> (assign (m,) bool: True = second cluster, sse of that split). Degenerate -> random halving.
+    Each restart is a seeded faiss.Kmeans (no subsampling; FAISS stops early once its objective
+    stops changing); restarts are ranked by FAISS's final objective, the SSE of its last
+    assignment (equal to the split's SSE once converged). The best non-degenerate one is kept;
+    if every restart leaves a side empty, a seeded random halving.
+    -> (assign (m,) bool: True = second cluster, faiss objective or None for the halving).
     """
-    m, D = X.shape
-    best, best_sse = None, np.inf
-    with _faiss_threads(m * D):
-        for _ in range(max(1, n_restarts)):
-            best, best_sse = _one_restart(X, rng, niter, best, best_sse)
-    if best is None:                                          # degenerate: seeded random halving
-        best = np.zeros(m, dtype=bool)
-        best[rng.permutation(m)[: m // 2]] = True
-        best_sse = _sse(X[~best]) + _sse(X[best])
-    return best, best_sse
-
-
-def _one_restart(X: np.ndarray, rng: np.random.Generator, niter: int, best, best_sse):
-    """One seeded FAISS 2-means on X (m, D); keeps (assign, sse) if its exact SSE is lower."""
     import faiss
 
     m, D = X.shape
-    km = faiss.Kmeans(D, 2, niter=niter, seed=int(rng.integers(1, 2**31 - 1)),
-                      max_points_per_centroid=m, min_points_per_centroid=1, verbose=False)
-    km.train(X)
-    c0, c1 = km.centroids[0].astype(np.float64), km.centroids[1].astype(np.float64)
-    # nearest centroid: |x-c1|^2 < |x-c0|^2  <=>  x.(c1-c0) > (|c1|^2-|c0|^2)/2
-    w = (c1 - c0).astype(np.float32)
-    assign = X @ w > 0.5 * (c1 @ c1 - c0 @ c0)
-    k1 = int(assign.sum())
-    if 0 < k1 < m:
-        sse = _sse(X[~assign]) + _sse(X[assign])
-        if sse < best_sse:
-            best, best_sse = assign, sse
-    return best, best_sse
+    runs = []
+    with _faiss_threads(m * D):
+        for _ in range(max(1, n_restarts)):
+            km = faiss.Kmeans(D, 2, niter=niter, seed=int(rng.integers(1, 2**31 - 1)),
+                              max_points_per_centroid=m, min_points_per_centroid=1, verbose=False)
+            km.train(X)
+            runs.append((float(km.obj[-1]) if len(km.obj) else np.inf, km.centroids.copy()))
+    for obj, cents in sorted(runs, key=lambda r: r[0]):
+        assign = _assign_two(X, cents[0], cents[1])
+        if 0 < int(assign.sum()) < m:
+            return assign, obj
+    assign = np.zeros(m, dtype=bool)                          # degenerate: seeded random halving
+    assign[rng.permutation(m)[: m // 2]] = True
+    return assign, None
 
 
 # ----------------------------------------------------------------------------------------
 # the divisive tree
 # ----------------------------------------------------------------------------------------
 def grow_tree(Z: np.ndarray, n_leaves: int, *, split: str = "sse", n_restarts: int = 3,
-              niter: int = 20, seed: int = 0) -> tuple[list[_Node], list[int]]:
+              niter: int = 20, seed: int = 0, on_split=None) -> tuple[list[_Node], list[int]]:
     """Bisecting 2-means until the tree has ``n_leaves`` leaves.
 
     Z (n, D) float32. Each round splits the leaf with the largest score (``sse``: SSE;
     ``var``: SSE/size), ties -> lowest node id; leaves whose points are all identical but
     that have >= 2 points are split by random halving only if nothing else is splittable.
+    The tree grown to L leaves is the prefix of the tree grown to any L' > L (same seed).
+    on_split(nodes, leaves), if given, is called after every split.
     -> (nodes, leaf ids ascending). Node 0 is the root; children get consecutive ids.
     """
     n = len(Z)
@@ -181,12 +204,14 @@ def grow_tree(Z: np.ndarray, n_leaves: int, *, split: str = "sse", n_restarts: i
         node = nodes[pick]
         X = Z if len(node.idx) == n else Z[node.idx]
         assign, _ = _two_means(X, rng, n_restarts, niter)
-        for side in (~assign, assign):
-            idx = node.idx[side]
-            nodes.append(_Node(idx, node.depth + 1, pick, _sse(Z[idx])))
+        for side in (~assign, assign):          # exact child SSE about the child's own mean
+            nodes.append(_Node(node.idx[side], node.depth + 1, pick, _sse_masked(X, side)))
             node.children.append(len(nodes) - 1)
+        del X
         leaves.remove(pick)
         leaves.extend(node.children)
+        if on_split is not None:
+            on_split(nodes, leaves)
     return nodes, sorted(leaves)
 
 
@@ -286,7 +311,9 @@ def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, *, metho
     """Exactly ``ipc`` targets for one class.
 
     Z (n, D) latents of class ``label`` (any float dtype; used as float32), ids (n,) int64.
-    levelwise grows min(n, ipc * 2**depth_extra) leaves, then applies ``select_levelwise``.
+    levelwise grows min(n, ipc * 2**depth_extra) leaves, then applies ``select_levelwise``
+    (depth_extra = how many levels deeper than the IPC-leaf tree, for a balanced tree).
+    ipc = 1 gives the root (the class mean, or its medoid) under both selections.
     ``leaves`` orders its targets by (depth, node id): coarse leaves first.
     Image seeds are image_seed(global_seed, label, j), global_seed defaulting to ``seed``.
     -> list[Target] of length ipc, index j = 0..ipc-1.
@@ -305,10 +332,37 @@ def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, *, metho
             f"ipc={ipc} does not fit class {label}, which has {n} latents: each target needs at "
             f"least one distinct latent. Lower ipc to at most {n} (or drop this class); "
             f"sampling with replacement is not offered.")
-    if n_threads is not None:
-        import faiss
-        faiss.omp_set_num_threads(int(n_threads))
-    gseed = seed if global_seed is None else global_seed
+    with _thread_limits(n_threads):
+        return _build(Z, ids, int(label), int(ipc), method, split, selection, representative,
+                      level_start, depth_extra, n_restarts, niter, seed, gseed=seed if global_seed is None else global_seed)
+
+
+@contextlib.contextmanager
+def _thread_limits(n_threads: int | None):
+    """Limit FAISS's OpenMP and numpy's BLAS threads for the duration (None: leave as is)."""
+    if n_threads is None:
+        yield
+        return
+    import faiss
+
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(int(n_threads))
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:                                   # BLAS keeps its own setting
+            yield
+        else:
+            with threadpool_limits(limits=int(n_threads), user_api="blas"):
+                yield
+    finally:
+        faiss.omp_set_num_threads(old)
+
+
+def _build(Z, ids, label, ipc, method, split, selection, representative, level_start, depth_extra,
+           n_restarts, niter, seed, gseed) -> list[Target]:
+    """build_coreset after validation (see there).  -> list[Target]."""
+    n = len(Z)
     tag = f"{method}/{selection}/{split}/{representative}" if method == "divisive" else f"{method}/{representative}"
 
     def make(j, depth, parent, node, idx, target, source_id):
@@ -317,9 +371,11 @@ def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, *, metho
                       seed=image_seed(gseed, label, j), source_id=int(source_id), method=tag)
 
     if method == "divisive":
-        n_leaves = ipc if selection == "leaves" else min(n, ipc * 2 ** max(0, depth_extra))
+        n_leaves = ipc if (selection == "leaves" or ipc == 1) else min(n, ipc * 2 ** max(0, depth_extra))
         nodes, leaves = grow_tree(Z, n_leaves, split=split, n_restarts=n_restarts, niter=niter, seed=seed)
-        if selection == "leaves":
+        if ipc == 1:                                   # IPC = 1 is the class mean (root) for both rules
+            order = [0]
+        elif selection == "leaves":
             order = sorted(leaves, key=lambda i: (nodes[i].depth, i))
         else:
             order = select_levelwise(nodes, leaves, ipc, level_start)

@@ -68,8 +68,10 @@ def tangent_basis(nbrs: torch.Tensor, d: int, mask: torch.Tensor | None = None) 
         mu = (nbrs * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1.0)
         centred = (nbrs - mu) * w
     d = min(int(d), centred.shape[1], centred.shape[2])
-    _, _, Vh = torch.linalg.svd(centred, full_matrices=False)           # Vh (B, min(K,D), D)
-    return Vh[:, :d, :]
+    # thin SVD of the tall D×K transpose (same singular vectors; LAPACK is faster on tall input):
+    # centredᵀ = W S Vᵀ  =>  the right singular vectors of centred are the columns of W
+    W, _, _ = torch.linalg.svd(centred.transpose(1, 2), full_matrices=False)   # W (B, D, min(K,D))
+    return W[:, :, :d].transpose(1, 2).contiguous()
 
 
 def project_tangent(v: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -127,20 +129,25 @@ def beta_schedule(step_i: int, n_guided_total: int, beta: float, warm: int, kind
     return float(beta) * (1.0 - warm_shape(step_i, n_guided_total, warm, kind))
 
 
-def knn_rows(points: torch.Tensor, query: torch.Tensor, K: int, mask: torch.Tensor | None = None):
+def knn_rows(points: torch.Tensor, query: torch.Tensor, K: int, mask: torch.Tensor | None = None,
+             sq_norms: torch.Tensor | None = None):
     """K rows of each point set nearest its query (squared L2).
 
-    points (B, M, D), query (B, D), mask (B, M) bool -> (nbrs (B, K', D), valid (B, K') bool,
-    dist_min (B,) Euclidean distance to the nearest valid point); K' = min(K, M).
+    points (B, M, D), query (B, D), mask (B, M) bool, sq_norms (B, M) optional cached |points|²
+    -> (nbrs (B, K', D), valid (B, K') bool, dist_min (B,) exact Euclidean distance to the nearest
+    valid point); K' = min(K, M). Ranking uses |p|² − 2 p·q (the |q|² term is common).
     """
-    d2 = ((points - query.unsqueeze(1)) ** 2).sum(-1)                   # (B, M)
+    if sq_norms is None:
+        sq_norms = (points * points).sum(-1)                             # (B, M)
+    score = sq_norms - 2.0 * torch.bmm(points, query.unsqueeze(-1)).squeeze(-1)
     if mask is not None:
-        d2 = d2.masked_fill(~mask, float("inf"))
+        score = score.masked_fill(~mask, float("inf"))
     k = min(int(K), points.shape[1])
-    vals, idx = torch.topk(d2, k, dim=1, largest=False)                  # (B, k)
+    vals, idx = torch.topk(score, k, dim=1, largest=False)               # (B, k)
     nbrs = torch.gather(points, 1, idx.unsqueeze(-1).expand(-1, -1, points.shape[2]))
     valid = torch.isfinite(vals)
-    return nbrs, valid, vals[:, 0].clamp_min(0).sqrt()
+    dist_min = (nbrs[:, 0] - query).norm(dim=1)
+    return nbrs, valid, dist_min
 
 
 # ----------------------------------------------------------------------------------------
@@ -276,7 +283,7 @@ class ManifoldGuidance:
         elif self.params.basis != "reference" and self.params.manifold_scale != 0:
             raise ValueError(f"basis={self.params.basis!r} needs neighbourhoods (B, M, D) of real latents; "
                              f"pass them, or use basis='reference' / manifold_scale=0")
-        self.nbrs, self.mask = nbrs, mask
+        self.nbrs, self.mask, self._sq = nbrs, mask, None
         self.last_stats: dict = {}
 
     def is_on(self, step: StepInfo) -> bool:
@@ -315,16 +322,18 @@ class ManifoldGuidance:
 
     # --- the three bases ------------------------------------------------------------------
     def _neigh(self, like: torch.Tensor):
-        if self.nbrs.dtype != like.dtype or self.nbrs.device != like.device:
+        """(nbrs (B, M, D), mask (B, M), |nbrs|² (B, M)) on like's device and dtype (cached)."""
+        if self.nbrs.dtype != like.dtype or self.nbrs.device != like.device or self._sq is None:
             self.nbrs, self.mask = self.nbrs.to(like.device, like.dtype), self.mask.to(like.device)
-        return self.nbrs, self.mask
+            self._sq = (self.nbrs * self.nbrs).sum(-1)
+        return self.nbrs, self.mask, self._sq
 
     def _basis(self, x_t: torch.Tensor, x0_hat: torch.Tensor, step: StepInfo) -> torch.Tensor:
         """U (B, d, D) from the real neighbourhood (noised: Eq. 5; expected: clean, near x̂0)."""
         P = self.params
-        nbrs, mask = self._neigh(x_t)
+        nbrs, mask, sq = self._neigh(x_t)
         if P.basis == "expected":
-            pts, valid, _ = knn_rows(nbrs, x0_hat, P.K, mask)
+            pts, valid, _ = knn_rows(nbrs, x0_hat, P.K, mask, sq)
         else:
             noise = _per_image_randn(step.generators, nbrs.shape, nbrs)          # (B, M, D)
             ab = float(step.alpha_bar_t)

@@ -44,9 +44,12 @@ def _randn(gens: Sequence[torch.Generator], shape, device, dtype) -> torch.Tenso
 
 
 def dit_model_fn(transformer) -> ModelFn:
-    """Wrap a diffusers DiTTransformer2DModel as model_fn(x, t, y) -> (B, 2C, H, W)."""
+    """Wrap a diffusers DiTTransformer2DModel as model_fn(x, t, y) -> (B, 2C, H, W).
+
+    x is cast to the transformer's dtype (e.g. float16 weights with a float32 sampler state).
+    """
     def fn(x, t, y):
-        return transformer(x, timestep=t, class_labels=y).sample
+        return transformer(x.to(transformer.dtype), timestep=t, class_labels=y).sample
     return fn
 
 
@@ -71,7 +74,8 @@ def sample(model_fn: ModelFn, diffusion: RespacedDiffusion, labels: torch.Tensor
            return_trajectory: bool = False):
     """Sample B latents. labels (B,) long, seeds B ints, latent_shape (C, H, W).
 
-    model_fn(x (B', C, H, W), t (B',) long ORIGINAL timesteps, y (B',) long) -> (B', C or 2C, H, W).
+    model_fn(x (B', C, H, W), t (B',) long ORIGINAL timesteps, y (B',) long) -> (B', C or 2C, H, W);
+    x arrives in ``dtype`` (the sampler state's dtype); the output is cast back to it.
     cfg_scale 1.0: a single forward without the null batch. cfg_channels: "first3" (DiT) | "all"
     (diffusers). sampler "ddpm" (ancestral, variance from ``variance_type``) | "ddim" (``eta``).
     guidance: object with is_on(step) and __call__(x_t (B, D), x0_hat (B, D), step) -> (B, D);
