@@ -138,6 +138,8 @@ class EvaluateConfig(_Model):
     train_seeds: int = Field(default=3, ge=1)
     epochs: int | None = Field(default=None, gt=0, description="None = the protocol's rule")
     n_evals: int = Field(default=100, gt=0, description="periodic test evaluations (best_acc is their max)")
+    image_size: int | None = Field(default=None, gt=0, description="student input size (224 for the ImageNet "
+                                   "family: resize + centre crop); None = native size")
     baselines: list[Literal["random-real"]] = Field(default_factory=lambda: ["random-real"])
     batch_size: int = Field(default=64, gt=0)
     num_workers: int = Field(default=1, ge=1)

@@ -102,10 +102,7 @@ def generator_labels(source, info) -> list[int]:
     """Generator label id of each data label: the wnid's index in ImageNet-1K for 1000-class models."""
     cl = source.classes
     if info.num_classes == 1000 and hasattr(cl, "dit_label"):
-        try:
-            return [int(cl.dit_label(n)) for n in cl.names]
-        except Exception:
-            pass
+        return [int(cl.dit_label(n)) for n in cl.names]  # a DataError names the class and the fix
     return list(range(len(cl)))
 
 

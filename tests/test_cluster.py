@@ -237,9 +237,6 @@ def known_info():
     return known.known_model(known.DIT_XL_2_256, known.SD_VAE_FT_MSE)
 
 
-@pytest.mark.xfail(strict=True, reason="distill.generator_labels swallows dit_label's DataError and falls back to "
-                                       "labels 0..n-1, so a non-wnid class list is silently conditioned on the first "
-                                       "ImageNet classes (fix: cluster/README.md 'Known gaps')")
 def test_wrong_class_list_fails_the_preflight():
     from mgd_ray.data.classlists import ClassList
     from mgd_ray.data.errors import DataError

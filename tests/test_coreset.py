@@ -141,3 +141,18 @@ def test_bad_arguments_are_explained():
     Z, ids = _blobs(n_per=5, k=2)
     with pytest.raises(ValueError, match="method must be one of"):
         build_coreset(Z, ids, 0, 2, method="agglomerative")
+
+
+def test_herding_and_kcenter_greedy_rules():
+    Z, ids = _blobs(n_per=10, k=3, D=5, seed=7)
+    mu = Z.astype(np.float64).mean(0)
+    picks = [t.source_id - 10_000 for t in build_coreset(Z, ids, 0, 6, method="herding")]
+    for k in range(1, 7):                     # each pick keeps the running mean closest to mu
+        prev = Z[picks[:k - 1]].astype(np.float64).sum(0)
+        cand = [i for i in range(len(Z)) if i not in picks[:k - 1]]
+        err = {i: np.linalg.norm(mu - (prev + Z[i]) / k) for i in cand}
+        assert np.isclose(err[picks[k - 1]], min(err.values()), rtol=1e-6)
+    picks = [t.source_id - 10_000 for t in build_coreset(Z, ids, 0, 6, method="kcenter")]
+    for k in range(1, 6):                     # each pick is the farthest from those chosen so far
+        dmin = np.min(((Z[:, None] - Z[picks[:k]][None]) ** 2).sum(-1), axis=1)
+        assert np.isclose(dmin[picks[k]], dmin.max(), rtol=1e-6)

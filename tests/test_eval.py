@@ -326,8 +326,8 @@ def test_distribution_report():
 def test_classifier_train_save_load(tmp_path):
     xtr, ytr = _toy(6, seed=1)
     xte, yte = _toy(3, seed=2)
-    model, acc = clf.train_classifier(xtr, ytr, xte, yte, epochs=12, seed=0, width=16,
-                                      feat_dim=16, batch_size=16, lr=0.1)
+    model, acc = clf.train_classifier(xtr, ytr, xte, yte, epochs=12, seed=0,
+                                      widths=[8, 16, 16], feat_dim=16, batch_size=16, lr=0.1)
     assert acc >= 0.8 and model.record["test_acc"] == acc
     f = clf.features(model, xte)
     assert f.shape == (len(xte), 16) and (f >= 0).all()
@@ -335,6 +335,6 @@ def test_classifier_train_save_load(tmp_path):
     clf.save(model, tmp_path / "c")
     back = clf.load(tmp_path / "c")
     assert torch.allclose(clf.logits(back, xte), clf.logits(model, xte))
-    assert back.record["test_acc"] == acc
+    assert back.record["test_acc"] == acc and back.config["widths"] == [8, 16, 16]
     with pytest.raises(FileNotFoundError, match="classifier.json"):
         clf.load(tmp_path / "missing")

@@ -87,6 +87,7 @@ def twin_overrides(data_root: Path, models: Path, out: Path) -> list[str]:
         "guidance.t_stop=1", "guidance.warm=1",          # 4 steps: let the guidance act on t = 3, 2
         "evaluate.students=[convnet3]", "evaluate.epochs=1", "evaluate.train_seeds=1",
         "evaluate.num_workers=1", "evaluate.cpus_per_worker=0.5", "evaluate.gpus_per_worker=0",
+        f"evaluate.image_size={SIZE}",
         f"output.dir={out}",
     ]
 
@@ -172,9 +173,6 @@ def test_imagenet_twin_encode_variable_sizes(ray_cluster, hub_models, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=DataError, reason="evaluation reads the test split at its native size (runner.run_evaluate: "
-                                       "source.arrays('test')), so ImageNet val images of different sizes cannot be "
-                                       "stacked; see cluster/README.md 'Known gaps'")
 def test_imagenet_twin_full_run_variable_sizes(ray_cluster, hub_models, tmp_path):
     from mgd_ray.distill import run_job
     data = make_imagefolder(tmp_path / "imagenet", n_train=4, n_test=2, sizes=[(40, 48), (36, 32), (57, 64)])

@@ -4,10 +4,10 @@ Its penultimate features are the "FID" feature space of small data (Inception-v3
 apply to 28 px grey images), and its predictions on generated images measure prior fidelity.
 It is trained ONCE on the real training split and never sees synthetic images.
 
-Architecture: ConvNet trunk (width 64, depth 3, conv3x3 -> instance norm -> ReLU -> avg-pool 2)
--> linear to ``feat_dim`` (128) -> ReLU [= features] -> linear head. Training: SGD (momentum
-0.9, nesterov, weight decay 5e-4), batch 128, one-cycle-style linear warm-up then cosine decay,
-label smoothing 0.1, plain augmentation (random shift of up to 2 px with -1 fill, horizontal
+Architecture: ConvNet-style trunk of 3 blocks (conv3x3 -> instance norm -> ReLU -> avg-pool 2)
+with widths 32, 64, 128 -> linear to ``feat_dim`` (128) -> ReLU [= features] -> linear head.
+Training: SGD (momentum 0.9, nesterov, weight decay 5e-4), batch 128, linear warm-up (15 %)
+then cosine decay, label smoothing 0.1, plain augmentation (random shift of up to 2 px with -1 fill, horizontal
 flip only if ``flip=True`` — right for Fashion-MNIST, wrong for digits).
 
 Saved as ``<dir>/classifier.safetensors`` + ``<dir>/classifier.json`` (architecture config and
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import apply_affine
-from .students import ConvNet
+from .students import instance_norm
 
 WEIGHTS_NAME = "classifier.safetensors"
 CONFIG_NAME = "classifier.json"
@@ -34,16 +34,29 @@ ARCH = "convnet-in-bottleneck"
 
 
 class RealClassifier(nn.Module):
-    """x (N,C,H,W) in [-1,1] -> logits (N,num_classes); ``embed`` -> (N, feat_dim) features."""
+    """x (N,C,H,W) in [-1,1] -> logits (N,num_classes); ``embed`` -> (N, feat_dim) features.
+
+    Trunk: one [conv3x3 -> instance norm -> ReLU -> avg-pool 2] block per entry of ``widths``
+    (default 32, 64, 128: cheap at full resolution, wide where the maps are small);
+    ``widths=None`` gives a uniform ConvNet of ``depth`` blocks of ``width`` channels.
+    """
 
     def __init__(self, channels: int, num_classes: int, im_size: int, width: int = 64,
-                 depth: int = 3, feat_dim: int = 128):
+                 depth: int = 3, feat_dim: int = 128, widths: list[int] | None = None):
         super().__init__()
+        widths = [int(w) for w in widths] if widths else [width] * depth
         self.config = {"arch": ARCH, "channels": channels, "num_classes": num_classes,
-                       "im_size": im_size, "width": width, "depth": depth, "feat_dim": feat_dim}
-        trunk = ConvNet(channels, num_classes, depth, width, im_size)
-        self.trunk = trunk.features
-        self.bottleneck = nn.Linear(trunk.feat_dim, feat_dim)
+                       "im_size": im_size, "widths": widths, "feat_dim": feat_dim}
+        layers: list[nn.Module] = []
+        c, s = channels, im_size
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, padding=1), instance_norm(w), nn.ReLU(inplace=True)]
+            if s >= 2:
+                layers.append(nn.AvgPool2d(2, 2))
+                s //= 2
+            c = w
+        self.trunk = nn.Sequential(*layers)
+        self.bottleneck = nn.Linear(c * s * s, feat_dim)
         self.head = nn.Linear(feat_dim, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,8 +108,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def train_classifier(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                      epochs: int = 4, seed: int = 0, *, num_classes: int | None = None,
                      flip: bool = False, batch_size: int = 128, lr: float = 0.05,
-                     weight_decay: float = 5e-4, width: int = 64, depth: int = 3,
-                     feat_dim: int = 128, max_shift: int = 2, device: str = "cpu",
+                     weight_decay: float = 5e-4, widths: list[int] | None = (32, 64, 128),
+                     width: int = 64, depth: int = 3, feat_dim: int = 128, max_shift: int = 2,
+                     device: str = "cpu",
                      log: Any = None) -> tuple[RealClassifier, float]:
     """Train the real-data classifier on x (N,C,H,W) float [-1,1], y (N,); return
     ``(model, test_accuracy)`` (fraction). ``model.record`` holds epochs/seed/seconds/accuracy.
@@ -106,7 +120,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_t
     num_classes = num_classes or int(max(y.max(), y_test.max())) + 1
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = RealClassifier(x.shape[1], num_classes, x.shape[-1], width, depth, feat_dim).to(device)
+    model = RealClassifier(x.shape[1], num_classes, x.shape[-1], width, depth, feat_dim,
+                           list(widths) if widths else None).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                           weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(x) / batch_size)

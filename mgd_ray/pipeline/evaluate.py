@@ -59,6 +59,14 @@ def random_real_subset(labels: np.ndarray, ipc: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(out))
 
 
+def fit(images, size: int | None):
+    """uint8 NHWC (or a list of HWC of different sizes) -> uint8 NHWC at ``size`` (resize + centre crop)."""
+    if size is None and isinstance(images, np.ndarray):
+        return images
+    from ..data import fit_batch
+    return fit_batch(images, size, "center-crop")
+
+
 def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None) -> list[dict]:
     """Run this worker's share of the trials (trial i goes to worker i mod world_size)."""
     import torch
@@ -68,9 +76,10 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
     job = JobConfig.model_validate(cfg["job"])
     store = Store(job.output.dir, job.output.storage_options)
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
-    x_test = to_float_images(cfg["test_images"])
+    size = job.evaluate.image_size
+    device = "cuda" if torch.cuda.is_available() and job.evaluate.gpus_per_worker > 0 else "cpu"
+    x_test = to_float_images(fit(cfg["test_images"], size))
     y_test = torch.as_tensor(cfg["test_labels"]).long()
-    x_real, y_real = cfg["train_images"], np.asarray(cfg["train_labels"])
     num_classes = int(cfg["num_classes"])
     ev = job.evaluate
     done = []
@@ -82,12 +91,12 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
             done.append(store.read_json(*key))
             continue
         if trial["kind"] == "random-real" and job.method != "random-real":
-            idx = random_real_subset(y_real, job.generate.ipc, trial["set_seed"])
-            imgs, labels = x_real[idx], y_real[idx]
+            imgs, labels = cfg["baseline_sets"][str(trial["set_seed"])]
         else:
             imgs, labels = load_shard_set(store, trial["set_seed"])
+        imgs = fit(imgs, size)
         tc = TrainConfig(student=trial["student"], epochs=ev.epochs, batch_size=ev.batch_size, n_evals=ev.n_evals,
-                         augment=ev.augment, flip=ev.flip, seed=int(trial["train_seed"]))
+                         augment=ev.augment, flip=ev.flip, seed=int(trial["train_seed"]), device=device)
         t0 = time.time()
         res = train_and_evaluate(to_float_images(imgs), torch.as_tensor(labels).long(), x_test, y_test,
                                  num_classes, tc)

@@ -161,15 +161,17 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
         max_task_retries=g.max_retries)
     threads = max(1, int(g.num_cpus))
     actors = [Actor.remote(job_dict(job), threads) for _ in range(min(g.num_actors, len(todo)))]
-    pending = list(todo)
+    # group units so one DiT batch can hold generate.batch_size images across classes
+    group = max(1, g.batch_size // max(1, g.targets_per_unit))
+    pending = [todo[i:i + group] for i in range(0, len(todo), group)]
     in_flight = {}
     t0 = time.time()
     images, finished, failed = 0, 0, []
     per_actor = 2
 
     def submit(a):
-        u = pending.pop(0)
-        in_flight[a.run_unit.remote(u)] = (a, u)
+        grp = pending.pop(0)
+        in_flight[a.run_units.remote(grp)] = (a, grp)
 
     for a in actors:
         for _ in range(per_actor):
@@ -178,23 +180,27 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
     last_log = 0.0
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
-        a, u = in_flight.pop(ready[0])
+        a, grp = in_flight.pop(ready[0])
         try:
             res = ray.get(ready[0])
             images += res["images"]
-            finished += 1
+            finished += len(grp)
         except Exception as e:  # retries are exhausted: record and go on
-            failed.append({"unit": u.name, "error": str(e).splitlines()[0][:500]})
-            log.error("generate: unit %s failed after retries: %s", u.name, failed[-1]["error"])
+            for u in grp:
+                failed.append({"unit": u.name, "error": str(e).splitlines()[0][:500]})
+            log.error("generate: units %s failed after retries: %s", [u.name for u in grp], failed[-1]["error"])
         if pending:
             submit(a)
         now = time.time()
         if now - last_log > 5 or not in_flight:
             el = now - t0
             rate = images / max(el, 1e-9)
-            left = sum(x.count for x in pending) + sum(x.count for _, x in in_flight.values())
+            left = sum(u.count for grp_ in pending for u in grp_) + sum(u.count for _, grp_ in in_flight.values()
+                                                                        for u in grp_)
             eta = left / rate if rate > 0 else float("nan")
-            _say(f"generate: {finished}/{len(todo)} units, {images} images, {rate:.2f} img/s, ETA {eta:.0f}s")
+            classes_done = len({u.label for u in todo}) if not pending and not in_flight else "-"
+            _say(f"generate: {finished}/{len(todo)} units, {images} images, {rate:.2f} img/s, ETA {eta:.0f}s"
+                 + (f", {classes_done} classes done" if classes_done != "-" else ""))
             last_log = now
     for a in actors:
         ray.kill(a)
@@ -226,12 +232,21 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
     _say(f"evaluate: {len(trials)} trials ({len(todo)} to run): {', '.join(t['name'] for t in trials[:6])}"
          f"{' ...' if len(trials) > 6 else ''}")
     if todo:
-        test = source.arrays("test")
-        train = source.arrays("train") if "random-real" in job.evaluate.baselines else {"image": None, "label": []}
+        size = job.evaluate.image_size
+        test = source.arrays("test", image_size=size, mode="center-crop")
+        baseline_sets = {}
+        if "random-real" in job.evaluate.baselines and job.method != "random-real":
+            # only the baseline's rows are read: IPC random real images per class, one subset per seed
+            from .evaluate import random_real_subset
+            _, _, labels_all = source.select("train")
+            for s in job.generate.seeds:
+                sub = source.arrays_at("train", random_real_subset(labels_all, job.generate.ipc, s),
+                                       image_size=size, mode="center-crop")
+                baseline_sets[str(s)] = (sub["image"], sub["label"])
         ev = job.evaluate
         W = max(1, min(ev.num_workers, len(todo)))
         cfg = {"job": job_dict(job), "trials": todo, "test_images": test["image"], "test_labels": test["label"],
-               "train_images": train["image"], "train_labels": np.asarray(train["label"]),
+               "baseline_sets": baseline_sets,
                "num_classes": len(source.classes), "threads": max(1, int(ev.cpus_per_worker))}
 
         def loop(config):
