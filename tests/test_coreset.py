@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mgd_ray.method import build_coreset, grow_tree, image_seed, tree_sse
-from mgd_ray.method.coreset import _sse, _two_means
+from mgd_ray.method.coreset import ENGINES, _sse, _two_means
 
 
 def _blobs(n_per=40, k=5, D=8, seed=0, spread=6.0):
@@ -32,9 +32,10 @@ def test_leaves_partition_class(ipc):
     assert [(t.depth, t.node) for t in T] == sorted((t.depth, t.node) for t in T)
 
 
-def test_sse_never_increases_with_a_split():
+@pytest.mark.parametrize("engine", ["faiss", "numpy"])
+def test_sse_never_increases_with_a_split(engine):
     Z, _ = _blobs(k=6, seed=1)
-    nodes, leaves = grow_tree(Z, 12, seed=3)
+    nodes, leaves = grow_tree(Z, 12, seed=3, engine=engine)
     for nd in nodes:
         if nd.children:
             a, b = (nodes[c] for c in nd.children)
@@ -44,7 +45,7 @@ def test_sse_never_increases_with_a_split():
             assert sorted(np.concatenate([a.idx, b.idx]).tolist()) == sorted(nd.idx.tolist())
             assert a.depth == b.depth == nd.depth + 1
     # the total over leaves decreases along the growth
-    totals = [sum(nodes[i].sse for i in grow_tree(Z, L, seed=3)[1]) for L in range(1, 13)]
+    totals = [sum(nodes[i].sse for i in grow_tree(Z, L, seed=3, engine=engine)[1]) for L in range(1, 13)]
     assert all(b <= a + 1e-6 for a, b in zip(totals, totals[1:]))
     assert len(leaves) == 12
 
@@ -52,7 +53,7 @@ def test_sse_never_increases_with_a_split():
 def test_same_seed_same_targets():
     Z, ids = _blobs(seed=2)
     for kw in ({}, {"selection": "levelwise"}, {"method": "kmeans"}, {"method": "random"},
-               {"split": "var", "representative": "medoid"}):
+               {"split": "var", "representative": "medoid"}, {"engine": "numpy"}):
         A = build_coreset(Z, ids, 0, 5, seed=11, **kw)
         B = build_coreset(Z, ids, 0, 5, seed=11, **kw)
         for a, b in zip(A, B):
@@ -71,9 +72,10 @@ def test_faiss_two_means_equals_bruteforce():
         s = _sse(X[a]) + _sse(X[~a])
         if s < best_sse:
             best, best_sse = a, s
-    assign, obj = _two_means(X, np.random.default_rng(0), n_restarts=3, niter=20)
-    assert np.isclose(_sse(X[assign]) + _sse(X[~assign]), best_sse, rtol=1e-6)
-    assert np.isclose(obj, best_sse, rtol=1e-4)                      # FAISS's objective = that SSE
+    for name, two_means in ENGINES.items():                          # FAISS and the numpy engine
+        assign, obj = two_means(X, np.random.default_rng(0), n_restarts=3, niter=20)
+        assert np.isclose(_sse(X[assign]) + _sse(X[~assign]), best_sse, rtol=1e-6), name
+        assert np.isclose(obj, best_sse, rtol=1e-4), name            # the objective = that SSE
     assert np.array_equal(assign, best) or np.array_equal(assign, ~best)
 
 
@@ -156,3 +158,10 @@ def test_herding_and_kcenter_greedy_rules():
     for k in range(1, 6):                     # each pick is the farthest from those chosen so far
         dmin = np.min(((Z[:, None] - Z[picks[:k]][None]) ** 2).sum(-1), axis=1)
         assert np.isclose(dmin[picks[k]], dmin.max(), rtol=1e-6)
+
+
+def test_engines_agree_on_separated_blobs():
+    Z, ids = _blobs(n_per=30, k=6, seed=8)
+    a = tree_sse(Z, build_coreset(Z, ids, 0, 6, engine="faiss"), ids)
+    b = tree_sse(Z, build_coreset(Z, ids, 0, 6, engine="numpy"), ids)
+    assert a == pytest.approx(b, rel=1e-6)

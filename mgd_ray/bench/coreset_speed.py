@@ -6,7 +6,8 @@
 Data: synthetic clustered float32 rows of D = 4096 (10 super-clusters × 5 sub-clusters + noise).
 Algorithms, each in its own subprocess (peak RSS = that process's ru_maxrss):
   faiss        build_coreset(method="divisive", selection="leaves", n_restarts=3, niter=20) (the default)
-  faiss_r1     the same with n_restarts=1 (sklearn BisectingKMeans' default is also one init)
+  numpy        the same tree with engine="numpy" (fused one-pass Lloyd 2-means, k-means++ seeding)
+  faiss_r1     faiss with n_restarts=1 (sklearn BisectingKMeans' default is one init); small sizes only
   sk_bisecting sklearn BisectingKMeans(n_clusters=ipc, n_init=3, bisecting_strategy="biggest_inertia")
   reference    the published code's loop: split the largest-SSE cluster with
                sklearn KMeans(n_clusters=2, n_init=10) until ipc clusters
@@ -61,7 +62,7 @@ def _partition_sse(Z: np.ndarray, groups) -> float:
 # ----------------------------------------------------------------------------------------
 # workers (run in a subprocess each)
 # ----------------------------------------------------------------------------------------
-def _work_faiss(Z, ipc, threads, n_restarts=3, checkpoints=(), **_):
+def _work_faiss(Z, ipc, threads, n_restarts=3, checkpoints=(), engine="faiss", **_):
     """Our tree (grow_tree, as build_coreset runs it) grown once to ipc; rows at each checkpoint."""
     from mgd_ray.method.coreset import _thread_limits, grow_tree
 
@@ -74,7 +75,8 @@ def _work_faiss(Z, ipc, threads, n_restarts=3, checkpoints=(), **_):
                         "sse": float(sum(nodes[i].sse for i in leaves))})
 
     with _thread_limits(threads):
-        nodes, leaves = grow_tree(Z, ipc, split="sse", n_restarts=n_restarts, niter=20, seed=0, on_split=record)
+        nodes, leaves = grow_tree(Z, ipc, split="sse", n_restarts=n_restarts, niter=20, seed=0, on_split=record,
+                                  engine=engine)
     dt = time.perf_counter() - t0
     out.append({"ipc": ipc, "seconds": dt, "sse": _partition_sse(Z, [nodes[i].idx for i in leaves])})
     return out
@@ -139,7 +141,8 @@ def _work_reference(Z, ipc, threads, checkpoints=(), budget=1e9, **_):
     return out
 
 
-WORKERS = {"faiss": _work_faiss, "faiss_r1": lambda Z, **kw: _work_faiss(Z, **kw, n_restarts=1),
+WORKERS = {"faiss": _work_faiss, "numpy": lambda Z, **kw: _work_faiss(Z, **kw, engine="numpy"),
+           "faiss_r1": lambda Z, **kw: _work_faiss(Z, **kw, n_restarts=1),
            "sk_bisecting": _work_sk_bisecting, "reference": _work_reference}
 
 
@@ -204,7 +207,9 @@ def main(argv=None) -> dict:
                 ("reference", top, {"checkpoints": small,
                                     "budget": budget if (n > 10_000 or args.quick) else 1e9}),
                 ("sk_bisecting", top, {})] + [("sk_bisecting", ipc, {}) for ipc in small[::-1]] + \
-               [("faiss_r1", top, {"checkpoints": small})]
+               [("numpy", top, {"checkpoints": small})]
+        if n <= 10_000:
+            jobs.append(("faiss_r1", top, {"checkpoints": small}))
         t_size = time.perf_counter()
         reps = args.repeats if n <= 10_000 else 1
         for algo, ipc, extra in jobs:
@@ -246,6 +251,7 @@ def main(argv=None) -> dict:
     data = {"config": {"D": D, "sizes": sizes, "ipcs": ipcs, "threads": args.threads, "reference_budget_s": budget,
                        "size_budget_s": args.size_budget,
                        "faiss": "n_restarts=3, niter=20, max_points_per_centroid=n (no subsampling)",
+                       "numpy": "grow_tree(engine='numpy'), n_restarts=3, niter=20 (stops when stable)",
                        "faiss_r1": "as faiss with n_restarts=1",
                        "sk_bisecting": "n_init=3, biggest_inertia, max_iter=300",
                        "reference": "KMeans(2, n_init=10, max_iter=300) per split, largest-SSE leaf"},

@@ -16,8 +16,11 @@ Split criteria: ``sse`` picks the leaf with the largest sum of squared distances
 ``var`` the largest MEAN squared distance (SSE / size). (The reference code's ``var`` is numpy's
 scalar variance of all entries, which also measures spread between dimensions; we do not copy it.)
 A node's 2-means runs ``n_restarts`` seeded FAISS trainings on ALL its points
-(``max_points_per_centroid >= n`` so FAISS never subsamples) and keeps the assignment with the
-lowest exact SSE; a split with an empty side falls back to a seeded random halving.
+(``max_points_per_centroid >= n`` so FAISS never subsamples; GPU when the FAISS build has one)
+and keeps the one with the lowest objective; a split with an empty side falls back to a seeded
+random halving. ``engine="numpy"`` swaps FAISS for fused one-pass Lloyd iterations in numpy
+(k-means++ seeding), which the CPU benchmark (mgd_ray/bench/coreset_speed.py) found faster for
+k = 2 at D = 4096; the tree logic is the same.
 Everything is deterministic for a given ``seed`` (and thread count, for FAISS's reductions).
 """
 from __future__ import annotations
@@ -71,6 +74,7 @@ class _Node:
     parent: int
     sse: float
     children: list = field(default_factory=list)
+    total: np.ndarray | None = None   # (D,) float64 sum of the member rows
 
 
 # ----------------------------------------------------------------------------------------
@@ -93,20 +97,28 @@ def _sse(X: np.ndarray, mu: np.ndarray | None = None, chunk: int = 2048) -> floa
     return total
 
 
-def _sse_masked(X: np.ndarray, mask: np.ndarray, chunk: int = 4096) -> float:
-    """SSE of the rows X[mask] (X (m, D), mask (m,) bool) without copying them all at once."""
-    k = int(mask.sum())
-    if k <= 1:
-        return 0.0
-    tot = np.zeros(X.shape[1], dtype=np.float64)
+def _row_stats(X: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(|x|² per row (m,), Σ x (D,)), both accumulated in float64.  X (m, D)."""
+    row_sq = np.empty(len(X), dtype=np.float64)
+    total = np.zeros(X.shape[1], dtype=np.float64)
     for s in range(0, len(X), chunk):
-        tot += X[s:s + chunk][mask[s:s + chunk]].sum(axis=0, dtype=np.float64)
-    mu32 = (tot / k).astype(np.float32)
-    sse = 0.0
+        Xc = X[s:s + chunk].astype(np.float64)
+        row_sq[s:s + chunk] = np.einsum("ij,ij->i", Xc, Xc)
+        total += Xc.sum(axis=0)
+    return row_sq, total
+
+
+def _masked_sum(X: np.ndarray, mask: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """Σ of the rows X[mask] in float64, without copying them.  X (m, D), mask (m,) -> (D,)."""
+    out = np.zeros(X.shape[1], dtype=np.float64)
     for s in range(0, len(X), chunk):
-        d = X[s:s + chunk][mask[s:s + chunk]] - mu32
-        sse += float(np.einsum("ij,ij->", d, d, dtype=np.float64))
-    return sse
+        out += mask[s:s + chunk].astype(np.float64) @ X[s:s + chunk].astype(np.float64)
+    return out
+
+
+def _sse_from(sum_sq: float, total: np.ndarray, k: int) -> float:
+    """SSE of k rows from Σ|x|² and Σx (float64): Σ|x|² − |Σx|²/k, clipped at 0."""
+    return 0.0 if k <= 1 else max(0.0, float(sum_sq) - float(total @ total) / k)
 
 
 def _sqdist_to(X: np.ndarray, v: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -117,6 +129,12 @@ def _sqdist_to(X: np.ndarray, v: np.ndarray, chunk: int = 4096) -> np.ndarray:
         d = X[s:s + chunk] - v32
         out[s:s + chunk] = np.einsum("ij,ij->i", d, d, dtype=np.float64)
     return out
+
+
+def _faiss_gpu() -> bool:
+    """True when this FAISS build sees a GPU (faiss-gpu); faiss-cpu -> False."""
+    import faiss
+    return bool(getattr(faiss, "get_num_gpus", lambda: 0)() > 0)
 
 
 @contextlib.contextmanager
@@ -162,7 +180,7 @@ def _two_means(X: np.ndarray, rng: np.random.Generator, n_restarts: int, niter: 
     runs = []
     with _faiss_threads(m * D):
         for _ in range(max(1, n_restarts)):
-            km = faiss.Kmeans(D, 2, niter=niter, seed=int(rng.integers(1, 2**31 - 1)),
+            km = faiss.Kmeans(D, 2, niter=niter, seed=int(rng.integers(1, 2**31 - 1)), gpu=_faiss_gpu(),
                               max_points_per_centroid=m, min_points_per_centroid=1, verbose=False)
             km.train(X)
             runs.append((float(km.obj[-1]) if len(km.obj) else np.inf, km.centroids.copy()))
@@ -175,25 +193,86 @@ def _two_means(X: np.ndarray, rng: np.random.Generator, n_restarts: int, niter: 
     return assign, None
 
 
+def _two_means_numpy(X: np.ndarray, rng: np.random.Generator, n_restarts: int, niter: int,
+                     chunk: int = 256, row_sq: np.ndarray | None = None, total: np.ndarray | None = None):
+    """Best-of-restarts Lloyd 2-means in numpy, on ALL rows of X (m, D) float32.
+
+    Same contract as ``_two_means`` (the FAISS engine). Seeding: k-means++ for k = 2 (a uniform
+    row, then a row drawn with probability ∝ its squared distance to it). Each iteration is ONE
+    chunked pass (a (c, D)×(D, 2) product for the assignment, a (1, c)×(c, D) product for the
+    new second-cluster sum); stops when the assignment no longer changes or after niter passes.
+    Restarts are ranked by the objective of the last pass (the split's SSE once converged).
+    row_sq (m,) and total (D,) may be passed in (float64 |x|² and Σ x) to skip one pass.
+    -> (assign (m,) bool, objective or None for the random-halving fallback).
+    """
+    m, D = X.shape
+    if row_sq is None or total is None:                                      # (m,) |x|², (D,) Σ x
+        row_sq, total = _row_stats(X)
+    tot = total
+
+    def sqdist(c):                                                           # (m,) |x − c|²
+        return np.maximum(row_sq - 2.0 * (X @ c.astype(np.float32)).astype(np.float64) + c @ c, 0.0)
+
+    best, best_obj = None, np.inf
+    for _ in range(max(1, n_restarts)):
+        c0 = X[int(rng.integers(m))].astype(np.float64)
+        d = sqdist(c0)
+        c1 = X[int(rng.choice(m, p=d / d.sum())) if d.sum() > 0 else int(rng.integers(m))].astype(np.float64)
+        prev, assign, obj = None, None, np.inf
+        for _ in range(max(1, niter)):
+            W = np.stack([c0, c1], axis=1).astype(np.float32)               # (D, 2)
+            cn = np.array([c0 @ c0, c1 @ c1])
+            assign = np.empty(m, dtype=bool)
+            s1, obj = np.zeros(D, dtype=np.float64), 0.0
+            for s in range(0, m, chunk):
+                Xc = X[s:s + chunk]
+                P = (Xc @ W).astype(np.float64)                              # (c, 2)
+                d0 = row_sq[s:s + chunk] - 2.0 * P[:, 0] + cn[0]
+                d1 = row_sq[s:s + chunk] - 2.0 * P[:, 1] + cn[1]
+                a = d1 < d0
+                assign[s:s + chunk] = a
+                obj += float(np.minimum(d0, d1).sum())
+                s1 += a.astype(np.float32) @ Xc
+            n1 = int(assign.sum())
+            if n1 == 0 or n1 == m:
+                break
+            c0, c1 = (tot - s1) / (m - n1), s1 / n1
+            if prev is not None and np.array_equal(prev, assign):
+                break
+            prev = assign
+        if assign is not None and 0 < int(assign.sum()) < m and obj < best_obj:
+            best, best_obj = assign, max(obj, 0.0)
+    if best is None:
+        best = np.zeros(m, dtype=bool)
+        best[rng.permutation(m)[: m // 2]] = True
+        return best, None
+    return best, best_obj
+
+
+ENGINES = {"faiss": _two_means, "numpy": _two_means_numpy}
+
+
 # ----------------------------------------------------------------------------------------
 # the divisive tree
 # ----------------------------------------------------------------------------------------
 def grow_tree(Z: np.ndarray, n_leaves: int, *, split: str = "sse", n_restarts: int = 3,
-              niter: int = 20, seed: int = 0, on_split=None) -> tuple[list[_Node], list[int]]:
+              niter: int = 20, seed: int = 0, on_split=None, engine: str = "faiss") -> tuple[list[_Node], list[int]]:
     """Bisecting 2-means until the tree has ``n_leaves`` leaves.
 
     Z (n, D) float32. Each round splits the leaf with the largest score (``sse``: SSE;
     ``var``: SSE/size), ties -> lowest node id; leaves whose points are all identical but
     that have >= 2 points are split by random halving only if nothing else is splittable.
     The tree grown to L leaves is the prefix of the tree grown to any L' > L (same seed).
-    on_split(nodes, leaves), if given, is called after every split.
+    on_split(nodes, leaves), if given, is called after every split. engine: "faiss" (faiss.Kmeans,
+    the default) or "numpy" (fused one-pass Lloyd iterations, see ``_two_means_numpy``).
     -> (nodes, leaf ids ascending). Node 0 is the root; children get consecutive ids.
     """
     n = len(Z)
     if not 1 <= n_leaves <= n:
         raise ValueError(f"cannot grow {n_leaves} leaves from {n} points")
     rng = np.random.default_rng(seed)
-    nodes = [_Node(np.arange(n), 0, -1, _sse(Z))]
+    row_sq, total = _row_stats(Z)                          # (n,) |x|², (D,) Σ x   (float64, once)
+    nodes = [_Node(np.arange(n), 0, -1, _sse_from(row_sq.sum(), total, n), total=total)]
     leaves = [0]
     while len(leaves) < n_leaves:
         def score(i):
@@ -203,9 +282,16 @@ def grow_tree(Z: np.ndarray, n_leaves: int, *, split: str = "sse", n_restarts: i
         pick = max(leaves, key=lambda i: (score(i), -i))
         node = nodes[pick]
         X = Z if len(node.idx) == n else Z[node.idx]
-        assign, _ = _two_means(X, rng, n_restarts, niter)
-        for side in (~assign, assign):          # exact child SSE about the child's own mean
-            nodes.append(_Node(node.idx[side], node.depth + 1, pick, _sse_masked(X, side)))
+        rs = row_sq[node.idx]
+        if engine == "numpy":
+            assign, _ = _two_means_numpy(X, rng, n_restarts, niter, row_sq=rs, total=node.total)
+        else:
+            assign, _ = ENGINES[engine](X, rng, n_restarts, niter)
+        s1 = _masked_sum(X, assign)                        # exact child sums, one float64 pass
+        for side, tot in ((~assign, node.total - s1), (assign, s1)):
+            k = int(side.sum())                            # SSE = Σ|x|² − |Σx|²/k, all float64
+            nodes.append(_Node(node.idx[side], node.depth + 1, pick, _sse_from(rs[side].sum(), tot, k),
+                               total=tot))
             node.children.append(len(nodes) - 1)
         del X
         leaves.remove(pick)
@@ -307,7 +393,8 @@ def _representative(Z: np.ndarray, idx: np.ndarray, ids: np.ndarray, representat
 def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, *, method: str = "divisive",
                   split: str = "sse", selection: str = "leaves", representative: str = "mean",
                   level_start: int = 1, depth_extra: int = 2, n_restarts: int = 3, niter: int = 20,
-                  seed: int = 0, n_threads: int | None = None, global_seed: int | None = None) -> list[Target]:
+                  seed: int = 0, n_threads: int | None = None, global_seed: int | None = None,
+                  engine: str = "faiss") -> list[Target]:
     """Exactly ``ipc`` targets for one class.
 
     Z (n, D) latents of class ``label`` (any float dtype; used as float32), ids (n,) int64.
@@ -318,7 +405,7 @@ def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, *, metho
     Image seeds are image_seed(global_seed, label, j), global_seed defaulting to ``seed``.
     -> list[Target] of length ipc, index j = 0..ipc-1.
     """
-    for name, val, ok in (("method", method, METHODS), ("split", split, SPLITS),
+    for name, val, ok in (("method", method, METHODS), ("split", split, SPLITS), ("engine", engine, tuple(ENGINES)),
                           ("selection", selection, SELECTIONS), ("representative", representative, REPRESENTATIVES)):
         if val not in ok:
             raise ValueError(f"{name} must be one of {ok}, got {val!r}")
@@ -334,7 +421,8 @@ def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, *, metho
             f"sampling with replacement is not offered.")
     with _thread_limits(n_threads):
         return _build(Z, ids, int(label), int(ipc), method, split, selection, representative,
-                      level_start, depth_extra, n_restarts, niter, seed, gseed=seed if global_seed is None else global_seed)
+                      level_start, depth_extra, n_restarts, niter, seed,
+                      gseed=seed if global_seed is None else global_seed, engine=engine)
 
 
 @contextlib.contextmanager
@@ -360,7 +448,7 @@ def _thread_limits(n_threads: int | None):
 
 
 def _build(Z, ids, label, ipc, method, split, selection, representative, level_start, depth_extra,
-           n_restarts, niter, seed, gseed) -> list[Target]:
+           n_restarts, niter, seed, gseed, engine="faiss") -> list[Target]:
     """build_coreset after validation (see there).  -> list[Target]."""
     n = len(Z)
     tag = f"{method}/{selection}/{split}/{representative}" if method == "divisive" else f"{method}/{representative}"
@@ -372,7 +460,8 @@ def _build(Z, ids, label, ipc, method, split, selection, representative, level_s
 
     if method == "divisive":
         n_leaves = ipc if (selection == "leaves" or ipc == 1) else min(n, ipc * 2 ** max(0, depth_extra))
-        nodes, leaves = grow_tree(Z, n_leaves, split=split, n_restarts=n_restarts, niter=niter, seed=seed)
+        nodes, leaves = grow_tree(Z, n_leaves, split=split, n_restarts=n_restarts, niter=niter, seed=seed,
+                                  engine=engine)
         if ipc == 1:                                   # IPC = 1 is the class mean (root) for both rules
             order = [0]
         elif selection == "leaves":
@@ -388,7 +477,7 @@ def _build(Z, ids, label, ipc, method, split, selection, representative, level_s
 
     if method == "kmeans":
         import faiss
-        km = faiss.Kmeans(Z.shape[1], ipc, niter=niter, nredo=max(1, n_restarts), seed=int(seed) + 1,
+        km = faiss.Kmeans(Z.shape[1], ipc, niter=niter, nredo=max(1, n_restarts), seed=int(seed) + 1, gpu=_faiss_gpu(),
                           max_points_per_centroid=n, min_points_per_centroid=1, verbose=False)
         with _faiss_threads(Z.size):
             km.train(Z)
