@@ -4,14 +4,18 @@ Its penultimate features are the "FID" feature space of small data (Inception-v3
 apply to 28 px grey images), and its predictions on generated images measure prior fidelity.
 It is trained ONCE on the real training split and never sees synthetic images.
 
-Architecture: ConvNet-style trunk of 3 blocks (conv3x3 -> instance norm -> ReLU -> avg-pool 2)
-with widths 32, 64, 128 -> linear to ``feat_dim`` (128) -> ReLU [= features] -> linear head.
+Architecture: ConvNet-3 trunk of width 32 (conv3x3 -> instance norm -> ReLU -> avg-pool 2, three
+times; 28 px -> 32 x 3 x 3) -> linear to ``feat_dim`` (128) -> ReLU [= features] -> linear head.
 Training: SGD (momentum 0.9, nesterov, weight decay 5e-4), batch 128, linear warm-up (15 %)
-then cosine decay, label smoothing 0.1, plain augmentation (random shift of up to 2 px with -1 fill, horizontal
-flip only if ``flip=True`` — right for Fashion-MNIST, wrong for digits).
+then cosine decay, label smoothing 0.1, plain augmentation (random shift of up to 2 px with -1
+fill, horizontal flip only if ``flip=True`` — right for Fashion-MNIST, wrong for digits).
 
 Saved as ``<dir>/classifier.safetensors`` + ``<dir>/classifier.json`` (architecture config and
 a record: test accuracy, epochs, seed, seconds).
+
+Measured on the real Fashion-MNIST split (flip=True, seed 0, defaults): 5 epochs -> 90.65 % test
+accuracy for about 410 CPU-seconds on one thread (60 k images x 5 at ~730 img/s per core).
+A 32-64-128 pyramid reached 90.36 % in 3 epochs for the same CPU time.
 """
 from __future__ import annotations
 
@@ -36,12 +40,12 @@ ARCH = "convnet-in-bottleneck"
 class RealClassifier(nn.Module):
     """x (N,C,H,W) in [-1,1] -> logits (N,num_classes); ``embed`` -> (N, feat_dim) features.
 
-    Trunk: one [conv3x3 -> instance norm -> ReLU -> avg-pool 2] block per entry of ``widths``
-    (default 32, 64, 128: cheap at full resolution, wide where the maps are small);
-    ``widths=None`` gives a uniform ConvNet of ``depth`` blocks of ``width`` channels.
+    Trunk: ``depth`` blocks [conv3x3 -> instance norm -> ReLU -> avg-pool 2] of ``width``
+    channels (a ConvNet-3 of width 32), or one block per entry of ``widths`` if given (e.g.
+    32, 64, 128: cheap at full resolution, wide where the maps are small).
     """
 
-    def __init__(self, channels: int, num_classes: int, im_size: int, width: int = 64,
+    def __init__(self, channels: int, num_classes: int, im_size: int, width: int = 32,
                  depth: int = 3, feat_dim: int = 128, widths: list[int] | None = None):
         super().__init__()
         widths = [int(w) for w in widths] if widths else [width] * depth
@@ -106,12 +110,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                     epochs: int = 4, seed: int = 0, *, num_classes: int | None = None,
+                     epochs: int = 5, seed: int = 0, *, num_classes: int | None = None,
                      flip: bool = False, batch_size: int = 128, lr: float = 0.05,
-                     weight_decay: float = 5e-4, widths: list[int] | None = (32, 64, 128),
-                     width: int = 64, depth: int = 3, feat_dim: int = 128, max_shift: int = 2,
-                     device: str = "cpu",
-                     log: Any = None) -> tuple[RealClassifier, float]:
+                     weight_decay: float = 5e-4, widths: list[int] | None = None,
+                     width: int = 32, depth: int = 3, feat_dim: int = 128, max_shift: int = 2,
+                     device: str = "cpu", log: Any = None) -> tuple[RealClassifier, float]:
     """Train the real-data classifier on x (N,C,H,W) float [-1,1], y (N,); return
     ``(model, test_accuracy)`` (fraction). ``model.record`` holds epochs/seed/seconds/accuracy.
     ``log`` is an optional ``print``-like callable for per-epoch progress."""
@@ -132,7 +135,10 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_t
         model.train()
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
-            f = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+            if step < warm:
+                f = (step + 1) / warm
+            else:
+                f = 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
             for g in opt.param_groups:
                 g["lr"] = lr * f
             idx = perm[i:i + batch_size]

@@ -189,7 +189,7 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
 
     Returns ``{"final_acc", "best_acc", "best_epoch", "epochs", "history": [(epoch, acc)],
     "seconds", "protocol", "protocol_version", "student", "augment", "seed", "n_train",
-    "ipc", "images_per_s"}``.
+    "ipc", "images_per_s", "config"}`` (accuracies are fractions in [0, 1]).
     """
     cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
