@@ -184,6 +184,7 @@ def main(argv=None) -> dict:
                     help="seconds of measured reference splits for sizes > 10,000 rows (smaller: run fully)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="runs per algorithm for sizes <= 10,000 (fastest kept)")
+    ap.add_argument("--render", action="store_true", help="rewrite the Markdown from the existing JSON")
     ap.add_argument("--merge", action="store_true", help="keep rows of other sizes from the existing report")
     ap.add_argument("--timeout", type=float, default=900.0, help="per-subprocess limit, seconds")
     ap.add_argument("--size-budget", type=float, default=900.0,
@@ -192,6 +193,10 @@ def main(argv=None) -> dict:
     if args.worker:
         worker_main(json.loads(args.worker))
         return {}
+    if args.render:
+        data = json.loads(REPORT_JSON.read_text())
+        write_report("coreset_speed", data, render(data))
+        return data
     sizes = [1300] if args.quick else [int(s) for s in args.sizes.split(",")]
     ipcs = sorted(int(s) for s in args.ipcs.split(","))
     budget = min(args.budget, 30.0) if args.quick else args.budget
@@ -257,23 +262,33 @@ def main(argv=None) -> dict:
                        "reference": "KMeans(2, n_init=10, max_iter=300) per split, largest-SSE leaf"},
             "machine": info, "rows": rows, "total_wall_s": time.perf_counter() - t_all,
             "target": ">= 10x faster than the reference approach at equal SSE (±1 %)"}
+    md = render(data)
+    write_report("coreset_speed", data, md)
+    print(md)
+    return data
+
+
+def render(data: dict) -> str:
+    """The Markdown report for a result dict (also: python -m mgd_ray.bench.coreset_speed --render)."""
+    info, cfg, rows = data["machine"], data["config"], data["rows"]
     cols = ["n", "ipc", "algo", "seconds", "speedup_vs_reference", "sse", "sse_vs_reference_pct",
             "peak_rss_mb", "rss_data_mb", "note"]
     ordered = sorted(rows, key=lambda r: (r["n"], r.get("ipc", 0), r["algo"]))
+    algos = [f"- `{k}`: {cfg[k]}" for k in ("faiss", "numpy", "faiss_r1", "sk_bisecting", "reference") if k in cfg]
     md = [f"# Coreset speed: FAISS divisive vs scikit-learn ({info['date']})", "",
-          f"D = {D} float32, synthetic clustered data; {args.threads} threads for FAISS / sklearn; "
-          f"load average at start {info['loadavg_at_start']} (shared machine: times are noisy). "
-          "Each algorithm ran in its own subprocess (sizes <= 10,000: fastest of `runs`, all times in the JSON); "
-          "peak RSS includes the data "
+          f"D = {cfg['D']} float32, synthetic clustered data (10 super-clusters × 5 sub-clusters + noise); "
+          f"{cfg['threads']} thread(s) for FAISS / BLAS / sklearn; load average at start "
+          f"{info['loadavg_at_start']} (shared 2-core machine: times are noisy). Each algorithm ran in its own "
+          "subprocess (sizes <= 10,000: fastest of `runs`, all times in the JSON); peak RSS includes the data "
           "(`rss_data_mb` = RSS right after loading it). SSE = total within-leaf sum of squares.", "",
+          "Algorithms:", *algos, "",
           md_table(ordered, cols), "",
-          "faiss / faiss_r1 / reference rows: one run grown to the largest IPC; the smaller IPC is the "
-          "prefix of that run (same tree, cumulative time). Extrapolated rows: the sklearn time of the unmeasured splits is "
-          "estimated at the measured seconds per point; no SSE is given for them.", "",
+          "faiss / numpy / faiss_r1 / reference rows: one run grown to the largest IPC; the smaller IPC is the "
+          "prefix of that run (same tree, cumulative time). Extrapolated rows: the sklearn time of the unmeasured "
+          "splits is estimated at the measured seconds per point; no SSE is given for them "
+          f"(reference budget {cfg['reference_budget_s']:.0f} s of measured splits for sizes > 10,000).", "",
           f"Target: {data['target']}.", f"Total wall time: {data['total_wall_s']:.0f} s."]
-    write_report("coreset_speed", data, "\n".join(md))
-    print("\n".join(md))
-    return data
+    return "\n".join(md)
 
 
 if __name__ == "__main__":
