@@ -109,7 +109,8 @@ def main_evaluate(job_path: str, prior_dir: str | None, overrides, samples: int 
         "samples": int(len(labels)), "sampler": f"DDPM 50 steps, learned variance, CFG {cfg_scale} (all channels)",
         "sample_class_agreement": agree, "per_class_agreement": per_class,
         "sampling_seconds": round(t_s, 1), "seconds": round(time.time() - t0, 1),
-        "command": f"mgd-ray prior evaluate {job_path}", "grid": "samples.png",
+        "command": f"mgd-ray prior evaluate {job_path} --cfg-scale {cfg_scale} --samples {samples}"
+                   + (f" --classifier-epochs {classifier_epochs}" if classifier_epochs else ""), "grid": "samples.png",
     }
     rec_path = pdir / "prior.json"
     record = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
