@@ -98,11 +98,13 @@ def prior_evaluate(job: str, set_: Optional[List[str]] = typer.Option(None, "--s
                    prior_dir: Optional[str] = typer.Option(None, "--prior", help="prior dir (default: shipped)"),
                    samples: int = typer.Option(1000, help="class-conditional samples to score"),
                    cfg_scale: float = typer.Option(4.0, help="CFG scale of the scored samples"),
-                   classifier_epochs: Optional[int] = typer.Option(None, help="real-data classifier epochs")):
+                   classifier_epochs: Optional[int] = typer.Option(None, help="real-data classifier epochs"),
+                   classifier: Optional[str] = typer.Option(None, "--classifier",
+                                                            help="reuse a classifier dir saved by train_classifier")):
     """Measure a prior: real-data classifier, VAE reconstructions, sample fidelity, sample grid."""
     from .prior_eval import main_evaluate
     try:
-        main_evaluate(job, prior_dir, set_, samples, cfg_scale, classifier_epochs)
+        main_evaluate(job, prior_dir, set_, samples, cfg_scale, classifier_epochs, classifier)
     except _user_errors() as e:
         _fail(e)
 

@@ -49,7 +49,8 @@ def generate_samples(dit, vae, info, labels, seeds, cfg_scale=4.0, steps=50, bat
 
 
 def main_evaluate(job_path: str, prior_dir: str | None, overrides, samples: int = 1000,
-                  cfg_scale: float = 4.0, classifier_epochs: int | None = None) -> dict:
+                  cfg_scale: float = 4.0, classifier_epochs: int | None = None,
+                  classifier_from: str | None = None) -> dict:
     import torch
 
     from .data import open_source, preprocess
@@ -74,9 +75,15 @@ def main_evaluate(job_path: str, prior_dir: str | None, overrides, samples: int 
     epochs = classifier_epochs or (6 if len(xtr) > 10000 else 200)
     flip = job.data.source == "fashion-mnist"
     shift = 1 if native <= 16 else 2  # 2 px on 8x8 digits is a quarter of the image
-    clf, acc_real = train_classifier(xtr, ytr, xte, yte, epochs=epochs, seed=0, num_classes=C, flip=flip,
-                                     max_shift=shift,
-                                     log=lambda m: print(f"[prior-eval] classifier {m}", flush=True))
+    if classifier_from:  # a classifier trained earlier by train_classifier on the same data: re-scored here
+        from .eval.classifier import load_classifier
+        clf = load_classifier(classifier_from)
+        acc_real = accuracy(clf, xte, yte)
+        epochs = clf.record.get("epochs", epochs)
+    else:
+        clf, acc_real = train_classifier(xtr, ytr, xte, yte, epochs=epochs, seed=0, num_classes=C, flip=flip,
+                                         max_shift=shift,
+                                         log=lambda m: print(f"[prior-eval] classifier {m}", flush=True))
     save_classifier(clf, pdir / "classifier", extra={"dataset": job.data.source})
     print(f"[prior-eval] real-data classifier: {100 * acc_real:.2f}% on the real test split", flush=True)
 
@@ -110,7 +117,8 @@ def main_evaluate(job_path: str, prior_dir: str | None, overrides, samples: int 
         "sample_class_agreement": agree, "per_class_agreement": per_class,
         "sampling_seconds": round(t_s, 1), "seconds": round(time.time() - t0, 1),
         "command": f"mgd-ray prior evaluate {job_path} --cfg-scale {cfg_scale} --samples {samples}"
-                   + (f" --classifier-epochs {classifier_epochs}" if classifier_epochs else ""), "grid": "samples.png",
+                   + (f" --classifier-epochs {classifier_epochs}" if classifier_epochs else "")
+                   + (" --classifier DIR" if classifier_from else ""), "grid": "samples.png",
     }
     rec_path = pdir / "prior.json"
     record = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
