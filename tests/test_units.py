@@ -73,3 +73,15 @@ def test_dry_run_plan_digits(tiny_prior):
     assert p["images_to_generate"] == 60 and p["work_units"] == 2 * 10 * 2
     assert p["dit_forward_passes"] == 60 * 4 * 2
     assert p["estimate"]["basis"]
+
+
+def test_arrays_at_reads_only_the_chosen_rows():
+    from mgd_ray.data import open_source
+    from mgd_ray.pipeline.evaluate import random_real_subset
+    src = open_source({"source": "sklearn-digits"})
+    full = src.arrays("train")
+    idx = random_real_subset(full["label"], 3, seed=1)
+    sub = src.arrays_at("train", idx)
+    assert len(idx) == 30 and np.array_equal(sub["id"], full["id"][idx])
+    assert np.array_equal(sub["image"], full["image"][idx]) and np.bincount(sub["label"]).tolist() == [3] * 10
+    assert not np.array_equal(idx, random_real_subset(full["label"], 3, seed=2))

@@ -80,17 +80,7 @@ class Source(Protocol):
     def arrays(self, split: str, limit_per_class: int | None = ..., classes: Sequence[int] | None = None,
                image_size: int | None = None, mode: str = "center-crop") -> dict[str, np.ndarray]: ...
     def arrays_at(self, split: str, index: np.ndarray, image_size: int | None = None,
-                  mode: str = "center-crop") -> dict[str, np.ndarray]:
-        """Like ``arrays`` but only the rows ``index`` (positions in ``select(split)`` order): reads
-        just those images (e.g. a random-real baseline out of 1.28 M ImageNet images)."""
-        pos, ids, labels = self.select(split)
-        index = np.asarray(index, dtype=np.int64)
-        pos, ids, labels = pos[index], ids[index], labels[index]
-        images, bad = self._load(split, pos)
-        if len(bad):
-            ok = ~np.isin(pos, bad)
-            ids, labels = ids[ok], labels[ok]
-        return {"id": ids, "label": labels, "image": fit_batch(images, image_size, mode)}
+                  mode: str = "center-crop") -> dict[str, np.ndarray]: ...
 
     def ray_dataset(self, split: str, **kwargs): ...
     def failures_table(self): ...
@@ -195,6 +185,19 @@ class BaseSource:
         names = np.asarray(self.classes.names, dtype=object)
         return {"id": ids, "label": labels, "class_name": names[labels] if len(labels) else names[:0],
                 "image": images}
+
+    def arrays_at(self, split: str, index: np.ndarray, image_size: int | None = None,
+                  mode: str = "center-crop") -> dict[str, np.ndarray]:
+        """Like ``arrays`` but only the rows ``index`` (positions in ``select(split)`` order): reads
+        just those images (e.g. a random-real baseline out of 1.28 M ImageNet images)."""
+        pos, ids, labels = self.select(split)
+        index = np.asarray(index, dtype=np.int64)
+        pos, ids, labels = pos[index], ids[index], labels[index]
+        images, bad = self._load(split, pos)
+        if len(bad):
+            ok = ~np.isin(pos, bad)
+            ids, labels = ids[ok], labels[ok]
+        return {"id": ids, "label": labels, "image": fit_batch(images, image_size, mode)}
 
     def ray_dataset(self, split: str, limit_per_class: int | None = _UNSET, classes: Sequence[int] | None = None,
                     image_size: int | None = None, mode: str = "center-crop", rows_per_block: int = 2048, **_):
