@@ -107,8 +107,18 @@ def generator_labels(source, info) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------
+def absolute_output(job: JobConfig) -> JobConfig:
+    """A relative local ``output.dir`` becomes absolute: Ray workers (Train workers especially)
+    run in other working directories, so every stage must see the same absolute path."""
+    d = job.output.dir
+    if "://" in d or os.path.isabs(d):
+        return job
+    return job.model_copy(update={"output": job.output.model_copy(update={"dir": os.path.abspath(d)})})
+
+
 def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = False) -> dict:
     setup_logging()
+    job = absolute_output(job)
     stages = stages or list(STAGES)
     t_start = time.time()
     from .pipeline.plan import dry_run_plan, plan

@@ -85,3 +85,11 @@ def test_arrays_at_reads_only_the_chosen_rows():
     assert len(idx) == 30 and np.array_equal(sub["id"], full["id"][idx])
     assert np.array_equal(sub["image"], full["image"][idx]) and np.bincount(sub["label"]).tolist() == [3] * 10
     assert not np.array_equal(idx, random_real_subset(full["label"], 3, seed=2))
+
+
+def test_relative_output_dir_becomes_absolute(tmp_path, monkeypatch):
+    from mgd_ray.distill import absolute_output
+    monkeypatch.chdir(tmp_path)
+    j = absolute_output(job_from_dict({"output": {"dir": "out/digits"}}))
+    assert j.output.dir == str(tmp_path / "out" / "digits")
+    assert absolute_output(job_from_dict({"output": {"dir": "s3://b/p"}})).output.dir == "s3://b/p"
