@@ -18,7 +18,8 @@ import yaml
 from tests.test_pipeline import twin_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+# slow: flaky on a loaded 2-core box (the job agent sometimes never registers); run with -m slow
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _free_port() -> int:
