@@ -26,9 +26,24 @@ log = logging.getLogger("mgd_ray")
 STAGES = ("encode", "coreset", "generate", "evaluate")
 
 
+class _CurrentStdout(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at emit time (test runners and notebooks swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging():
     if not log.handlers:
-        h = logging.StreamHandler(sys.stdout)
+        h = _CurrentStdout()
         h.setFormatter(logging.Formatter("%(asctime)s [mgd_ray] %(message)s", "%H:%M:%S"))
         log.addHandler(h)
         log.setLevel(logging.INFO)
