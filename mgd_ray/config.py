@@ -181,6 +181,15 @@ class JobConfig(_Model):
     ray: RayConfig = Field(default_factory=RayConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @model_validator(mode="after")
+    def _guidance_reachable(self):
+        if self.method in ("manifoldgd", "mgd3") and self.guidance.t_stop >= self.sampler.steps - 1:
+            raise ValueError(
+                f"guidance.t_stop ({self.guidance.t_stop}) is counted in sampler steps and must be below "
+                f"sampler.steps - 1 ({self.sampler.steps - 1}), or {self.method} guidance is never applied; "
+                f"with {self.sampler.steps} steps use e.g. guidance.t_stop={self.sampler.steps // 2}")
+        return self
+
     # ---- resolved choices (the method decides what "auto" means) --------------------
     @property
     def generative(self) -> bool:

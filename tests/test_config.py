@@ -122,3 +122,12 @@ def test_cli_unknown_class_name():
                         "--set", "data.classes=[3, eleven]", "--dry-run"],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "eleven" in r.stderr
+
+
+def test_guidance_that_never_switches_on_is_an_error():
+    # t_stop counts sampler steps: with 10 steps, t_stop 25 would silently turn ManifoldGD into plain DiT
+    with pytest.raises(JobError) as e:
+        job_from_dict({"method": "manifoldgd", "sampler": {"steps": 10}})
+    assert "guidance.t_stop (25)" in str(e.value) and "guidance.t_stop=5" in str(e.value)
+    assert job_from_dict({"method": "dit", "sampler": {"steps": 10}}).sampler.steps == 10  # no guidance: fine
+    assert job_from_dict({"sampler": {"steps": 10}, "guidance": {"t_stop": 5}}).guidance.t_stop == 5

@@ -30,6 +30,7 @@ def twin_dict(out, prior, **extra) -> dict:
          "encode": {"preprocess": "none", "min_actors": 1, "max_actors": 1, "batch_size": 64},
          "model": {"generator": str(prior)},
          "sampler": {"steps": 4, "cfg_scale": 2.0},
+         "guidance": {"t_stop": 1, "warm": 1},  # 4 steps: the guidance acts on t = 3, 2
          "generate": {"ipc": 2, "targets_per_unit": 2, "num_actors": 1, "seeds": [0], "batch_size": 2,
                       "num_cpus": 0.5},
          "evaluate": {"epochs": 2, "train_seeds": 1, "num_workers": 1, "flip": False},
@@ -126,7 +127,7 @@ def test_resume_after_killed_driver(ray_cluster, tiny_prior, tmp_path):
     import ray
     out = tmp_path / "out"
     d = twin_dict(out, tiny_prior, generate={"ipc": 4, "targets_per_unit": 1, "batch_size": 1},
-                  sampler={"steps": 25}, evaluate={"enabled": False})
+                  sampler={"steps": 25}, guidance={"t_stop": 12}, evaluate={"enabled": False})
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(d))
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
