@@ -284,13 +284,13 @@ def plot(rows: list[dict], root: Path, dataset: str) -> list[Path]:
         fig.savefig(p, dpi=100)
         plt.close(fig)
         out.append(p)
-    grid = sample_grid(root, rows, plt)
+    grid = sample_grid(root, rows, plt, dataset)
     if grid:
         out.append(grid)
     return out
 
 
-def sample_grid(root: Path, rows: list[dict], plt) -> Path | None:
+def sample_grid(root: Path, rows: list[dict], plt, dataset: str) -> Path | None:
     """Side by side: per main-table method at the middle IPC, the first image of each class (seed 0)."""
     import pyarrow.parquet as pq
 
@@ -318,7 +318,7 @@ def sample_grid(root: Path, rows: list[dict], plt) -> Path | None:
                 ax.imshow(a.squeeze(-1) if a.shape[-1] == 1 else a, cmap="gray")
         axes[i][0].text(-2, 14, name, ha="right", va="center", fontsize=7)
     fig.subplots_adjust(left=0.25, wspace=0.05, hspace=0.05)
-    p = REPORTS / f"quality-samples-ipc{ipc}.png"
+    p = REPORTS / f"quality-{dataset}-samples-ipc{ipc}.png"
     fig.savefig(p, dpi=100)
     plt.close(fig)
     return p
