@@ -83,6 +83,9 @@ class CoresetConfig(_Model):
     n_restarts: int = Field(default=3, ge=1)
     niter: int = Field(default=20, ge=1)
     neighbourhood_max: int = Field(default=256, ge=1, description="real latents kept per target for the tangent basis")
+    engine: Literal["faiss", "numpy"] = Field(
+        default="faiss", description="2-means engine: faiss (GPU when present) or numpy (fused Lloyd; faster "
+                                     "on CPU for large classes, see bench/reports/coreset_speed.md)")
 
 
 class GuidanceConfig(_Model):

@@ -131,3 +131,12 @@ def test_guidance_that_never_switches_on_is_an_error():
     assert "guidance.t_stop (25)" in str(e.value) and "guidance.t_stop=5" in str(e.value)
     assert job_from_dict({"method": "dit", "sampler": {"steps": 10}}).sampler.steps == 10  # no guidance: fine
     assert job_from_dict({"sampler": {"steps": 10}, "guidance": {"t_stop": 5}}).guidance.t_stop == 5
+
+
+def test_coreset_engine_reaches_the_coreset_builder():
+    from mgd_ray.pipeline.stages import coreset_kwargs
+    assert coreset_kwargs(job_from_dict({}))["engine"] == "faiss"
+    assert coreset_kwargs(job_from_dict({}, ["coreset.engine=numpy"]))["engine"] == "numpy"
+    with pytest.raises(JobError) as e:
+        job_from_dict({}, ["coreset.engine=cuda"])
+    assert "[coreset -> engine]" in str(e.value)

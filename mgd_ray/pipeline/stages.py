@@ -100,7 +100,8 @@ def read_class_latents(store: Store, label: int) -> tuple[np.ndarray, np.ndarray
 def coreset_kwargs(job: JobConfig) -> dict:
     c = job.coreset
     return dict(method=job.coreset_method, split=c.split, selection=c.selection, representative=c.representative,
-                level_start=c.level_start, depth_extra=c.depth_extra, n_restarts=c.n_restarts, niter=c.niter)
+                level_start=c.level_start, depth_extra=c.depth_extra, n_restarts=c.n_restarts, niter=c.niter,
+                engine=c.engine)
 
 
 def build_class_targets(job: JobConfig, store: Store, label: int, gen_seed: int, threads: int = 1) -> list[dict]:
