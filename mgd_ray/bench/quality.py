@@ -131,6 +131,127 @@ def run_cells(args) -> None:
         log.info(f"bench quality: cell {name} done in {time.time() - t0:.0f}s")
 
 
+# ---- diagnosis: where is accuracy lost? ---------------------------------------------------
+DIAG = {
+    "diag-vae-real": "the random-real cell's images sent through the prior's VAE (encode -> decode): "
+                     "what the VAE alone costs",
+    "diag-decoded-targets": "the ManifoldGD coreset targets (latent cluster means) decoded directly, no diffusion: "
+                            "what the guidance pulls toward",
+}
+
+
+def _diag_images(name: str, root: Path, ipc: int, seed: int, vae, info):
+    import pyarrow.parquet as pq
+    import torch
+
+    from ..eval.train import pad_to, to_float_images
+    from ..models import decode_latents, encode_latents
+    from ..pipeline.evaluate import load_shard_set
+    from ..pipeline.store import Store
+    from ..pipeline.units import to_uint8
+    if name == "diag-vae-real":
+        imgs, labels = load_shard_set(Store(str(cell_dir(root, ipc, "random-real"))), seed)
+        x = to_float_images(imgs)
+        h = x.shape[-1]
+        with torch.no_grad():
+            z = encode_latents(vae, pad_to(x, info.image_size), info.scaling_factor)
+            y = decode_latents(vae, z, info.scaling_factor)
+    else:
+        t = pq.read_table(cell_dir(root, ipc, "manifoldgd-expected-leaves") / "coreset" / "targets.parquet").to_pylist()
+        t = sorted((r for r in t if r["gen_seed"] == seed), key=lambda r: (r["label"], r["index"]))
+        labels = np.asarray([r["label"] for r in t])
+        c = vae.config.latent_channels
+        side = int(round((len(t[0]["target"]) / c) ** 0.5))
+        z = torch.tensor(np.stack([r["target"] for r in t]), dtype=torch.float32).view(len(t), c, side, side)
+        h = 28
+        with torch.no_grad():
+            y = decode_latents(vae, z, info.scaling_factor)
+    off = (y.shape[-1] - h) // 2
+    return to_uint8(y[:, :, off:off + h, off:off + h].numpy()), labels
+
+
+def run_diagnose(args) -> None:
+    """Train the same student on the diagnostic sets (same recipe as the cells), one Ray task per seed."""
+    import ray
+    import torch
+
+    from ..config import JobConfig
+    from ..data import open_source
+    from ..distill import setup_logging
+    from ..models import load_generator
+    setup_logging()
+    root = Path(args.root).resolve()
+    src_cell = cell_dir(root, args.ipc, "random-real")
+    if not (src_cell / "results.json").is_file():
+        raise SystemExit(f"diagnose needs the finished random-real cell at {src_cell}")
+    job = JobConfig.model_validate(yaml.safe_load((src_cell / "config.yaml").read_text()))
+    torch.set_num_threads(1)
+    _dit, vae, info = load_generator(job.model.generator, job.model.vae, device="cpu")
+    source = open_source(job.data)
+    test = source.arrays("test")
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, ignore_reinit_error=True)
+
+    @ray.remote(num_cpus=0.5)
+    def train(imgs, labels, seed):
+        import torch as T
+
+        from ..eval import TrainConfig, train_and_evaluate
+        from ..eval.train import to_float_images
+        T.set_num_threads(1)
+        ev = job.evaluate
+        tc = TrainConfig(student=ev.students[0], epochs=ev.epochs, batch_size=ev.batch_size, n_evals=ev.n_evals,
+                         augment=ev.augment, flip=ev.flip, seed=0, num_threads=1)
+        r = train_and_evaluate(to_float_images(imgs), T.as_tensor(labels).long(), to_float_images(test["image"]),
+                               T.as_tensor(test["label"]).long(), len(source.classes), tc)
+        return dict(set_seed=seed, train_seed=0, final_acc=r["final_acc"], best_acc=r["best_acc"], epochs=r["epochs"])
+
+    for name in (args.only.split(",") if args.only else DIAG):
+        out = cell_dir(root, args.ipc, name)
+        if (out / "results.json").is_file():
+            continue
+        t0 = time.time()
+        sets = {s: _diag_images(name, root, args.ipc, s, vae, info) for s in args.seeds}
+        runs = ray.get([train.remote(im, lb, s) for s, (im, lb) in sets.items()])
+        cell = {"runs": runs}
+        for m in ("final_acc", "best_acc"):
+            v = np.array([r[m] for r in runs], dtype=float)
+            cell[f"{m}_mean"], cell[f"{m}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        dist = _diag_distribution(job, source, info, sets)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"ipc": args.ipc, "diagnostic": DIAG[name],
+                                                      "results": {name: {ev_student(job): cell}},
+                                                      "distribution": dist}, indent=1, default=float))
+        (out / "manifest.json").write_text(json.dumps({"timings": {"diagnose": round(time.time() - t0, 1)}}))
+        (out / "config.yaml").write_text((src_cell / "config.yaml").read_text())
+        log.info(f"bench quality: {name}: final {100 * cell['final_acc_mean']:.1f} +- {100 * cell['final_acc_std']:.1f}%")
+
+
+def ev_student(job) -> str:
+    return job.evaluate.students[0]
+
+
+def _diag_distribution(job, source, info, sets) -> dict:
+    import torch
+
+    from ..eval import distribution_report
+    from ..eval.classifier import features, load_classifier, predict
+    from ..eval.train import to_float_images
+    from ..pipeline.metrics import classifier_dir
+    d = classifier_dir(job, info)
+    if d is None:
+        return {}
+    clf = load_classifier(d)
+    with torch.no_grad():
+        f_real = features(clf, to_float_images(source.arrays("train")["image"])).numpy()
+        per = {}
+        for s, (im, lb) in sets.items():
+            x = to_float_images(im)
+            per[str(s)] = distribution_report(f_real, features(clf, x).numpy(), pred_syn=predict(clf, x).numpy(),
+                                               labels_syn=lb, num_classes=len(source.classes), seed=s)
+    keys = [k for k, v in next(iter(per.values())).items() if isinstance(v, float)]
+    return {"sets": per, "mean": {k: float(np.nanmean([v[k] for v in per.values()])) for k in keys}}
+
+
 # ---- report ----------------------------------------------------------------------------------
 DIST_KEYS = ["fid", "mean_l2", "mmd2_rbf_unbiased", "diversity", "representativeness", "recall", "coverage",
              "prior_fidelity"]
@@ -342,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", default=None, help="comma-separated cell names")
     r.add_argument("--root", default="out/bench-quality")
     r.add_argument("--set", action="append", help="extra job override for every cell (key=value)")
+    g = sub.add_parser("diagnose", help="diagnostic sets (VAE round trip of real images; decoded targets)")
+    g.add_argument("--ipc", type=int, default=10)
+    g.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    g.add_argument("--only", default=None)
+    g.add_argument("--root", default="out/bench-quality")
     p = sub.add_parser("report", help="write the report from the finished cells")
     p.add_argument("--root", default="out/bench-quality")
     p.add_argument("--dataset", default="fashion-mnist")
@@ -352,6 +478,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.cmd == "run":
         run_cells(args)
+    elif args.cmd == "diagnose":
+        run_diagnose(args)
     else:
         pj, pm = make_report(Path(args.root).resolve(), args.dataset)
         print(pm.read_text())

@@ -32,10 +32,7 @@ def compute_distribution(job: JobConfig, store, source, info) -> dict:
         log.info("metrics: no real-data classifier beside the prior (train one with `mgd-ray prior evaluate`); skipped")
         return {"skipped": "no real-data classifier"}
     clf = load_classifier(d)
-    real = source.arrays("train")
-    x_real = to_float_images(real["image"])
-    with torch.no_grad():
-        f_real = features(clf, x_real)
+    f_real = _real_features(store, d, clf, source)
     out = {"feature_space": f"real-data classifier {d.name} ({clf.record.get('test_acc', 'n/a')} test acc)",
            "sets": {}}
     for s in job.generate.seeds:
@@ -43,8 +40,30 @@ def compute_distribution(job: JobConfig, store, source, info) -> dict:
         x = to_float_images(imgs)
         with torch.no_grad():
             f_syn, pred = features(clf, x), predict(clf, x)
-        out["sets"][str(s)] = distribution_report(f_real.numpy(), f_syn.numpy(), pred_syn=pred.numpy(),
+        out["sets"][str(s)] = distribution_report(f_real, f_syn.numpy(), pred_syn=pred.numpy(),
                                                   labels_syn=labels, num_classes=len(source.classes), seed=s)
     keys = [k for k, v in next(iter(out["sets"].values())).items() if isinstance(v, float)]
     out["mean"] = {k: float(np.nanmean([v[k] for v in out["sets"].values()])) for k in keys}
     return out
+
+
+def _real_features(store, clf_dir: Path, clf, source) -> np.ndarray:
+    """Classifier features of the real training set, cached beside the latents (same data key:
+    the cache goes when the latents are re-encoded), keyed by the classifier's weights."""
+    import hashlib
+    import io
+
+    import torch
+
+    from ..eval.classifier import WEIGHTS_NAME, features
+    from ..eval.train import to_float_images
+    key = hashlib.sha256((clf_dir / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
+    name = f"_real_features_{key}.npy"
+    if store.exists("latents", name):
+        return np.load(io.BytesIO(store.read_bytes("latents", name)), allow_pickle=False)
+    with torch.no_grad():
+        f = features(clf, to_float_images(source.arrays("train")["image"])).numpy().astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, f, allow_pickle=False)
+    store.write_bytes(buf.getvalue(), "latents", name)
+    return f
