@@ -64,10 +64,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_report(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
-    """Write reports/<name>.json and reports/<name>.md; -> their paths."""
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    pj, pm = REPORTS / f"{name}.json", REPORTS / f"{name}.md"
+def write_report(name: str, data: dict, markdown: str, directory: Path | None = None) -> tuple[Path, Path]:
+    """Write reports/<name>.json and reports/<name>.md (or under ``directory``); -> their paths."""
+    d = Path(directory) if directory else REPORTS
+    d.mkdir(parents=True, exist_ok=True)
+    pj, pm = d / f"{name}.json", d / f"{name}.md"
     pj.write_text(json.dumps(data, indent=2, default=str) + "\n")
     pm.write_text(markdown.rstrip() + "\n")
     return pj, pm

@@ -49,14 +49,15 @@ MAIN: list[tuple[str, list[str]]] = [
 
 # one factor at a time around the base variant (the job file's values are the centre)
 ABLATION: list[tuple[str, str, list]] = [
-    ("lam_mode", "guidance.lam_mode", [0.0, 0.03, 0.3, 1.0]),
-    ("beta", "guidance.beta", [0.0, 0.5]),
-    ("d", "guidance.d", [1, 8]),
-    ("K", "guidance.K", [6, 32]),
-    ("t_stop", "guidance.t_stop", [-1, 10, 40]),
-    ("radius", "guidance.radius", [0.03, 0.3]),
+    ("lam_mode", "guidance.lam_mode", [0.03, 0.3]),
+    ("beta", "guidance.beta", [0.0]),            # 0 = unprojected mode term on the divisive targets
+    ("d", "guidance.d", [1]),
+    ("K", "guidance.K", [32]),
+    ("t_stop", "guidance.t_stop", [10]),         # guidance on for 39 of 50 steps instead of 24
+    ("radius", "guidance.radius", [0.3]),
     ("cfg_scale", "sampler.cfg_scale", [1.0, 4.0]),
 ]
+
 
 PUBLISHED_FMNIST = {  # evaluation.md, ConvNet-3, top-1 %: IPC 1 / 10 / 50
     "random real subset": (51.4, 73.8, 82.5), "herding": (67.0, 71.1, 71.9), "DC": (70.5, 82.3, 83.6),
@@ -266,7 +267,7 @@ def read_cell(d: Path) -> dict | None:
     kind, by_student = next(iter(res["results"].items()))
     student, cell = next(iter(by_student.items()))
     dist = res.get("distribution", {})
-    row = {"cell": d.name, "ipc": res["ipc"], "method": kind, "student": student,
+    row = {"cell": d.name, "dir": str(d), "ipc": res["ipc"], "method": kind, "student": student,
            "basis": cfg["guidance"]["basis"] if kind == "manifoldgd" else "",
            "selection": cfg["coreset"]["selection"] if kind == "manifoldgd" else "",
            "final_mean": 100 * cell["final_acc_mean"], "final_std": 100 * cell["final_acc_std"],
@@ -294,7 +295,31 @@ def _pm(m, s):
     return f"{m:.1f} ± {s:.1f}"
 
 
-def make_report(root: Path, dataset: str) -> tuple[Path, Path]:
+def ablation_centre(rows: list[dict], abl: list[dict], base: str = "manifoldgd-expected-leaves") -> dict | None:
+    """The ablation's centre: the base main-table cell restricted to the ablation's seeds (same seeds,
+    same everything else), re-read from its per-run records."""
+    seeds = set(abl[0]["seeds"])
+    c = next((r for r in rows if r["ipc"] == abl[0]["ipc"] and r["cell"] == base), None)
+    if c is None:
+        return None
+    res = json.loads((Path(c["dir"]) / "results.json").read_text())
+    runs = [r for r in next(iter(next(iter(res["results"].values())).values()))["runs"] if r["set_seed"] in seeds]
+    if not runs:
+        return None
+    f = np.array([100 * r["final_acc"] for r in runs])
+    b = np.array([100 * r["best_acc"] for r in runs])
+    dist = res.get("distribution", {}).get("sets", {})
+    out = dict(c, cell=f"{base} (seeds {sorted(seeds)})", final_mean=float(f.mean()), best_mean=float(b.mean()),
+               final_std=float(f.std(ddof=1)) if len(f) > 1 else 0.0,
+               best_std=float(b.std(ddof=1)) if len(b) > 1 else 0.0, seeds=sorted(seeds))
+    for k in DIST_KEYS:
+        v = [dist[str(s)][k] for s in seeds if str(s) in dist and k in dist[str(s)]]
+        out[k] = float(np.mean(v)) if v else float("nan")
+    return out
+
+
+def make_report(root: Path, dataset: str, out_dir: Path | None = None) -> tuple[Path, Path]:
+    out_dir = Path(out_dir) if out_dir else REPORTS
     rows = collect(root)
     if not rows:
         raise SystemExit(f"no finished cells under {root}; run `python -m mgd_ray.bench.quality run ...` first")
@@ -325,12 +350,11 @@ def make_report(root: Path, dataset: str) -> tuple[Path, Path]:
     abl = [r for r in rows if r["cell"].startswith("abl-")]
     if abl:
         ipc = abl[0]["ipc"]
-        centre = next((r for r in rows if r["ipc"] == ipc and r["cell"].startswith("manifoldgd-")
-                       and r["seeds"] == abl[0]["seeds"] and r["cell"] in main_names), None)
+        centre = ablation_centre(rows, abl)
         md += [f"## Ablation at IPC {ipc} (seeds {abl[0]['seeds']}), one factor at a time", ""]
         t = []
         if centre:
-            t.append({"setting": f"centre ({centre['cell']})", "final %": _pm(centre["final_mean"], centre["final_std"]),
+            t.append({"setting": f"centre: {centre['cell']}", "final %": _pm(centre["final_mean"], centre["final_std"]),
                       "best %": _pm(centre["best_mean"], centre["best_std"]),
                       "fid": centre["fid"], "coverage": centre["coverage"], "prior_fidelity": centre["prior_fidelity"]})
         for r in sorted(abl, key=lambda r: r["cell"]):
@@ -343,22 +367,22 @@ def make_report(root: Path, dataset: str) -> tuple[Path, Path]:
            "(a frozen prior is only guided).", "",
            md_table([{"method": k, "IPC 1": v[0], "IPC 10": v[1], "IPC 50": v[2] if v[2] is not None else "—"}
                      for k, v in PUBLISHED_FMNIST.items()], ["method", "IPC 1", "IPC 10", "IPC 50"]), ""]
-    plots = plot(rows, root, dataset)
+    plots = plot(rows, root, dataset, out_dir)
     md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     data = {"dataset": dataset, "root": str(root), "machine": machine(), "cells": rows,
             "published": PUBLISHED_FMNIST}
     from . import write_report
-    return write_report(f"quality-{dataset}", data, "\n".join(md))
+    return write_report(f"quality-{dataset}", data, "\n".join(md), out_dir)
 
 
-def plot(rows: list[dict], root: Path, dataset: str) -> list[Path]:
+def plot(rows: list[dict], root: Path, dataset: str, out_dir: Path) -> list[Path]:
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    REPORTS.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     out = []
     main_names = [n for n, _ in MAIN]
     by = {}
@@ -377,7 +401,7 @@ def plot(rows: list[dict], root: Path, dataset: str) -> list[Path]:
         ax.set_title(f"{dataset}: ConvNet-3, hard-label")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-        p = REPORTS / f"quality-{dataset}-acc-vs-ipc.png"
+        p = out_dir / f"quality-{dataset}-acc-vs-ipc.png"
         fig.tight_layout()
         fig.savefig(p, dpi=110)
         plt.close(fig)
@@ -386,8 +410,7 @@ def plot(rows: list[dict], root: Path, dataset: str) -> list[Path]:
     if abl:
         factors = [f for f, _, _ in ABLATION]
         fig, axes = plt.subplots(1, len(factors), figsize=(2.6 * len(factors), 3), sharey=True)
-        centre = next((r for r in rows if r["ipc"] == abl[0]["ipc"] and r["cell"] in main_names
-                       and r["cell"].startswith("manifoldgd-") and r["seeds"] == abl[0]["seeds"]), None)
+        centre = ablation_centre(rows, abl)
         for ax, (factor, key, _vals) in zip(axes, ABLATION):
             pts = [(float(r["cell"].split("=", 1)[1]), r["final_mean"]) for r in abl
                    if r["cell"].split("=")[0] == f"abl-{factor}"]
@@ -401,17 +424,17 @@ def plot(rows: list[dict], root: Path, dataset: str) -> list[Path]:
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("final acc (%)")
         fig.tight_layout()
-        p = REPORTS / f"quality-{dataset}-ablation.png"
+        p = out_dir / f"quality-{dataset}-ablation.png"
         fig.savefig(p, dpi=100)
         plt.close(fig)
         out.append(p)
-    grid = sample_grid(root, rows, plt, dataset)
+    grid = sample_grid(root, rows, plt, dataset, out_dir)
     if grid:
         out.append(grid)
     return out
 
 
-def sample_grid(root: Path, rows: list[dict], plt, dataset: str) -> Path | None:
+def sample_grid(root: Path, rows: list[dict], plt, dataset: str, out_dir: Path) -> Path | None:
     """Side by side: per main-table method at the middle IPC, the first image of each class (seed 0)."""
     import pyarrow.parquet as pq
 
@@ -439,7 +462,7 @@ def sample_grid(root: Path, rows: list[dict], plt, dataset: str) -> Path | None:
                 ax.imshow(a.squeeze(-1) if a.shape[-1] == 1 else a, cmap="gray")
         axes[i][0].text(-2, 14, name, ha="right", va="center", fontsize=7)
     fig.subplots_adjust(left=0.25, wspace=0.05, hspace=0.05)
-    p = REPORTS / f"quality-{dataset}-samples-ipc{ipc}.png"
+    p = out_dir / f"quality-{dataset}-samples-ipc{ipc}.png"
     fig.savefig(p, dpi=100)
     plt.close(fig)
     return p
@@ -471,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the report from the finished cells")
     p.add_argument("--root", default="out/bench-quality")
     p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--out-dir", default=None, help="default: mgd_ray/bench/reports")
     return ap
 
 
@@ -481,7 +505,7 @@ def main(argv=None):
     elif args.cmd == "diagnose":
         run_diagnose(args)
     else:
-        pj, pm = make_report(Path(args.root).resolve(), args.dataset)
+        pj, pm = make_report(Path(args.root).resolve(), args.dataset, args.out_dir and Path(args.out_dir))
         print(pm.read_text())
         print(f"wrote {pj} and {pm}")
 

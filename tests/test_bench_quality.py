@@ -1,0 +1,70 @@
+"""The quality benchmark's plumbing: every cell is a valid job, and the report is computed from
+the cells' own files (gain over random-real, the ablation centre on the ablation's seeds)."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import yaml
+
+from mgd_ray.bench import quality as q
+from mgd_ray.config import JobConfig, job_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(**kw):
+    d = dict(ipc=10, seeds=[0, 1], n_evals=4, train_seeds=1, eval_workers=2, eval_cpus=1.0, epochs=300, set=None)
+    return SimpleNamespace(**{**d, **kw})
+
+
+def test_every_cell_is_a_valid_job_that_differs_where_it_should(tmp_path):
+    raw = yaml.safe_load((ROOT / "jobs" / "fashion-mnist.yaml").read_text())
+    seen = {}
+    for part in ("main", "ablation"):
+        for name, sets in q.cells_for(part, "manifoldgd-expected-leaves"):
+            job = job_from_dict(raw, q.cell_overrides(_args(), name, sets, tmp_path / name))
+            assert job.generate.ipc == 10 and job.generate.seeds == [0, 1] and job.evaluate.epochs == 300
+            assert job.evaluate.baselines == []  # random-real is its own cell
+            seen[name] = job
+    assert seen["dit"].method == "dit" and seen["mgd3"].method == "mgd3"
+    assert seen["manifoldgd-reference-levelwise"].guidance.basis == "reference"
+    assert seen["manifoldgd-reference-levelwise"].coreset.selection == "levelwise"
+    assert seen["abl-lam_mode=0.3"].guidance.lam_mode == 0.3
+    assert seen["abl-cfg_scale=4.0"].sampler.cfg_scale == 4.0
+    assert seen["abl-beta=0.0"].guidance.beta == 0.0 and seen["abl-beta=0.0"].guidance.basis == "expected"
+
+
+def _cell(root: Path, name: str, kind: str, finals: dict, fid: float):
+    d = root / "ipc10" / name
+    d.mkdir(parents=True)
+    runs = [{"set_seed": s, "train_seed": 0, "final_acc": a, "best_acc": a + 0.01, "epochs": 300}
+            for s, a in finals.items()]
+    import numpy as np
+    v = np.array(list(finals.values()))
+    cell = {"runs": runs, "final_acc_mean": float(v.mean()), "final_acc_std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "best_acc_mean": float(v.mean() + 0.01), "best_acc_std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    sets = {str(s): {"fid": fid + s, "coverage": 0.5} for s in finals}
+    (d / "results.json").write_text(json.dumps({"ipc": 10, "results": {kind: {"convnet3": cell}},
+                                                "distribution": {"sets": sets, "mean": {"fid": fid + 0.5}}}))
+    (d / "manifest.json").write_text(json.dumps({"timings": {"generate": 60.0, "evaluate": 120.0}}))
+    cfg = JobConfig().model_dump(mode="json")
+    cfg["method"] = kind
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
+    root = tmp_path / "bq"
+    _cell(root, "random-real", "random-real", {0: 0.70, 1: 0.72}, 1.0)
+    _cell(root, "manifoldgd-expected-leaves", "manifoldgd", {0: 0.66, 1: 0.74}, 2.0)
+    _cell(root, "abl-lam_mode=0.3", "manifoldgd", {0: 0.69}, 3.0)
+    pj, pm = q.make_report(root, "unit", tmp_path / "rep")
+    data = json.loads(pj.read_text())
+    by = {c["cell"]: c for c in data["cells"]}
+    assert abs(by["manifoldgd-expected-leaves"]["gain_vs_random"] - (70.0 - 71.0)) < 1e-9
+    md = pm.read_text()
+    assert "| manifoldgd-expected-leaves | 70.0 ± 5.7 |" in md and "-1.0" in md
+    # the ablation centre is the base cell on the ablation's seeds only (seed 0: 66.0), not its 3-seed mean
+    assert "centre: manifoldgd-expected-leaves (seeds [0]) | 66.0 ± 0.0" in md
+    assert "lam_mode=0.3 | 69.0 ± 0.0" in md
+    assert (tmp_path / "rep" / "quality-unit-acc-vs-ipc.png").is_file()
