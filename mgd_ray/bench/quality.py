@@ -50,7 +50,7 @@ MAIN: list[tuple[str, list[str]]] = [
 # one factor at a time around the base variant (the job file's values are the centre)
 ABLATION: list[tuple[str, str, list]] = [
     ("lam_mode", "guidance.lam_mode", [0.03, 0.3]),
-    ("beta", "guidance.beta", [0.0]),            # 0 = unprojected mode term on the divisive targets
+    ("beta", "guidance.beta", [0.0, 0.5]),       # 0 = unprojected mode term on the divisive targets
     ("d", "guidance.d", [1]),
     ("K", "guidance.K", [32]),
     ("t_stop", "guidance.t_stop", [10]),         # guidance on for 39 of 50 steps instead of 24
