@@ -190,7 +190,8 @@ def run_diagnose(args) -> None:
     _dit, vae, info = load_generator(job.model.generator, job.model.vae, device="cpu")
     source = open_source(job.data)
     test = source.arrays("test")
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, ignore_reinit_error=True)
+    from ..pipeline.runner import init_ray
+    init_ray(job)  # the product's own local, loopback-only Ray
 
     @ray.remote(num_cpus=0.5)
     def train(imgs, labels, seed):
