@@ -68,3 +68,12 @@ def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
     assert "centre: manifoldgd-expected-leaves (seeds [0]) | 66.0 ± 0.0" in md
     assert "lam_mode=0.3 | 69.0 ± 0.0" in md
     assert (tmp_path / "rep" / "quality-unit-acc-vs-ipc.png").is_file()
+
+
+def test_main_manifoldgd_cells_pin_the_papers_strict_projection(tmp_path):
+    raw = yaml.safe_load((ROOT / "jobs" / "fashion-mnist.yaml").read_text())
+    raw.setdefault("guidance", {})["beta"] = 0.0   # whatever the shipped job says
+    for name, sets in q.cells_for("main", "manifoldgd-expected-leaves"):
+        job = job_from_dict(raw, q.cell_overrides(_args(), name, sets, tmp_path / name))
+        if job.method == "manifoldgd":
+            assert job.guidance.beta == 1.0, name

@@ -30,20 +30,21 @@ from . import REPORTS, machine, md_table
 
 log = logging.getLogger("mgd_ray")
 
-# the main table: every method, every ManifoldGD variant (tangent basis x target rule)
+# the main table: every method, every ManifoldGD variant (tangent basis x target rule); the
+# ManifoldGD cells pin the paper's strict projection (beta 1) whatever the job file ships
 MAIN: list[tuple[str, list[str]]] = [
     ("random-real", ["method=random-real"]),
     ("dit", ["method=dit"]),
     ("mgd3", ["method=mgd3"]),
-    ("manifoldgd-expected-leaves", ["method=manifoldgd", "guidance.basis=expected", "coreset.selection=leaves"]),
+    ("manifoldgd-expected-leaves", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=expected", "coreset.selection=leaves"]),
     ("herding", ["method=herding"]),
     ("kcenter", ["method=kcenter"]),
-    ("manifoldgd-noised-leaves", ["method=manifoldgd", "guidance.basis=noised", "coreset.selection=leaves"]),
-    ("manifoldgd-reference-leaves", ["method=manifoldgd", "guidance.basis=reference", "coreset.selection=leaves"]),
-    ("manifoldgd-expected-levelwise", ["method=manifoldgd", "guidance.basis=expected",
+    ("manifoldgd-noised-leaves", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=noised", "coreset.selection=leaves"]),
+    ("manifoldgd-reference-leaves", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=reference", "coreset.selection=leaves"]),
+    ("manifoldgd-expected-levelwise", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=expected",
                                        "coreset.selection=levelwise"]),
-    ("manifoldgd-noised-levelwise", ["method=manifoldgd", "guidance.basis=noised", "coreset.selection=levelwise"]),
-    ("manifoldgd-reference-levelwise", ["method=manifoldgd", "guidance.basis=reference",
+    ("manifoldgd-noised-levelwise", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=noised", "coreset.selection=levelwise"]),
+    ("manifoldgd-reference-levelwise", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=reference",
                                         "coreset.selection=levelwise"]),
 ]
 
