@@ -63,7 +63,7 @@ def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
     by = {c["cell"]: c for c in data["cells"]}
     assert abs(by["manifoldgd-expected-leaves"]["gain_vs_random"] - (70.0 - 71.0)) < 1e-9
     md = pm.read_text()
-    assert "| manifoldgd-expected-leaves | 70.0 ± 5.7 |" in md and "-1.0" in md
+    assert "| manifoldgd-expected-leaves | 70.0 ± 5.7 |" in md and "| -1.0 |" in md
     # the ablation centre is the base cell on the ablation's seeds only (seed 0: 66.0), not its 3-seed mean
     assert "centre: manifoldgd-expected-leaves (seeds [0]) | 66.0 ± 0.0" in md
     assert "lam_mode=0.3 | 69.0 ± 0.0" in md
