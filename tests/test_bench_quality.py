@@ -77,3 +77,11 @@ def test_main_manifoldgd_cells_pin_the_papers_strict_projection(tmp_path):
         job = job_from_dict(raw, q.cell_overrides(_args(), name, sets, tmp_path / name))
         if job.method == "manifoldgd":
             assert job.guidance.beta == 1.0, name
+
+
+def test_cli_forwards_to_the_benchmark(tmp_path):
+    from typer.testing import CliRunner
+
+    from mgd_ray.cli import app
+    r = CliRunner().invoke(app, ["bench", "quality", "report", "--root", str(tmp_path / "none")])
+    assert r.exit_code != 0 and "no finished cells" in (r.output + str(r.exception))
