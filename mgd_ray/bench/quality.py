@@ -439,10 +439,12 @@ def plot(rows: list[dict], root: Path, dataset: str, out_dir: Path) -> list[Path
         out.append(p)
     abl = [r for r in rows if r["cell"].startswith("abl-")]
     if abl:
-        factors = [f for f, _, _ in ABLATION]
-        fig, axes = plt.subplots(1, len(factors), figsize=(2.6 * len(factors), 3), sharey=True)
+        ran = {r["cell"].split("=")[0][4:] for r in abl}
+        factors = [a for a in ABLATION if a[0] in ran]   # factors with no finished cell are not drawn
+        fig, axes = plt.subplots(1, len(factors), figsize=(2.6 * len(factors), 3), sharey=True, squeeze=False)
+        axes = axes[0]
         centre = ablation_centre(rows, abl)
-        for ax, (factor, key, _vals) in zip(axes, ABLATION):
+        for ax, (factor, key, _vals) in zip(axes, factors):
             pts = [(float(r["cell"].split("=", 1)[1]), r["final_mean"]) for r in abl
                    if r["cell"].split("=")[0] == f"abl-{factor}"]
             if centre:
