@@ -66,7 +66,7 @@ def test_redact_credentials():
 def test_dry_run_plan_digits(tiny_prior):
     from mgd_ray.pipeline.plan import dry_run_plan
     job = job_from_dict({"data": {"source": "sklearn-digits", "limit_per_class": 12},
-                         "model": {"generator": str(tiny_prior)}, "sampler": {"steps": 4, "cfg_scale": 2.0},
+                         "model": {"generator": str(tiny_prior)}, "sampler": {"steps": 4, "cfg_scale": 2.0}, "guidance": {"t_stop": 1},
                          "generate": {"ipc": 3, "seeds": [0, 1], "targets_per_unit": 2}})
     p = dry_run_plan(job, ["encode", "coreset", "generate", "evaluate"])
     assert p["classes"] == 10 and p["images_to_encode"] == 120
