@@ -100,7 +100,7 @@ def main(argv=None):
     base = {"name": "bench", "data": {"source": "fashion-mnist", "limit_per_class": per_class},
             "encode": {"preprocess": "pad", "batch_size": 500, "min_actors": 2, "max_actors": 2, "num_cpus": 1},
             "model": {"generator": f"prior:{a.prior}"}, "ray": {"num_cpus": 2},
-            "sampler": {"steps": a.steps, "cfg_scale": 2.0},
+            "sampler": {"steps": a.steps, "cfg_scale": 2.0}, "guidance": {"t_stop": a.steps // 2},
             "generate": {"ipc": max(1, a.gen_images // 10), "targets_per_unit": max(1, a.gen_images // 10),
                          "batch_size": 16, "num_cpus": 1},
             "output": {"dir": str(tmp / "enc")}}
