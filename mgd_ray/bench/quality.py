@@ -181,6 +181,8 @@ def run_diagnose(args) -> None:
     from ..data import open_source
     from ..distill import setup_logging
     from ..models import load_generator
+    from ..pipeline.metrics import compute_distribution
+    from ..pipeline.store import Store
     setup_logging()
     root = Path(args.root).resolve()
     src_cell = cell_dir(root, args.ipc, "random-real")
@@ -219,40 +221,14 @@ def run_diagnose(args) -> None:
         for m in ("final_acc", "best_acc"):
             v = np.array([r[m] for r in runs], dtype=float)
             cell[f"{m}_mean"], cell[f"{m}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-        dist = _diag_distribution(job, source, info, sets)
+        dist = compute_distribution(job, Store(str(src_cell)), source, info, sets)  # real features cached
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({"ipc": args.ipc, "diagnostic": DIAG[name],
-                                                      "results": {name: {ev_student(job): cell}},
+                                                      "results": {name: {job.evaluate.students[0]: cell}},
                                                       "distribution": dist}, indent=1, default=float))
         (out / "manifest.json").write_text(json.dumps({"timings": {"diagnose": round(time.time() - t0, 1)}}))
         (out / "config.yaml").write_text((src_cell / "config.yaml").read_text())
         log.info(f"bench quality: {name}: final {100 * cell['final_acc_mean']:.1f} +- {100 * cell['final_acc_std']:.1f}%")
-
-
-def ev_student(job) -> str:
-    return job.evaluate.students[0]
-
-
-def _diag_distribution(job, source, info, sets) -> dict:
-    import torch
-
-    from ..eval import distribution_report
-    from ..eval.classifier import features, load_classifier, predict
-    from ..eval.train import to_float_images
-    from ..pipeline.metrics import classifier_dir
-    d = classifier_dir(job, info)
-    if d is None:
-        return {}
-    clf = load_classifier(d)
-    with torch.no_grad():
-        f_real = features(clf, to_float_images(source.arrays("train")["image"])).numpy()
-        per = {}
-        for s, (im, lb) in sets.items():
-            x = to_float_images(im)
-            per[str(s)] = distribution_report(f_real, features(clf, x).numpy(), pred_syn=predict(clf, x).numpy(),
-                                               labels_syn=lb, num_classes=len(source.classes), seed=s)
-    keys = [k for k, v in next(iter(per.values())).items() if isinstance(v, float)]
-    return {"sets": per, "mean": {k: float(np.nanmean([v[k] for v in per.values()])) for k in keys}}
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -275,6 +251,7 @@ def read_cell(d: Path) -> dict | None:
            "final_mean": 100 * cell["final_acc_mean"], "final_std": 100 * cell["final_acc_std"],
            "best_mean": 100 * cell["best_acc_mean"], "best_std": 100 * cell["best_acc_std"],
            "runs": len(cell["runs"]), "seeds": sorted({r["set_seed"] for r in cell["runs"]}),
+           "run_records": cell["runs"], "dist_sets": dist.get("sets", {}),
            "epochs": cell["runs"][0]["epochs"], "n_evals": cfg["evaluate"]["n_evals"],
            "timings": man.get("timings", {}), "config": {k: cfg[k] for k in ("guidance", "sampler", "coreset")}}
     for k in DIST_KEYS:
@@ -299,10 +276,8 @@ def _pm(m, s):
 
 def seed_finals(row: dict) -> dict[int, float]:
     """{generation seed: final accuracy %} of a cell (mean over its training seeds)."""
-    res = json.loads((Path(row["dir"]) / "results.json").read_text())
-    runs = next(iter(next(iter(res["results"].values())).values()))["runs"]
     out: dict[int, list] = {}
-    for r in runs:
+    for r in row["run_records"]:
         out.setdefault(int(r["set_seed"]), []).append(100 * r["final_acc"])
     return {k: float(np.mean(v)) for k, v in out.items()}
 
@@ -319,18 +294,17 @@ def paired_gain(row: dict, base: dict) -> float:
 
 def ablation_centre(rows: list[dict], abl: list[dict], base: str = "manifoldgd-expected-leaves") -> dict | None:
     """The ablation's centre: the base main-table cell restricted to the ablation's seeds (same seeds,
-    same everything else), re-read from its per-run records."""
+    same everything else), from its per-run records."""
     seeds = set(abl[0]["seeds"])
     c = next((r for r in rows if r["ipc"] == abl[0]["ipc"] and r["cell"] == base), None)
     if c is None:
         return None
-    res = json.loads((Path(c["dir"]) / "results.json").read_text())
-    runs = [r for r in next(iter(next(iter(res["results"].values())).values()))["runs"] if r["set_seed"] in seeds]
+    runs = [r for r in c["run_records"] if r["set_seed"] in seeds]
     if not runs:
         return None
     f = np.array([100 * r["final_acc"] for r in runs])
     b = np.array([100 * r["best_acc"] for r in runs])
-    dist = res.get("distribution", {}).get("sets", {})
+    dist = c["dist_sets"]
     out = dict(c, cell=f"{base} (seeds {sorted(seeds)})", final_mean=float(f.mean()), best_mean=float(b.mean()),
                final_std=float(f.std(ddof=1)) if len(f) > 1 else 0.0,
                best_std=float(b.std(ddof=1)) if len(b) > 1 else 0.0, seeds=sorted(seeds))

@@ -21,7 +21,9 @@ def classifier_dir(job: JobConfig, info) -> Path | None:
     return p if p.is_dir() else None
 
 
-def compute_distribution(job: JobConfig, store, source, info) -> dict:
+def compute_distribution(job: JobConfig, store, source, info, sets: dict | None = None) -> dict:
+    """Metrics of each set ``{seed: (uint8 images, labels)}``; by default the job's distilled sets
+    read from ``store``. Real-set features are cached beside ``store``'s latents."""
     import torch
 
     from ..eval import distribution_report
@@ -35,8 +37,8 @@ def compute_distribution(job: JobConfig, store, source, info) -> dict:
     f_real = _real_features(store, d, clf, source)
     out = {"feature_space": f"real-data classifier {d.name} ({clf.record.get('test_acc', 'n/a')} test acc)",
            "sets": {}}
-    for s in job.generate.seeds:
-        imgs, labels = load_shard_set(store, s)
+    for s in (sets.keys() if sets is not None else job.generate.seeds):
+        imgs, labels = sets[s] if sets is not None else load_shard_set(store, s)
         x = to_float_images(imgs)
         with torch.no_grad():
             f_syn, pred = features(clf, x), predict(clf, x)
