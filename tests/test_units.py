@@ -93,3 +93,33 @@ def test_relative_output_dir_becomes_absolute(tmp_path, monkeypatch):
     j = absolute_output(job_from_dict({"output": {"dir": "out/digits"}}))
     assert j.output.dir == str(tmp_path / "out" / "digits")
     assert absolute_output(job_from_dict({"output": {"dir": "s3://b/p"}})).output.dir == "s3://b/p"
+
+
+def test_real_features_are_cached_beside_the_latents(tmp_path):
+    from pathlib import Path
+
+    import mgd_ray
+    from mgd_ray.data import open_source
+    from mgd_ray.eval.classifier import load_classifier
+    from mgd_ray.pipeline.metrics import _real_features
+    d = Path(mgd_ray.__file__).parent / "priors" / "digits" / "classifier"
+    clf, store = load_classifier(d), Store(str(tmp_path))
+    source = open_source(job_from_dict({"data": {"limit_per_class": 3}}).data)
+    f = _real_features(store, d, clf, source)
+    cached = list((tmp_path / "latents").glob("_real_features_*.npy"))
+    assert f.shape[0] == 30 and len(cached) == 1
+    np.save(cached[0], np.full_like(f, 7.0))          # the second call must read the file, not recompute
+    assert (_real_features(store, d, clf, source) == 7.0).all()
+
+
+def test_log_lines_follow_the_current_stdout(monkeypatch):
+    import io
+    import logging
+    import sys
+
+    from mgd_ray.distill import setup_logging
+    setup_logging()
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buf)
+    logging.getLogger("mgd_ray").info("hello from the test")
+    assert "hello from the test" in buf.getvalue()
