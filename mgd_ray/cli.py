@@ -13,8 +13,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="mgd_ray: Ray-distributed dataset distillation with ManifoldGD.")
 prior_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the project's small priors.")
 app.add_typer(prior_app, name="prior")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write reports under mgd_ray/bench/reports/.")
-app.add_typer(bench_app, name="bench")
 
 SET_HELP = "Override a job key, e.g. --set generate.ipc=10 (repeatable; values are YAML scalars)."
 
@@ -109,26 +107,6 @@ def prior_evaluate(job: str, set_: Optional[List[str]] = typer.Option(None, "--s
         main_evaluate(job, prior_dir, set_, samples, cfg_scale, classifier_epochs, classifier)
     except _user_errors() as e:
         _fail(e)
-
-
-_PASS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-
-
-@bench_app.command("quality", context_settings=_PASS)
-def bench_quality(ctx: typer.Context):
-    """The quality benchmark (run / diagnose / report); `mgd-ray bench quality --help` for its options."""
-    from .bench.quality import main as quality_main
-    try:
-        quality_main(list(ctx.args))
-    except _user_errors() as e:
-        _fail(e)
-
-
-@bench_app.command("guidance-strength", context_settings=_PASS)
-def bench_guidance_strength(ctx: typer.Context):
-    """How much of the mode vector survives the tangent projection (needs a finished ManifoldGD cell)."""
-    from .bench.guidance_strength import main as gs_main
-    gs_main(list(ctx.args))
 
 
 def _kv(items) -> dict:

@@ -85,7 +85,7 @@ class CoresetConfig(_Model):
     neighbourhood_max: int = Field(default=256, ge=1, description="real latents kept per target for the tangent basis")
     engine: Literal["faiss", "numpy"] = Field(
         default="faiss", description="2-means engine: faiss (GPU when present) or numpy (fused Lloyd; faster "
-                                     "on CPU for large classes, see bench/reports/coreset_speed.md)")
+                                     "on CPU for large classes, see benchmarks/reports/coreset_speed.md)")
 
 
 class GuidanceConfig(_Model):

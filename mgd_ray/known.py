@@ -160,6 +160,12 @@ H100_SXM_BF16_DENSE = 989e12      # NVIDIA H100 SXM datasheet: 1,979 TFLOPS bf16
 H100_SXM_TF32_DENSE = 494.7e12    # same datasheet: 989 TFLOPS tf32 with sparsity -> 494.7 dense
 GPU_PEAK_SOURCE = "NVIDIA H100 SXM datasheet (dense = half the 'with sparsity' figure)"
 
+# Assumptions of the cost estimate (stated in every plan that uses them; none is a measurement).
+GPU_UTILISATION = 0.40            # DiT and VAE: fraction of the bf16 dense peak reached
+STUDENT_UTILISATION = 0.20        # evaluation students: fp32 training, TF32 convolutions, batch 64
+CPU_FLOPS = 50e9                  # a 2-core CPU, order of magnitude
+SMALL_DIT_PARAMS = 5e6            # a DiT without a known config: ~5 M parameters (the shipped priors' order)
+
 
 def known_model(generator: str, vae: str | None) -> ModelFacts | None:
     """Facts for a hub id pair from the tables above, or None when either is not known."""

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import yaml
 
-from mgd_ray.bench import quality as q
+from benchmarks.quality import cells as q
+from benchmarks.quality.report import make_report
 from mgd_ray.config import JobConfig, job_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,9 +59,10 @@ def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
     _cell(root, "random-real", "random-real", {0: 0.70, 1: 0.72}, 1.0)
     _cell(root, "manifoldgd-expected-leaves", "manifoldgd", {0: 0.66, 1: 0.74}, 2.0)
     _cell(root, "abl-lam_mode=0.3", "manifoldgd", {0: 0.69}, 3.0)
-    pj, pm = q.make_report(root, "unit", tmp_path / "rep")
+    pj, pm = make_report(root, "unit", tmp_path / "rep")
     data = json.loads(pj.read_text())
     by = {c["cell"]: c for c in data["cells"]}
+    assert by["random-real"]["dir"] == "ipc10/random-real" and not data["root"].startswith("/")
     assert abs(by["manifoldgd-expected-leaves"]["gain_vs_random"] - (70.0 - 71.0)) < 1e-9
     md = pm.read_text()
     assert "| manifoldgd-expected-leaves | 70.0 ± 5.7 |" in md and "| -1.0 |" in md
@@ -79,9 +81,15 @@ def test_main_manifoldgd_cells_pin_the_papers_strict_projection(tmp_path):
             assert job.guidance.beta == 1.0, name
 
 
-def test_cli_forwards_to_the_benchmark(tmp_path):
-    from typer.testing import CliRunner
+def test_command_line_reports_missing_cells(tmp_path):
+    import pytest
 
-    from mgd_ray.cli import app
-    r = CliRunner().invoke(app, ["bench", "quality", "report", "--root", str(tmp_path / "none")])
-    assert r.exit_code != 0 and "no finished cells" in (r.output + str(r.exception))
+    from benchmarks.quality.__main__ import main
+    with pytest.raises(SystemExit, match="no finished cells"):
+        main(["report", "--root", str(tmp_path / "none")])
+
+
+def test_report_records_no_absolute_paths_of_the_checkout(tmp_path):
+    from benchmarks import REPO, relative_to_repo
+    assert relative_to_repo(REPO / "out" / "bench-quality" / "ipc10") == "out/bench-quality/ipc10"
+    assert not relative_to_repo(tmp_path / "a" / "b").startswith("/")

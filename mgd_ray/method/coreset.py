@@ -19,7 +19,7 @@ A node's 2-means runs ``n_restarts`` seeded FAISS trainings on ALL its points
 (``max_points_per_centroid >= n`` so FAISS never subsamples; GPU when the FAISS build has one)
 and keeps the one with the lowest objective; a split with an empty side falls back to a seeded
 random halving. ``engine="numpy"`` swaps FAISS for fused one-pass Lloyd iterations in numpy
-(k-means++ seeding), which the CPU benchmark (mgd_ray/bench/coreset_speed.py) found faster for
+(k-means++ seeding), which the CPU benchmark (benchmarks/coreset_speed.py) found faster for
 k = 2 at D = 4096; the tree logic is the same.
 Everything is deterministic for a given ``seed`` (and thread count, for FAISS's reductions).
 """

@@ -14,9 +14,9 @@ hand. It first tries the real thing, then falls back, and says which it used:
   with the fix.
 - the label-order preflight (``distill.check_label_order``) runs on the result either way.
 
-The estimate states every throughput it assumes and where it comes from: the DiT forward from
-``mgd_ray.bench.throughput`` (our GPU measurement when a report exists, else the FLOP count),
-the VAE and the evaluation students from FLOP counts at a stated utilisation.
+The estimate states every throughput it assumes and where it comes from: the DiT, the VAE and
+the evaluation students from FLOP counts at a stated utilisation of a stated peak (all in
+``mgd_ray.known``); nothing is read from a benchmark report.
 """
 
 from __future__ import annotations
@@ -33,10 +33,6 @@ from .units import make_units
 
 log = logging.getLogger("mgd_ray")
 
-# utilisation assumptions (fractions of the dense peak) for the FLOP-count estimates
-VAE_UTILISATION = 0.40          # same assumption as the DiT FLOP path in bench/throughput.py
-STUDENT_UTILISATION = 0.20      # fp32 training, cuDNN TF32 convolutions, batch 64: an assumption
-CPU_FLOPS = 50e9                # as bench/throughput.py: "assumed 50 GFLOP/s CPU" (2 cores, order of magnitude)
 PROTOCOL_EVAL_PX = 224          # evaluation.md: 224 px for the ImageNet family
 N_EVALS = 100                   # periodic test evaluations per trial (TrainConfig.n_evals)
 
@@ -268,13 +264,32 @@ def _student_flops(name: str, channels: int, num_classes: int, size: int) -> flo
         return None
 
 
+def dit_forward_flops(info) -> tuple[float, str]:
+    """FLOPs (multiply + add) of one DiT forward for one image, and where the number comes from."""
+    from .. import known
+    if info.latent_size == 32 and info.num_classes == 1000 and info.latent_channels == 4:
+        return known.DIT_XL_2_256_FLOPS, known.DIT_FLOPS_SOURCE
+    tokens = (info.latent_size // 2) ** 2
+    return 2.0 * known.SMALL_DIT_PARAMS * tokens, f"2 x ~{known.SMALL_DIT_PARAMS:.0e} parameters x {tokens} tokens"
+
+
+def forward_seconds_estimate(info, gpu: bool) -> tuple[float, str]:
+    """Seconds per DiT forward per image from the FLOP count at a stated throughput."""
+    from .. import known
+    flops, src = dit_forward_flops(info)
+    if gpu:
+        peak = known.H100_SXM_BF16_DENSE
+        return flops / (known.GPU_UTILISATION * peak), (f"{src}; at {known.GPU_UTILISATION:.0%} (assumed) of "
+                                                         f"{peak / 1e12:.0f} TFLOP/s bf16 ({known.GPU_PEAK_SOURCE})")
+    return flops / known.CPU_FLOPS, f"{src}; at an assumed {known.CPU_FLOPS / 1e9:.0f} GFLOP/s CPU"
+
+
 def estimate(job: JobConfig, info, fwd: int, data: DataFacts | None = None) -> dict:
     """GPU-hours per stage from stated throughputs (see the module docstring)."""
     from .. import known
-    from ..bench.throughput import forward_seconds_estimate
     gpu_gen = job.generate.num_gpus > 0
     bs = _effective_batch(job)
-    per_fwd, basis = forward_seconds_estimate(info, gpu_gen, bs)
+    per_fwd, basis = forward_seconds_estimate(info, gpu_gen)
     actors = max(1, job.generate.num_actors)
     gen_s = fwd * per_fwd
     est: dict = {
@@ -282,7 +297,7 @@ def estimate(job: JobConfig, info, fwd: int, data: DataFacts | None = None) -> d
         "seconds_per_forward_per_image": per_fwd, "basis": basis,
         "generate_wall_seconds": round(gen_s / actors, 1), "generate_device_hours": round(gen_s / 3600, 3),
     }
-    vae_peak = known.H100_SXM_BF16_DENSE * VAE_UTILISATION
+    vae_peak = known.H100_SXM_BF16_DENSE * known.GPU_UTILISATION
     stages: dict = {}
     stages["generate_dit"] = {"forward_passes": fwd, "seconds_per_forward_per_image": per_fwd,
                               "effective_batch_images": bs, "effective_batch_rows_with_cfg":
@@ -301,14 +316,14 @@ def estimate(job: JobConfig, info, fwd: int, data: DataFacts | None = None) -> d
     if vf is not None:
         enc_f, dec_f, vsrc = vf
         dev_enc = job.encode.num_gpus > 0
-        rate_enc = vae_peak if dev_enc else CPU_FLOPS
-        rate_dec = vae_peak if gpu_gen else CPU_FLOPS
+        rate_enc = vae_peak if dev_enc else known.CPU_FLOPS
+        rate_dec = vae_peak if gpu_gen else known.CPU_FLOPS
         stages["encode_vae"] = {"images": n_enc, "gflop_per_image": round(enc_f / 1e9, 3),
                                 "device_hours": round(n_enc * enc_f / rate_enc / 3600, 3),
-                                "throughput_basis": (f"{vsrc}; at {VAE_UTILISATION:.0%} of "
+                                "throughput_basis": (f"{vsrc}; at {known.GPU_UTILISATION:.0%} of "
                                                      f"{known.H100_SXM_BF16_DENSE / 1e12:.0f} TFLOP/s bf16 "
                                                      f"({known.GPU_PEAK_SOURCE})") if dev_enc else
-                                f"{vsrc}; at an assumed {CPU_FLOPS / 1e9:.0f} GFLOP/s CPU",
+                                f"{vsrc}; at an assumed {known.CPU_FLOPS / 1e9:.0f} GFLOP/s CPU",
                                 "note": "VAE compute only; JPEG decoding and resizing run on CPUs in parallel"}
         stages["generate_decode"] = {"images": n_images, "gflop_per_image": round(dec_f / 1e9, 3),
                                      "device_hours": round(n_images * dec_f / rate_dec / 3600, 3)}
@@ -338,7 +353,7 @@ def _evaluation_estimate(job: JobConfig, info, data: DataFacts) -> dict | None:
     trials = make_trials(job)
     n_evals = len(eval_epochs(epochs, int(getattr(job.evaluate, "n_evals", N_EVALS) or N_EVALS)))
     gpu = job.evaluate.gpus_per_worker > 0
-    rate = known.H100_SXM_TF32_DENSE * STUDENT_UTILISATION if gpu else CPU_FLOPS
+    rate = known.H100_SXM_TF32_DENSE * known.STUDENT_UTILISATION if gpu else known.CPU_FLOPS
     per_student, hours = {}, 0.0
     for student in job.evaluate.students:
         f = _student_flops(student, info.image_channels, C, size)
@@ -352,9 +367,9 @@ def _evaluation_estimate(job: JobConfig, info, data: DataFacts) -> dict | None:
                                 "device_hours": round(h, 3)}
         hours += h
     basis = (f"3 x forward FLOPs x {epochs} epochs x {C * ipc:,} images + {n_evals} test passes over "
-             f"{data.test:,} images, per trial; at {STUDENT_UTILISATION:.0%} (assumed) of "
+             f"{data.test:,} images, per trial; at {known.STUDENT_UTILISATION:.0%} (assumed) of "
              f"{known.H100_SXM_TF32_DENSE / 1e12:.0f} TFLOP/s TF32 ({known.GPU_PEAK_SOURCE})" if gpu else
-             f"... at an assumed {CPU_FLOPS / 1e9:.0f} GFLOP/s CPU")
+             f"... at an assumed {known.CPU_FLOPS / 1e9:.0f} GFLOP/s CPU")
     return {"trials": len(trials), "epochs": epochs, "image_px": size, "image_px_note": note,
             "per_student": per_student, "device_hours": round(hours, 3), "throughput_basis": basis}
 

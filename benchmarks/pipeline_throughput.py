@@ -1,6 +1,6 @@
 """Pipeline throughput benchmark (issue: the distributed pipeline).
 
-    python -m mgd_ray.bench.pipeline_throughput [--images 20000] [--prior fashion-mnist] [--gen-images 40]
+    python -m benchmarks.pipeline_throughput [--images 20000] [--prior fashion-mnist] [--gen-images 40]
 
 1. Encode: the Ray Data stage (read -> encoder actor pool, 2 CPUs) vs a plain single-process
    torch loop (2 threads) over the same Fashion-MNIST images with the same VAE. Ratio.
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPORTS = Path(__file__).parent / "reports"
+from benchmarks import REPORTS
+
 
 
 class RSSPoller:
@@ -66,8 +67,8 @@ class RSSPoller:
 def plain_encode(job, images) -> float:
     import torch
 
-    from ..data import preprocess
-    from ..models import encode_latents, load_generator
+    from mgd_ray.data import preprocess
+    from mgd_ray.models import encode_latents, load_generator
     torch.set_num_threads(2)
     _, vae, info = load_generator(job.model.generator)
     t0 = time.time()
@@ -87,13 +88,13 @@ def main(argv=None):
     a = ap.parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from ..config import job_from_dict
-    from ..data import open_source
-    from ..distill import setup_logging
-    from ..pipeline import runner
-    from ..pipeline.stages import build_class_targets
-    from ..pipeline.store import Store
-    from ..pipeline.units import make_units
+    from mgd_ray.config import job_from_dict
+    from mgd_ray.data import open_source
+    from mgd_ray.distill import setup_logging
+    from mgd_ray.pipeline import runner
+    from mgd_ray.pipeline.stages import build_class_targets
+    from mgd_ray.pipeline.store import Store
+    from mgd_ray.pipeline.units import make_units
     setup_logging()
     per_class = a.images // 10
     tmp = Path(tempfile.mkdtemp(prefix="mgd-bench-"))
@@ -116,7 +117,7 @@ def main(argv=None):
 
     ray = runner.init_ray(job)
     store = Store(job.output.dir)
-    from ..models import load_generator
+    from mgd_ray.models import load_generator
     info = load_generator(job.model.generator)[2]
     with RSSPoller("MapWorker") as poll:
         t0 = time.time()
@@ -152,7 +153,7 @@ def main(argv=None):
             ("generate, 1 actor", f"{gen[1]['img_s']} img/s", f"{gen[1]['actor_peak_rss_mb']} MB"),
             ("generate, 2 actors", f"{gen[2]['img_s']} img/s", f"{gen[2]['actor_peak_rss_mb']} MB"),
             ("generate speed-up 2 / 1 actors", f"{rep['generate_speedup_2_over_1']}", "")]
-    md = ["# Pipeline throughput", "", f"`python -m mgd_ray.bench.pipeline_throughput --images {a.images}` "
+    md = ["# Pipeline throughput", "", f"`python -m benchmarks.pipeline_throughput --images {a.images}` "
           f"({n} Fashion-MNIST images, prior `{a.prior}`, {a.steps} DDPM steps, {os.cpu_count()} CPUs)", "",
           "| what | throughput | peak RSS per actor |", "|---|---|---|"]
     md += [f"| {w} | {t} | {m} |" for w, t, m in rows]

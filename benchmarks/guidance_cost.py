@@ -1,10 +1,10 @@
 """Cost of one guidance step at DiT-XL/2 scale vs one DiT-XL/2 forward, on this CPU, same run.
 
-    python -m mgd_ray.bench.guidance_cost [--threads 2] [--reps 7] [--no-dit]
+    python -m benchmarks.guidance_cost [--threads 2] [--reps 7] [--no-dit]
 
 Latent 4×32×32 (D = 4096), batch 8, K = 12, d = 3, neighbourhood M real latents per image.
 Peer figure: the published code's tangent basis, a D×D covariance + torch.linalg.eigh per image.
-Writes mgd_ray/bench/reports/guidance_cost.{json,md}.
+Writes benchmarks/reports/guidance_cost.{json,md}.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from mgd_ray.bench import current_rss_mb, machine, md_table, peak_rss_mb, write_report
+from benchmarks import current_rss_mb, machine, md_table, peak_rss_mb, write_report
 from mgd_ray.method import GaussianDiffusion, GuidanceParams, ManifoldGuidance, StepInfo
 
 B, C, H, W = 8, 4, 32, 32

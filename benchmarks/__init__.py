@@ -1,7 +1,12 @@
-"""Benchmarks of the method core (scripts, not tests). Each writes reports/<name>.{json,md}.
+"""Benchmarks (scripts, not tests), run from a checkout of the repository; not part of the
+installed ``mgd_ray`` package, which reads none of their reports. Each writes
+``benchmarks/reports/<name>.{json,md}``:
 
-    python -m mgd_ray.bench.guidance_cost
-    python -m mgd_ray.bench.coreset_speed [--quick] [--sizes 1300,100000]
+    python -m benchmarks.guidance_cost
+    python -m benchmarks.coreset_speed [--quick] [--sizes 1300,100000]
+    python -m benchmarks.pipeline_throughput [--images 20000]
+    python -m benchmarks.guidance_strength --cell out/bench-quality/ipc10/manifoldgd-expected-leaves
+    python -m benchmarks.quality {run,diagnose,report} ...
 """
 from __future__ import annotations
 
@@ -12,7 +17,18 @@ import resource
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 REPORTS = Path(__file__).parent / "reports"
+
+
+def relative_to_repo(path) -> str:
+    """A path as recorded in a committed report: relative to the repository root when it is inside
+    the checkout (reports must not carry this machine's absolute paths), else its last two parts."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO))
+    except ValueError:
+        return str(Path(*p.parts[-2:]))
 
 
 def peak_rss_mb(children: bool = False) -> float:

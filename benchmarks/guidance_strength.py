@@ -1,6 +1,6 @@
 """How much of the mode guidance survives the tangent projection? (evidence for the quality report)
 
-    python -m mgd_ray.bench.guidance_strength --cell out/bench-quality/ipc10/manifoldgd-expected-leaves
+    python -m benchmarks.guidance_strength --cell out/bench-quality/ipc10/manifoldgd-expected-leaves
 
 Takes one finished ManifoldGD cell (its job, its coreset targets and its latent cache), samples one
 image per class (seed 0 targets) with the product's sampler and guidance under several settings,
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import yaml
 
-from . import machine, md_table, write_report
+from benchmarks import machine, md_table, relative_to_repo, write_report
 
 SETTINGS = [
     ("dit (no guidance)", {"method": "dit"}),
@@ -53,11 +53,11 @@ def run(cell: Path) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from ..config import JobConfig, apply_overrides, job_from_dict
-    from ..method import GaussianDiffusion, ManifoldGuidance, dit_model_fn, neighbourhood_for_target, \
+    from mgd_ray.config import JobConfig, apply_overrides, job_from_dict
+    from mgd_ray.method import GaussianDiffusion, ManifoldGuidance, dit_model_fn, neighbourhood_for_target, \
         pad_neighbourhoods, sample
-    from ..pipeline.stages import guidance_params, load_models, read_class_latents
-    from ..pipeline.store import Store
+    from mgd_ray.pipeline.stages import guidance_params, load_models, read_class_latents
+    from mgd_ray.pipeline.store import Store
     torch.set_num_threads(1)
     raw = yaml.safe_load((cell / "config.yaml").read_text())
     base = JobConfig.model_validate(raw)
@@ -103,7 +103,7 @@ def run(cell: Path) -> dict:
                         "dist_to_target_vs_dit": float((d_c / d_c_dit).mean())})
         print(f"{name:40s} normal {results[-1]['normal_share']:.3f}  moved {results[-1]['moved_from_dit']:.2f}"
               f"  |x0-c|/|x0_dit-c| {results[-1]['dist_to_target_vs_dit']:.3f}", flush=True)
-    return {"cell": str(cell), "images": len(rows), "latent_dim": int(c.shape[1]), "settings": results,
+    return {"cell": relative_to_repo(cell), "images": len(rows), "latent_dim": int(c.shape[1]), "settings": results,
             "machine": machine()}
 
 
@@ -113,7 +113,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     data = run(Path(args.cell).resolve())
     md = ["# Guidance strength after the tangent projection", "",
-          f"`python -m mgd_ray.bench.guidance_strength --cell {args.cell}`: one image per class (seed-0 targets), "
+          f"`python -m benchmarks.guidance_strength --cell {args.cell}`: one image per class (seed-0 targets), "
           f"latent dim {data['latent_dim']}; same seeds and noise for every row, so `moved from DiT` is the "
           "guidance's whole effect on the final latent.", "",
           md_table(data["settings"], ["setting", "guided_steps", "normal_share", "moved_from_dit",

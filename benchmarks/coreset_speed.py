@@ -1,6 +1,6 @@
 """Divisive coreset speed: our FAISS bisecting tree vs scikit-learn, on latent-sized data.
 
-    python -m mgd_ray.bench.coreset_speed [--quick] [--sizes 1300,100000] [--ipcs 10,50]
+    python -m benchmarks.coreset_speed [--quick] [--sizes 1300,100000] [--ipcs 10,50]
                                           [--budget 150] [--threads 2] [--size-budget 600]
 
 Data: synthetic clustered float32 rows of D = 4096 (10 super-clusters × 5 sub-clusters + noise).
@@ -17,7 +17,7 @@ times are those of ``grow_tree`` (``build_coreset`` adds one pass for the leaf m
 ``--budget`` seconds it stops measuring: the remaining splits are done with FAISS only to learn
 their node sizes, and their sklearn time is extrapolated at the measured seconds per point
 (k-means cost is linear in the node size); such rows say "extrapolated" and give no SSE.
-Writes mgd_ray/bench/reports/coreset_speed.{json,md}.
+Writes benchmarks/reports/coreset_speed.{json,md}.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from mgd_ray.bench import REPORTS, current_rss_mb, machine, md_table, peak_rss_mb, write_report
+from benchmarks import REPORTS, current_rss_mb, machine, md_table, peak_rss_mb, write_report
 
 D = 4096
 REPORT_JSON = REPORTS / "coreset_speed.json"
@@ -162,7 +162,7 @@ def _fastest(runs: list[dict]) -> dict:
 
 def run_worker(spec: dict, timeout: float) -> dict:
     """Run worker_main(spec) in a fresh interpreter; -> its JSON (or an error record)."""
-    cmd = [sys.executable, "-m", "mgd_ray.bench.coreset_speed", "--worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "benchmarks.coreset_speed", "--worker", json.dumps(spec)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -269,7 +269,7 @@ def main(argv=None) -> dict:
 
 
 def render(data: dict) -> str:
-    """The Markdown report for a result dict (also: python -m mgd_ray.bench.coreset_speed --render)."""
+    """The Markdown report for a result dict (also: python -m benchmarks.coreset_speed --render)."""
     info, cfg, rows = data["machine"], data["config"], data["rows"]
     cols = ["n", "ipc", "algo", "seconds", "speedup_vs_reference", "sse", "sse_vs_reference_pct",
             "peak_rss_mb", "rss_data_mb", "note"]

@@ -1,0 +1,104 @@
+"""The quality benchmark's figures: accuracy against IPC, the ablation panels, and a side-by-side
+sample grid (first image of each class per main-table method)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.quality.cells import ABLATION, MAIN, cell_dir
+from benchmarks.quality.maths import ablation_centre
+
+
+def plot(rows: list[dict], root: Path, dataset: str, out_dir: Path) -> list[Path]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    main_names = [n for n, _ in MAIN]
+    by = {}
+    for r in rows:
+        if r["cell"] in main_names:
+            by.setdefault(r["cell"], []).append(r)
+    if by:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, rs in by.items():
+            rs.sort(key=lambda r: r["ipc"])
+            ax.errorbar([r["ipc"] for r in rs], [r["final_mean"] for r in rs], yerr=[r["final_std"] for r in rs],
+                        marker="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("images per class")
+        ax.set_ylabel("final test accuracy (%)")
+        ax.set_title(f"{dataset}: ConvNet-3, hard-label")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        p = out_dir / f"quality-{dataset}-acc-vs-ipc.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        out.append(p)
+    abl = [r for r in rows if r["cell"].startswith("abl-")]
+    if abl:
+        ran = {r["cell"].split("=")[0][4:] for r in abl}
+        factors = [a for a in ABLATION if a[0] in ran]   # factors with no finished cell are not drawn
+        fig, axes = plt.subplots(1, len(factors), figsize=(2.6 * len(factors), 3), sharey=True, squeeze=False)
+        axes = axes[0]
+        centre = ablation_centre(rows, abl)
+        for ax, (factor, key, _vals) in zip(axes, factors):
+            pts = [(float(r["cell"].split("=", 1)[1]), r["final_mean"]) for r in abl
+                   if r["cell"].split("=")[0] == f"abl-{factor}"]
+            if centre:
+                sec, k = key.split(".")
+                pts.append((float(centre["config"][sec][k]), centre["final_mean"]))
+            pts.sort()
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+            ax.set_title(factor)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("final acc (%)")
+        fig.tight_layout()
+        p = out_dir / f"quality-{dataset}-ablation.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        out.append(p)
+    grid = sample_grid(root, rows, plt, dataset, out_dir)
+    if grid:
+        out.append(grid)
+    return out
+
+
+def sample_grid(root: Path, rows: list[dict], plt, dataset: str, out_dir: Path) -> Path | None:
+    """Side by side: per main-table method at the middle IPC, the first image of each class (seed 0)."""
+    import pyarrow.parquet as pq
+
+    from mgd_ray.pipeline.units import decode_png
+    main_names = [n for n, _ in MAIN]
+    ipcs = sorted({r["ipc"] for r in rows if r["cell"] in main_names})
+    if not ipcs:
+        return None
+    ipc = 10 if 10 in ipcs else ipcs[0]
+    cells = [n for n in main_names if (cell_dir(root, ipc, n) / "shards").is_dir()]
+    if not cells:
+        return None
+    per = 3
+    fig, axes = plt.subplots(len(cells), 10 * per // per, figsize=(10 * 0.9, len(cells) * 0.95), squeeze=False)
+    for i, name in enumerate(cells):
+        imgs = {}
+        for f in sorted((cell_dir(root, ipc, name) / "shards").glob("s000-*.parquet")):
+            for r in pq.read_table(f, columns=["label", "image"]).to_pylist():
+                imgs.setdefault(r["label"], r["image"])
+        for c in range(10):
+            ax = axes[i][c]
+            ax.axis("off")
+            if c in imgs:
+                a = decode_png(imgs[c])
+                ax.imshow(a.squeeze(-1) if a.shape[-1] == 1 else a, cmap="gray")
+        axes[i][0].text(-2, 14, name, ha="right", va="center", fontsize=7)
+    fig.subplots_adjust(left=0.25, wspace=0.05, hspace=0.05)
+    p = out_dir / f"quality-{dataset}-samples-ipc{ipc}.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return p
