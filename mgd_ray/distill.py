@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 from .config import JobConfig, dump_job
+from .pipeline.labels import check_label_order, generator_labels
 from .pipeline.store import Store, redact
+from .provenance import git_commit
 from .pipeline.units import make_units
 
 log = logging.getLogger("mgd_ray")
@@ -61,11 +63,6 @@ def versions() -> dict:
     return out
 
 
-def git_commit() -> str:
-    from .prior import git_commit as gc
-    return gc()
-
-
 def parse_stages(stages: str | None) -> list[str]:
     if not stages:
         return list(STAGES)
@@ -90,35 +87,8 @@ def preflight(job: JobConfig):
     info = None
     if job.generative or True:  # the VAE encodes every method's latents
         _, _, info = load_generator(job.model.generator, job.model.vae, allow_download=job.model.allow_download)
-        check_label_order(job, source, info)
+        check_label_order(source.classes, info)
     return source, info
-
-
-def check_label_order(job: JobConfig, source, info):
-    """The class list must map onto the generator's label ids (e.g. ImageNet-1K sorted wnids)."""
-    from .models import ModelError
-    n = len(source.classes)
-    labels = generator_labels(source, info)
-    if max(labels) >= info.num_classes:
-        raise ModelError(f"class list {source.classes.name!r} maps to generator label {max(labels)}, but the "
-                         f"generator has {info.num_classes} classes; use the class list the model was trained "
-                         f"with (e.g. imagenet1k sorted wnids for DiT-XL/2)")
-    prior_json = Path(info.path) / "prior.json"
-    if prior_json.is_file():
-        expected = json.loads(prior_json.read_text()).get("classes")
-        if expected and [expected[i] for i in labels] != list(source.classes.names):
-            raise ModelError(f"label order mismatch: the data's classes {list(source.classes.names)[:5]}... do not "
-                             f"match the prior's {expected[:5]}...; the prior was trained on another class list")
-    if n == 0:
-        raise ModelError("no classes selected")
-
-
-def generator_labels(source, info) -> list[int]:
-    """Generator label id of each data label: the wnid's index in ImageNet-1K for 1000-class models."""
-    cl = source.classes
-    if info.num_classes == 1000 and hasattr(cl, "dit_label"):
-        return [int(cl.dit_label(n)) for n in cl.names]  # a DataError names the class and the fix
-    return list(range(len(cl)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +149,7 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
                     ipc=job.generate.ipc, seeds=list(job.generate.seeds))
         targets = timed("coreset", lambda: runner.run_coreset(job, store, labels, ckey))
     units = make_units(job.generate.seeds, labels, source.classes.names, job.generate.ipc,
-                       job.generate.targets_per_unit, generator_labels(source, info))
+                       job.generate.targets_per_unit, generator_labels(source.classes, info))
     if "generate" in stages:
         runner.attach_targets(units, targets)
         manifest["generate"] = timed("generate", lambda: runner.run_generate(job, store, units))
@@ -259,10 +229,8 @@ def distribution_metrics(job: JobConfig, store: Store, source, info) -> dict:
     return compute_distribution(job, store, source, info)
 
 
-def main(argv=None):
-    from .cli import app
-    app(args=["distill", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m mgd_ray.distill")
-
-
 if __name__ == "__main__":
-    main()
+    # `python -m mgd_ray.distill JOB ...` is `mgd-ray distill JOB ...`. Here this file runs as the
+    # script `__main__`; the CLI imports the module `mgd_ray.distill`, which never imports the CLI.
+    from mgd_ray.cli import app
+    app(args=["distill", *sys.argv[1:]], prog_name="python -m mgd_ray.distill")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import DataConfig, JobError, format_validation_error
+from .provenance import git_commit
 
 
 class _M(BaseModel):
@@ -86,14 +86,6 @@ def load_prior_job(path, overrides=None) -> PriorJob:
         return PriorJob.model_validate(raw)
     except ValidationError as e:
         raise JobError(format_validation_error(e, f"prior job {path}")) from None
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
 
 
 def load_images(job: PriorJob, split: str):

@@ -217,15 +217,13 @@ def test_job_variants_validate(name):
 def test_job_label_order_preflight(name):
     """The class list maps onto DiT-XL/2's labels: each wnid's index in the sorted ImageNet-1K list."""
     from mgd_ray.data.classlists import imagenet1k, load_class_list
-    from mgd_ray.distill import check_label_order, generator_labels
-    from mgd_ray.pipeline.plan import _SourceShim
+    from mgd_ray.pipeline.labels import check_label_order, generator_labels
     job = load_job(ROOT / "jobs" / f"{name}.yaml")
     cl = load_class_list(job.data.class_list)
     assert len(cl) == JOBS[name]
     info = known_info()
-    src = _SourceShim(cl)
-    check_label_order(job, src, info)
-    labels = generator_labels(src, info)
+    check_label_order(cl, info)
+    labels = generator_labels(cl, info)
     ref = imagenet1k().names
     assert labels == [ref.index(w) for w in cl.names] and len(set(labels)) == len(labels)
     if name == "imagenet1k":
@@ -240,13 +238,11 @@ def known_info():
 def test_wrong_class_list_fails_the_preflight():
     from mgd_ray.data.classlists import ClassList
     from mgd_ray.data.errors import DataError
-    from mgd_ray.distill import check_label_order
+    from mgd_ray.pipeline.labels import check_label_order
     from mgd_ray.models import ModelError
-    from mgd_ray.pipeline.plan import _SourceShim
-    job = load_job(ROOT / "jobs" / "imagenet1k.yaml")
     not_wnids = ClassList(name="cifar", version="1", names=tuple(f"class{i}" for i in range(10)))
     with pytest.raises((DataError, ModelError), match="wnid"):
-        check_label_order(job, _SourceShim(not_wnids), known_info())
+        check_label_order(not_wnids, known_info())
 
 
 # ---- --dry-run at ImageNet scale ----------------------------------------------------------------

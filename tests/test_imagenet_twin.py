@@ -97,7 +97,8 @@ def test_imagenet1k_job_twin(ray_cluster, hub_models, tmp_path):
     from PIL import Image
 
     from mgd_ray.data import open_source
-    from mgd_ray.distill import generator_labels, run_job
+    from mgd_ray.distill import run_job
+    from mgd_ray.pipeline.labels import generator_labels
     from mgd_ray.models import load_generator
 
     data = make_imagefolder(tmp_path / "imagenet")
@@ -113,7 +114,7 @@ def test_imagenet1k_job_twin(ray_cluster, hub_models, tmp_path):
     _, _, info = load_generator(str(hub_models))
     assert type(load_generator(str(hub_models))[0]).__name__ == "DiTTransformer2DModel"
     assert list(source.classes.names) == WNIDS
-    assert generator_labels(source, info) == IMAGENET_IDS == [imagenet1k().names.index(w) for w in WNIDS]
+    assert generator_labels(source.classes, info) == IMAGENET_IDS == [imagenet1k().names.index(w) for w in WNIDS]
 
     m = run_job(job)
     assert m["status"] == "complete", m.get("status")

@@ -12,7 +12,7 @@ hand. It first tries the real thing, then falls back, and says which it used:
   or from the Hugging Face cache (no weights are loaded, nothing is downloaded), else take the
   published configs from ``mgd_ray.known``; a model that is neither raises ``ModelError``
   with the fix.
-- the label-order preflight (``distill.check_label_order``) runs on the result either way.
+- the label-order preflight (``pipeline.labels.check_label_order``) runs on the result either way.
 
 The estimate states every throughput it assumes and where it comes from: the DiT, the VAE and
 the evaluation students from FLOP counts at a stated utilisation of a stated peak (all in
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import JobConfig
+from .labels import check_label_order, generator_labels
 from .units import make_units
 
 log = logging.getLogger("mgd_ray")
@@ -397,8 +398,7 @@ def _plan(job: JobConfig, data: DataFacts, info, stages) -> dict:
     trials = make_trials(job) if job.evaluate.enabled else []
     labels = None
     try:
-        from ..distill import generator_labels
-        labels = generator_labels(_SourceShim(data.classes), info)
+        labels = generator_labels(data.classes, info)
     except Exception:  # noqa: BLE001 - informative only
         pass
     p = {
@@ -441,13 +441,6 @@ def _plan(job: JobConfig, data: DataFacts, info, stages) -> dict:
         p["summary"] = [f"{data.train_text()} train images to encode", f"{C:,} classes",
                         f"{C * ipc * S:,} images to generate", f"{fwd:,} DiT forward passes"]
     return p
-
-
-class _SourceShim:
-    """The one attribute ``check_label_order`` / ``generator_labels`` read from a source."""
-
-    def __init__(self, classes):
-        self.classes = classes
 
 
 def _summary(job: JobConfig, data: DataFacts, info, p: dict) -> list[str]:
@@ -518,8 +511,7 @@ class _InfoWithVae:
 
 def dry_run_plan(job: JobConfig, stages) -> dict:
     """The plan printed by ``--dry-run``: works without the data or the model being reachable."""
-    from ..distill import check_label_order
     data = data_facts(job)
     info = model_facts(job)
-    check_label_order(job, _SourceShim(data.classes), info)
+    check_label_order(data.classes, info)
     return _plan(job, data, info, stages)
