@@ -4,7 +4,6 @@ a non-zero exit code here, and only here."""
 from __future__ import annotations
 
 import json
-import sys
 from typing import List, Optional
 
 import typer

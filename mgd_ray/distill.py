@@ -16,13 +16,12 @@ import platform
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from .config import JobConfig, dump_job
 from .pipeline.labels import check_label_order, generator_labels
 from .pipeline.store import Store, redact
-from .provenance import git_commit
 from .pipeline.units import make_units
+from .provenance import git_commit
 
 log = logging.getLogger("mgd_ray")
 STAGES = ("encode", "coreset", "generate", "evaluate")

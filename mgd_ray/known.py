@@ -44,7 +44,7 @@ decode 622.2 GFLOP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # ---- datasets ---------------------------------------------------------------------------------
 ILSVRC2012_SOURCE = ("ILSVRC-2012: Russakovsky et al., IJCV 2015, Table 2 (train 1,281,167, 732-1,300 per "
@@ -72,11 +72,6 @@ class SplitFacts:
     test_exact: bool
     source: str
 
-    def train_text(self) -> str:
-        if self.train_exact:
-            return f"{self.train:,}"
-        return f"at most {self.train:,} (between {self.train_min:,} and {self.train:,})"
-
 
 def imagenet_split_facts(n_classes: int) -> SplitFacts:
     """Split sizes of ``n_classes`` ImageNet-1K classes read from the ILSVRC-2012 folders.
@@ -95,39 +90,6 @@ def imagenet_split_facts(n_classes: int) -> SplitFacts:
 
 
 # ---- models -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the plan needs from a generator + VAE (the fields of ``mgd_ray.models.ModelInfo``)."""
-
-    source: str
-    path: str
-    num_classes: int
-    null_label: int
-    latent_channels: int
-    latent_size: int
-    image_channels: int
-    image_size: int
-    scaling_factor: float
-    learned_sigma: bool
-    facts_from: str                                   # where these numbers came from
-    vae_block_out_channels: tuple[int, ...] = ()
-    vae_layers_per_block: int = 0
-    transformer_config: dict = field(default_factory=dict, compare=False, repr=False)
-    vae_config: dict = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def latent_dim(self) -> int:
-        return self.latent_channels * self.latent_size * self.latent_size
-
-    def to_dict(self) -> dict:
-        return {"source": self.source, "path": self.path, "num_classes": self.num_classes,
-                "null_label": self.null_label,
-                "latent": [self.latent_channels, self.latent_size, self.latent_size],
-                "image": [self.image_channels, self.image_size, self.image_size],
-                "scaling_factor": self.scaling_factor, "learned_sigma": self.learned_sigma,
-                "facts_from": self.facts_from}
-
-
 DIT_XL_2_256 = "facebook/DiT-XL-2-256"
 SD_VAE_FT_MSE = "stabilityai/sd-vae-ft-mse"
 SD_VAE_FT_EMA = "stabilityai/sd-vae-ft-ema"
@@ -143,8 +105,6 @@ _SD_VAE = {"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, 
            "scaling_factor": 0.18215}
 VAE_CONFIGS = {SD_VAE_FT_MSE: _SD_VAE, SD_VAE_FT_EMA: _SD_VAE,
                DIT_XL_2_256: _SD_VAE}   # the DiT pipeline repo ships an SD VAE in vae/
-
-DIFFUSERS_DEFAULT_SCALING_FACTOR = 0.18215   # AutoencoderKL's default when a config has none
 
 # FLOPs (multiply + add counted separately) per image
 DIT_XL_2_256_FLOPS = 237.3e9
@@ -164,38 +124,19 @@ GPU_PEAK_SOURCE = "NVIDIA H100 SXM datasheet (dense = half the 'with sparsity' f
 GPU_UTILISATION = 0.40            # DiT and VAE: fraction of the bf16 dense peak reached
 STUDENT_UTILISATION = 0.20        # evaluation students: fp32 training, TF32 convolutions, batch 64
 CPU_FLOPS = 50e9                  # a 2-core CPU, order of magnitude
-SMALL_DIT_PARAMS = 5e6            # a DiT without a known config: ~5 M parameters (the shipped priors' order)
 
 
-def known_model(generator: str, vae: str | None) -> ModelFacts | None:
-    """Facts for a hub id pair from the tables above, or None when either is not known."""
+def known_model(generator: str, vae: str | None):
+    """ModelInfo for a hub id pair from the tables above, or None when either is not known."""
+    from .models import info_from_configs
     t = TRANSFORMER_CONFIGS.get(generator)
     v = VAE_CONFIGS.get(vae or generator)
     if t is None or v is None:
         return None
-    return facts_from_configs(t, v, source=generator if not vae else f"{generator} + {vae}", path=generator,
-                              facts_from="known table (mgd_ray/known.py): the published hub configs")
+    return info_from_configs(t, v, source=generator if not vae else f"{generator} + {vae}", path=generator,
+                             facts_from="known table (mgd_ray/known.py): the published hub configs")
 
 
-def facts_from_configs(tc: dict, vc: dict, source: str, path: str, facts_from: str) -> ModelFacts:
-    """ModelFacts from a transformer config and a VAE config, computed as ``models.describe`` does."""
-    if tc.get("num_embeds_ada_norm") is None:
-        raise ValueError(f"{source}: transformer config has no num_embeds_ada_norm (not a class-conditional DiT)")
-    in_ch = int(tc.get("in_channels", 4))
-    out_ch = tc.get("out_channels")
-    out_ch = in_ch if out_ch is None else int(out_ch)
-    blocks = tuple(int(b) for b in vc.get("block_out_channels", (64,)))
-    latent_size = int(tc["sample_size"])
-    sf = vc.get("scaling_factor")
-    return ModelFacts(
-        source=source, path=str(path), num_classes=int(tc["num_embeds_ada_norm"]),
-        null_label=int(tc["num_embeds_ada_norm"]), latent_channels=in_ch, latent_size=latent_size,
-        image_channels=int(vc.get("in_channels", 3)), image_size=latent_size * 2 ** (len(blocks) - 1),
-        scaling_factor=float(DIFFUSERS_DEFAULT_SCALING_FACTOR if sf is None else sf),
-        learned_sigma=out_ch == 2 * in_ch, facts_from=facts_from, vae_block_out_channels=blocks,
-        vae_layers_per_block=int(vc.get("layers_per_block", 1)), transformer_config=dict(tc),
-        vae_config=dict(vc))
-
-
-def is_sd_vae(facts: ModelFacts) -> bool:
-    return facts.vae_block_out_channels == (128, 256, 512, 512) and facts.vae_layers_per_block == 2
+def is_sd_vae(info) -> bool:
+    """The Stable Diffusion VAE architecture, whose FLOPs are in the table above."""
+    return tuple(info.vae_block_out_channels) == (128, 256, 512, 512) and info.vae_layers_per_block == 2

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PRIORS_DIR = Path(__file__).parent / "priors"
@@ -29,10 +29,17 @@ class ModelError(ValueError):
     """A model could not be found or loaded; the message says where we looked and how to fix."""
 
 
+# AutoencoderKL's scaling factor when a VAE config has none (the Stable Diffusion value)
+DIFFUSERS_DEFAULT_SCALING_FACTOR = 0.18215
+
+
 @dataclass(frozen=True)
 class ModelInfo:
+    """What the pipeline and the plan know about a generator + VAE: derived from the two model
+    configs by :func:`info_from_configs` (of loaded models, of config files, or of the known table)."""
+
     source: str               # what the job asked for
-    path: str                 # where it was loaded from
+    path: str                 # where it was loaded (or its configs read) from
     num_classes: int
     null_label: int
     latent_channels: int
@@ -41,15 +48,47 @@ class ModelInfo:
     image_size: int
     scaling_factor: float
     learned_sigma: bool
-    transformer_sha256: str
-    vae_sha256: str
+    facts_from: str           # where these numbers came from
+    transformer_sha256: str = "not loaded"
+    vae_sha256: str = "not loaded"
+    vae_block_out_channels: tuple[int, ...] = ()
+    vae_layers_per_block: int = 0
+    transformer_config: dict = field(default_factory=dict, compare=False, repr=False)
+    vae_config: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def latent_dim(self) -> int:
         return self.latent_channels * self.latent_size * self.latent_size
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The manifest's ``model`` record (the configs themselves are left out)."""
+        keep = ("source", "path", "num_classes", "null_label", "latent_channels", "latent_size", "image_channels",
+                "image_size", "scaling_factor", "learned_sigma", "transformer_sha256", "vae_sha256", "facts_from")
+        return {k: getattr(self, k) for k in keep}
+
+
+def info_from_configs(tc: dict, vc: dict, *, source: str, path: str, facts_from: str,
+                      transformer_sha256: str = "not loaded", vae_sha256: str = "not loaded") -> ModelInfo:
+    """ModelInfo from a DiT transformer config and an AutoencoderKL config (diffusers' defaults
+    where a key is missing). The null class id is ``num_embeds_ada_norm`` (diffusers' label table
+    has ``num_classes + 1`` rows, the last the CFG null class); learned sigma = twice the channels out."""
+    tc, vc = dict(tc), dict(vc)
+    if tc.get("num_embeds_ada_norm") is None:
+        raise ModelError(f"{source}: transformer config has no num_embeds_ada_norm (not a class-conditional DiT)")
+    in_ch = int(tc.get("in_channels", 4))
+    out_ch = tc.get("out_channels")
+    out_ch = in_ch if out_ch is None else int(out_ch)
+    blocks = tuple(int(b) for b in vc.get("block_out_channels", (64,)))
+    latent_size = int(tc["sample_size"])
+    sf = vc.get("scaling_factor")
+    return ModelInfo(
+        source=source, path=str(path), num_classes=int(tc["num_embeds_ada_norm"]),
+        null_label=int(tc["num_embeds_ada_norm"]), latent_channels=in_ch, latent_size=latent_size,
+        image_channels=int(vc.get("in_channels", 3)), image_size=latent_size * 2 ** (len(blocks) - 1),
+        scaling_factor=float(DIFFUSERS_DEFAULT_SCALING_FACTOR if sf is None else sf),
+        learned_sigma=out_ch == 2 * in_ch, facts_from=facts_from, transformer_sha256=transformer_sha256,
+        vae_sha256=vae_sha256, vae_block_out_channels=blocks,
+        vae_layers_per_block=int(vc.get("layers_per_block", 1)), transformer_config=tc, vae_config=vc)
 
 
 def list_priors() -> list[str]:
@@ -146,21 +185,12 @@ def load_generator(generator: str, vae: str | None = None, *, allow_download: bo
 
 
 def describe(transformer, vae, source="(in memory)", path="", tfolder=None, vfolder=None) -> ModelInfo:
-    tc, vc = transformer.config, vae.config
-    n_down = len(vc.block_out_channels) - 1
-    latent_size = int(tc.sample_size)
-    out_ch = tc.out_channels if tc.out_channels is not None else tc.in_channels
-    return ModelInfo(
-        source=source, path=str(path),
-        num_classes=int(tc.num_embeds_ada_norm),
-        null_label=int(tc.num_embeds_ada_norm),
-        latent_channels=int(tc.in_channels), latent_size=latent_size,
-        image_channels=int(vc.in_channels), image_size=latent_size * (2 ** n_down),
-        scaling_factor=float(vc.scaling_factor),
-        learned_sigma=int(out_ch) == 2 * int(tc.in_channels),
+    """ModelInfo of loaded models: their configs, plus a hash of their weights."""
+    return info_from_configs(
+        transformer.config, vae.config, source=source, path=str(path),
+        facts_from="loaded model (configs of the loaded weights)",
         transformer_sha256=_sha256_dir(Path(tfolder)) if tfolder else "in-memory",
-        vae_sha256=_sha256_dir(Path(vfolder)) if vfolder else "in-memory",
-    )
+        vae_sha256=_sha256_dir(Path(vfolder)) if vfolder else "in-memory")
 
 
 # ---- builders (tests and the prior trainer use the real classes) ---------------------------

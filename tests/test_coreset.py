@@ -72,11 +72,12 @@ def test_faiss_two_means_equals_bruteforce():
         s = _sse(X[a]) + _sse(X[~a])
         if s < best_sse:
             best, best_sse = a, s
-    for name, two_means in ENGINES.items():                          # FAISS and the numpy engine
+    assert {"faiss", "numpy"} <= set(ENGINES)
+    for name, two_means in ENGINES.items():                          # every engine, not only the last
         assign, obj = two_means(X, np.random.default_rng(0), n_restarts=3, niter=20)
         assert np.isclose(_sse(X[assign]) + _sse(X[~assign]), best_sse, rtol=1e-6), name
         assert np.isclose(obj, best_sse, rtol=1e-4), name            # the objective = that SSE
-    assert np.array_equal(assign, best) or np.array_equal(assign, ~best)
+        assert np.array_equal(assign, best) or np.array_equal(assign, ~best), name
 
 
 def test_levelwise_rule():

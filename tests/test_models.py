@@ -78,10 +78,14 @@ def test_info_from_configs(legacy_dir):
     from mgd_ray.config import job_from_dict
     from mgd_ray.pipeline.plan import model_facts
     f = model_facts(job_from_dict({"model": {"generator": str(d)}}))
-    assert (f.num_classes, f.null_label, f.latent_channels, f.latent_size, f.image_size, f.scaling_factor,
-            f.learned_sigma) == (info.num_classes, info.null_label, info.latent_channels, info.latent_size,
-                                 info.image_size, info.scaling_factor, info.learned_sigma)
-    assert "config file" in f.facts_from
+    # one type, one derivation: every derived field agrees, the VAE architecture included
+    from dataclasses import fields
+    assert type(f) is type(info)
+    where = ("source", "path", "facts_from", "transformer_sha256", "vae_sha256", "transformer_config", "vae_config")
+    derived = [x.name for x in fields(info) if x.name not in where]
+    assert {k: getattr(f, k) for k in derived} == {k: getattr(info, k) for k in derived}
+    assert info.vae_block_out_channels and info.vae_config["scaling_factor"] == pytest.approx(0.3)
+    assert "config file" in f.facts_from and "loaded" in info.facts_from
 
 
 def test_null_label_and_scaling_follow_the_configs(tmp_path):

@@ -95,10 +95,16 @@ def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path):
 
 def test_deterministic_across_actors_and_batch_sizes(ray_cluster, tiny_prior, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    run_job(job_from_dict(twin_dict(a, tiny_prior, generate={"num_actors": 1, "batch_size": 1})), GEN)
+    ja = job_from_dict(twin_dict(a, tiny_prior, generate={"num_actors": 1, "batch_size": 1}))
+    ma = run_job(ja, GEN)
     shutil.copytree(a / "latents", b / "latents")  # also proves the latent cache is reused
     # batch 4 = two units (two classes) per DiT batch, on 2 actors
-    mb = run_job(job_from_dict(twin_dict(b, tiny_prior, generate={"num_actors": 2, "batch_size": 4})), GEN)
+    jb = job_from_dict(twin_dict(b, tiny_prior, generate={"num_actors": 2, "batch_size": 4}))
+    mb = run_job(jb, GEN)
+    # the runner makes exactly the DiT batches the dry-run plan counts (one function decides both)
+    from mgd_ray.pipeline.plan import dry_run_plan
+    assert ma["generate"]["dit_calls"] == dry_run_plan(ja, GEN)["dit_batches_per_step"] == 20
+    assert mb["generate"]["dit_calls"] == dry_run_plan(jb, GEN)["dit_batches_per_step"] == 5
     assert mb["encode"]["seconds"] == json.loads((a / "latents" / "_COMPLETE.json").read_text())["seconds"]
     ra = {r["sample_id"]: r["image"] for r in shard_rows(a)}
     rb = {r["sample_id"]: r["image"] for r in shard_rows(b)}

@@ -72,7 +72,13 @@ def test_dry_run_plan_digits(tiny_prior):
     assert p["classes"] == 10 and p["images_to_encode"] == 120
     assert p["images_to_generate"] == 60 and p["work_units"] == 2 * 10 * 2
     assert p["dit_forward_passes"] == 60 * 4 * 2
-    assert p["estimate"]["basis"]
+    # 40 units of 2 + 1 targets packed into DiT batches of at most 16 images (the default): 4 x 15
+    assert p["dit_batches_per_step"] == 4 and p["dit_forward_batched_calls"] == 4 * 4
+    assert p["dit_batch_images"] == {"min": 15, "max": 15, "mean": 15.0}
+    st = p["estimate"]["stages"]                 # the estimate ran (a failed one has no stages)
+    assert st["generate_dit"]["forward_passes"] == 480 and st["generate_dit"]["seconds_per_forward_per_image"] > 0
+    assert p["estimate"]["total_device_hours"] == pytest.approx(
+        sum(s.get("device_hours", 0) for s in st.values()), abs=0.01)
 
 
 def test_arrays_at_reads_only_the_chosen_rows():
@@ -123,3 +129,17 @@ def test_log_lines_follow_the_current_stdout(monkeypatch):
     monkeypatch.setattr(sys, "stdout", buf)
     logging.getLogger("mgd_ray").info("hello from the test")
     assert "hello from the test" in buf.getvalue()
+
+
+def test_units_of_several_classes_share_a_dit_batch():
+    from mgd_ray.pipeline.units import dit_batch_sizes, group_units, make_units
+    units = make_units([0], range(10), [str(i) for i in range(10)], ipc=10, per_unit=10)
+    groups = group_units(units, 64)
+    assert [len(g) for g in groups] == [6, 4]                 # 60 + 40 images, classes mixed
+    assert dit_batch_sizes(units, 64) == [60, 40]
+    # a unit bigger than a batch is its own group, cut into batches; the last slice of a class is smaller
+    units = make_units([0, 1], range(2), ["a", "b"], ipc=5, per_unit=3)   # counts 3, 2 per class
+    assert [[u.count for u in g] for g in group_units(units, 4)] == [[3], [2], [3], [2], [3], [2], [3], [2]]
+    assert [[u.count for u in g] for g in group_units(units, 5)] == [[3, 2], [3, 2], [3, 2], [3, 2]]
+    assert dit_batch_sizes(units, 2) == [2, 1, 2] * 4
+    assert sum(dit_batch_sizes(units, 7)) == sum(u.count for u in units) == 20

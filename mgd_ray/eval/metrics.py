@@ -1,8 +1,9 @@
 """Distribution metrics between real and synthetic FEATURES (pure numpy/torch, float64).
 
-Features come from a network NOT trained on the synthetic set: Inception-v3 pool features for
-the ImageNet family, the project's own real-data classifier (:mod:`mgd_ray.eval.classifier`)
-for small data — "FID" on MNIST-like data always means the latter here.
+Features come from a network NOT trained on the synthetic set: the project's own real-data
+classifier (:mod:`mgd_ray.eval.classifier`, shipped with a prior) — so "FID" here is never the
+Inception-v3 FID of the literature. No Inception features are wired in: a job with no classifier
+(none beside the prior, no ``evaluate.classifier``; e.g. the ImageNet family) gets no distribution metrics.
 
 Inputs are arrays/tensors ``(N, F)``; every function returns plain Python floats.
 

@@ -11,10 +11,11 @@ and it is OPTIMISTIC (it selects on the test set) — report both.
 
 Accuracies are fractions in [0, 1].
 
-Pure torch, no Ray. Inside a Ray Train worker, call :func:`train_and_evaluate` with
-``model_wrapper=ray.train.torch.prepare_model``, ``report=ray.train.report``-like callback and
-``rank/world_size`` from the train context: every rank walks the same seeded permutation and
-takes its slice of each global batch of 64, so the global batch stays the protocol's.
+Pure torch, no Ray. The pipeline trains each trial whole on one Ray Train worker (no DDP; the
+trials are shared out over the workers, see ``pipeline.runner.run_evaluate``). For data-parallel
+training of ONE trial, :func:`train_and_evaluate` also takes a ``model_wrapper`` (e.g.
+``ray.train.torch.prepare_model``) and ``rank/world_size``: every rank walks the same seeded
+permutation and takes its slice of each global batch of 64; the pipeline does not use this.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..config import JobConfig
 from .store import Store
-from .units import Unit
+from .units import Unit, group_units
 
 log = logging.getLogger("mgd_ray")
 
@@ -161,12 +161,10 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
         max_task_retries=g.max_retries)
     threads = max(1, int(g.num_cpus))
     actors = [Actor.remote(job_dict(job), threads) for _ in range(min(g.num_actors, len(todo)))]
-    # group units so one DiT batch can hold generate.batch_size images across classes
-    group = max(1, g.batch_size // max(1, g.targets_per_unit))
-    pending = [todo[i:i + group] for i in range(0, len(todo), group)]
+    pending = group_units(todo, g.batch_size)   # one DiT batch holds several classes' units
     in_flight = {}
     t0 = time.time()
-    images, finished, failed = 0, 0, []
+    images, finished, failed, dit_calls = 0, 0, [], 0
     per_actor = 2
 
     def submit(a):
@@ -184,11 +182,12 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
         try:
             res = ray.get(ready[0])
             images += res["images"]
+            dit_calls += len(res["dit_batches"])
             finished += len(grp)
-        except Exception as e:  # retries are exhausted: record and go on
+        except Exception as e:  # an actor death is retried by Ray (max_task_retries); anything else is not
             for u in grp:
                 failed.append({"unit": u.name, "error": str(e).splitlines()[0][:500]})
-            log.error("generate: units %s failed after retries: %s", [u.name for u in grp], failed[-1]["error"])
+            log.error("generate: units %s failed: %s", [u.name for u in grp], failed[-1]["error"])
         if pending:
             submit(a)
         now = time.time()
@@ -206,10 +205,10 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
         ray.kill(a)
     if failed:
         store.write_json(failed, "failed_units.json")
-        raise RuntimeError(f"{len(failed)} unit(s) failed after {g.max_retries} retries "
+        raise RuntimeError(f"{len(failed)} unit(s) failed "
                            f"(see {store.uri('failed_units.json')}); rerun the same command to retry only those")
     el = time.time() - t0
-    return {"units": len(units), "ran": len(todo), "images": images, "seconds": round(el, 2),
+    return {"units": len(units), "ran": len(todo), "images": images, "dit_calls": dit_calls, "seconds": round(el, 2),
             "images_per_s": round(images / max(el, 1e-9), 3)}
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import JobConfig
 from .store import Store
-from .units import Unit, png_bytes, sample_id, shard_table, to_uint8
+from .units import Unit, dit_batches, png_bytes, sample_id, shard_table, to_uint8
 
 log = logging.getLogger("mgd_ray")
 
@@ -205,10 +205,10 @@ class GeneratorWorker:
         todo = [u for u in units if not self.store.exists("shards", u.shard)]
         for u in todo:
             self._maybe_fault(u)
-        n = 0
+        n, batches = 0, []
         if todo and self.job.generative:
             items = [(u, t) for u in todo for t in u.targets]
-            rows = self._generate(items)
+            rows = self._generate(items, batches)
             for u in todo:
                 mine = [r for (uu, _), r in zip(items, rows) if uu is u]
                 self.store.write_table(shard_table(mine), "shards", u.shard)
@@ -218,7 +218,7 @@ class GeneratorWorker:
                 rows = self._real_rows(u)
                 self.store.write_table(shard_table(rows), "shards", u.shard)
                 n += len(rows)
-        return {"units": [u.name for u in units], "skipped": len(units) - len(todo), "images": n,
+        return {"units": [u.name for u in units], "skipped": len(units) - len(todo), "images": n, "dit_batches": batches,
                 "seconds": time.time() - t0, "pid": os.getpid()}
 
     def _real_rows(self, unit: Unit) -> list[dict]:
@@ -243,8 +243,9 @@ class GeneratorWorker:
                     seed=int(t["seed"]), gen_seed=unit.gen_seed, method=self.job.method, image=png_bytes(img),
                     height=img.shape[0], width=img.shape[1], channels=img.shape[2])
 
-    def _generate(self, items: list[tuple[Unit, dict]]) -> list[dict]:
-        """(unit, target) pairs -> one shard row per pair, in order; batches of generate.batch_size."""
+    def _generate(self, items: list[tuple[Unit, dict]], batches: list) -> list[dict]:
+        """(unit, target) pairs -> one shard row per pair, in order, in the DiT batches of
+        ``units.dit_batches``; the size of each DiT batch is appended to ``batches``."""
         import torch
 
         from ..method import ManifoldGuidance, dit_model_fn, neighbourhood_for_target, pad_neighbourhoods, sample
@@ -259,10 +260,10 @@ class GeneratorWorker:
             vt = "learned_range" if info.learned_sigma else "fixed_small"
         needs_nbrs = job.method != "dit" and params.manifold_scale > 0 and params.basis != "reference"
         rows = []
-        bs = job.generate.batch_size
         dtype = next(dit.parameters()).dtype
-        for k in range(0, len(items), bs):
-            chunk = items[k:k + bs]
+        for sl in dit_batches(len(items), job.generate.batch_size):
+            chunk = items[sl]
+            batches.append(len(chunk))
             labels = torch.as_tensor([u.model_label for u, _ in chunk], dtype=torch.long)
             seeds = [int(t["seed"]) for _, t in chunk]
             guidance = None

@@ -49,6 +49,36 @@ def make_units(gen_seeds, labels, class_names, ipc: int, per_unit: int, gen_labe
     return units
 
 
+def group_units(units: list[Unit], batch_size: int) -> list[list[Unit]]:
+    """How generation batches work, decided here for both the runner and the plan: consecutive
+    units (so several classes) are packed into one group while their targets fit one DiT batch of
+    ``batch_size`` images; a unit with more targets than that is a group of its own. The runner
+    sends one group per actor call; the actor runs the group's targets in the DiT batches of
+    :func:`dit_batches`."""
+    groups: list[list[Unit]] = []
+    n = 0
+    for u in units:
+        if not groups or n + u.count > batch_size:
+            groups.append([])
+            n = 0
+        groups[-1].append(u)
+        n += u.count
+    return groups
+
+
+def dit_batches(n_images: int, batch_size: int) -> list[slice]:
+    """The DiT calls over one group's ``n_images`` targets: consecutive slices of ``batch_size``."""
+    return [slice(k, min(k + batch_size, n_images)) for k in range(0, n_images, batch_size)]
+
+
+def dit_batch_sizes(units: list[Unit], batch_size: int) -> list[int]:
+    """Images in each DiT call the generator makes for ``units`` (the same at every sampling step)."""
+    out = []
+    for grp in group_units(units, batch_size):
+        out += [s.stop - s.start for s in dit_batches(sum(u.count for u in grp), batch_size)]
+    return out
+
+
 def png_bytes(img: np.ndarray) -> bytes:
     """uint8 (H, W) or (H, W, C) -> PNG bytes (deterministic: fixed compression, no metadata)."""
     from PIL import Image
@@ -74,7 +104,7 @@ def to_uint8(x) -> np.ndarray:
 
 SHARD_SCHEMA_DOC = {
     "sample_id": "string, unique: s<gen_seed>-c<label>-i<index>",
-    "label": "int64 class id (the generator's label id)",
+    "label": "int64 position of the class in the job's class selection (0..C-1; not the generator's label id)",
     "class_name": "string (wnid or class name)",
     "target_id": "string: the coreset target (or real source id) this image was made for",
     "seed": "int64 per-image noise seed",

@@ -1,0 +1,46 @@
+"""The plan's human-readable summary: one line per number a person checks before paying for GPUs."""
+
+from __future__ import annotations
+
+from ...config import JobConfig
+from .data_facts import DataFacts
+
+
+def summary(job: JobConfig, data: DataFacts, info, p: dict) -> list[str]:
+    e = p["estimate"]
+    st = e["stages"]
+    C, ipc, S = p["classes"], p["ipc"], p["generation_seeds"]
+    cfg = " x 2 (CFG)" if job.sampler.cfg_scale != 1.0 else ""
+    lines = [
+        f"{data.train_text()} train images to encode ({data.basis})",
+        f"{data.test:,} real test images for evaluation (the source's test split)",
+        f"{C:,} classes (class list {p['class_list']})",
+        f"model {job.model.generator}: latent {info.latent_channels}x{info.latent_size}x{info.latent_size}, "
+        f"{info.num_classes} classes, null label {info.null_label}, learned sigma {info.learned_sigma}, "
+        f"VAE scaling factor {info.scaling_factor} (from {p['model']['facts_from']})",
+    ]
+    if job.generative:
+        lines += [
+            f"{C * ipc:,} images to generate per seed (IPC {ipc} x {C:,} classes) x {S} generation seed(s) "
+            f"{list(job.generate.seeds)} = {C * ipc * S:,} images",
+            f"{p['dit_forward_passes_per_seed']:,} DiT forward passes per seed ({C * ipc:,} images x "
+            f"{job.sampler.steps} steps{cfg}); {p['dit_forward_passes']:,} in all",
+        ]
+    else:
+        lines.append(f"{C * ipc:,} real images selected per seed x {S} seed(s); no generation")
+    g = st["generate_dit"]
+    lines.append(f"DiT: {g['seconds_per_forward_per_image'] * 1e3:.3f} ms per forward per image "
+                 f"[{g['throughput_basis']}] -> {g['device_hours']:.2f} device-hours; "
+                 f"{e['generate_wall_hours_with_actors']['hours']:.2f} h wall on "
+                 f"{e['generate_wall_hours_with_actors']['actors']} actors")
+    for key, label in (("encode_vae", "VAE encode"), ("generate_decode", "VAE decode")):
+        if key in st:
+            lines.append(f"{label}: {st[key]['images']:,} images x {st[key]['gflop_per_image']:.1f} GFLOP "
+                         f"-> {st[key]['device_hours']:.2f} device-hours")
+    if "evaluate" in st:
+        ev = st["evaluate"]
+        lines.append(f"evaluate: {ev['trials']} trials x {ev['epochs']} epochs at {ev['image_px']} px -> "
+                     f"{ev['device_hours']:.2f} device-hours [{ev['throughput_basis']}]")
+    lines.append(f"total: {e['total_device_hours']:.2f} {e['device']}-hours (compute only; add node start-up, "
+                 "model loading and data transfer)")
+    return lines
