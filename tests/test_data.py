@@ -253,7 +253,7 @@ def test_imagefolder_on_s3(moto_s3, tmp_path):  # noqa: F811
 
 
 # -- parquet -------------------------------------------------------------------------------------
-def write_parquet(path: Path, labels, names=None, struct=False, corrupt_at=None):
+def write_parquet(path: Path, labels, names=None, struct=False, corrupt_at=None, row_group_size=None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -267,7 +267,7 @@ def write_parquet(path: Path, labels, names=None, struct=False, corrupt_at=None)
     if names is not None:
         cols["class_name"] = pa.array(names)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(cols), path)
+    pq.write_table(pa.table(cols), path, row_group_size=row_group_size)
 
 
 def test_parquet_source(tmp_path):
@@ -297,6 +297,40 @@ def test_parquet_string_labels_struct_images_and_split_pattern(tmp_path):
     assert src.classes.names == ("b",) and a["id"].tolist() == [0, 2] and a["label"].tolist() == [0, 0]
     with pytest.raises(DataError, match="no Parquet files for split 'train'"):
         open_source({"source": "parquet", "root": str(tmp_path / "nothing")}).classes
+
+
+@pytest.mark.ray
+def test_parquet_ray_dataset_reads_image_bytes_on_the_workers(ray_cluster, tmp_path, monkeypatch):
+    """The driver reads only the label columns; each Ray task reads its own rows' image bytes."""
+    import pyarrow.parquet as pq
+
+    labels = [i % 3 for i in range(40)]
+    write_parquet(tmp_path / "pq" / "train-0.parquet", labels[:25], corrupt_at=7, row_group_size=4)
+    write_parquet(tmp_path / "pq" / "train-1.parquet", labels[25:], row_group_size=4)
+    cfg = {"source": "parquet", "root": str(tmp_path / "pq"), "max_failures": 1, "classes": ["0", "2"]}
+    want = open_source(cfg).arrays("train", image_size=4)       # the driver-side path, for reference
+    read = []
+    real = pq.read_table
+
+    def spy(source, *args, columns=None, **kw):                  # every whole-table read of the driver
+        read.append(list(columns or ["<all>"]))
+        return real(source, *args, columns=columns, **kw)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the driver read image bytes")
+
+    monkeypatch.setattr(pq, "read_table", spy)
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", refuse)
+    monkeypatch.setattr(pq.ParquetFile, "read", refuse)
+    src = open_source(cfg)
+    ds = src.ray_dataset("train", image_size=4, rows_per_block=5, failures_dir=str(tmp_path / "fail"))
+    got = sorted(ds.take_all(), key=lambda r: r["id"])
+    assert read and all("image" not in cols and "<all>" not in cols for cols in read)
+    assert [r["id"] for r in got] == want["id"].tolist() and 7 not in want["id"].tolist()   # row 7: corrupt
+    assert [r["label"] for r in got] == want["label"].tolist()
+    assert np.array_equal(np.stack([r["image"] for r in got]), want["image"])
+    from mgd_ray.data import read_failures
+    assert read_failures(str(tmp_path / "fail")).column("path").to_pylist()[0].endswith("train-0.parquet#7")
 
 
 # -- class lists -------------------------------------------------------------------------------

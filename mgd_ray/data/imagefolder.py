@@ -15,82 +15,17 @@
 """
 from __future__ import annotations
 
-import io
-import re
 from typing import Any, Sequence
 
 import numpy as np
 
 from .base import _UNSET, SPLITS, BaseSource, cfg_get, check_split, log
 from .classlists import ClassList, imagenet1k, is_class_list_name, load_class_list
+from .decode import decode_many, error_text, fetch_paths, image_dataset, shown_path
 from .errors import DataError
-from .failures import FailureLog, write_failure_part
-from .preprocess import fit_size
+from .failures import FailureLog
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded bytes -> uint8 (H, W, 3) RGB. Raises on anything PIL cannot fully decode."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        rgb = im.convert("RGB")
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-def _error_text(e: BaseException) -> str:
-    """``Type: message`` without memory addresses, so failure tables are identical across runs."""
-    msg = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "(image bytes)", str(e))
-    return f"{type(e).__name__}: {re.sub(r' at 0x[0-9a-fA-F]+', '', msg)}"
-
-
-def _is_local(fs) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
-
-
-def shown_path(fs, path: str) -> str:
-    """A path as users write it: plain for local files, with the protocol (s3://) otherwise."""
-    return path if _is_local(fs) else fs.unstrip_protocol(path)
-
-
-def fetch_many(fs, paths: Sequence[str], threads: int = 16) -> list[bytes | BaseException]:
-    """The bytes of each path, or the exception that reading it raised (remote reads run in threads)."""
-    def one(p):
-        try:
-            return fs.cat_file(p)
-        except Exception as e:  # noqa: BLE001
-            return e
-
-    if _is_local(fs) or len(paths) <= 1:
-        return [one(p) for p in paths]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(threads, len(paths))) as pool:
-        return list(pool.map(one, paths))
-
-
-def decode_all(blobs: Sequence[bytes | BaseException]) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Decode each blob; per blob an image or an error text (an exception stands for a failed read)."""
-    images, errors = [], []
-    for data in blobs:
-        if isinstance(data, BaseException):
-            images.append(None)
-            errors.append(_error_text(data))
-            continue
-        try:
-            images.append(decode_image(data))
-            errors.append(None)
-        except Exception as e:  # noqa: BLE001 - any decoder error is a per-image failure
-            images.append(None)
-            errors.append(_error_text(e))
-    return images, errors
-
-
-def decode_many(fs, paths: Sequence[str]) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Fetch and decode; per path an image or an error text."""
-    return decode_all(fetch_many(fs, paths))
 
 
 def _with_descriptions(names: Sequence[str], name: str, version: str, source: str) -> ClassList:
@@ -112,7 +47,7 @@ class ImageFolderSource(BaseSource):
         try:
             self.fs, self.base = fsspec.core.url_to_fs(str(self.root), **self.storage_options)
         except Exception as e:  # noqa: BLE001
-            raise DataError(f"cannot open data.root={self.root}: {_error_text(e)}") from None
+            raise DataError(f"cannot open data.root={self.root}: {error_text(e)}") from None
         self.base = self.base.rstrip("/")
         self.batch_files = 256
         self._log = FailureLog(self.max_failures, str(self.root))
@@ -130,7 +65,7 @@ class ImageFolderSource(BaseSource):
                 self.fs.invalidate_cache()
                 found = self.fs.find(top, withdirs=False) if self.fs.isdir(top) else None
             except Exception as e:  # noqa: BLE001
-                raise DataError(f"cannot list {self.root}/{split}: {_error_text(e)}. Check data.root and "
+                raise DataError(f"cannot list {self.root}/{split}: {error_text(e)}. Check data.root and "
                                 "data.storage_options (endpoint, credentials).") from None
             if found is None:
                 raise DataError(f"imagefolder split directory not found: {self.root}/{split}. Expected "
@@ -255,62 +190,14 @@ class ImageFolderSource(BaseSource):
         Unreadable images are dropped; with ``failures_dir`` each batch writes its failures there
         (``failures.read_failures`` collects them; ``failures.check_failure_limit`` applies the limit).
         """
-        import pyarrow as pa
-        import ray.data
-
         pos, ids, labels = self.select(split, limit_per_class, classes)
-        paths = self.paths(split, pos)
-        names = np.asarray(self.classes.names, dtype=object)
-        step = max(1, int(rows_per_block))
-        tables = [pa.table({"id": pa.array(ids[s:s + step], pa.int64()),
-                            "label": pa.array(labels[s:s + step], pa.int64()),
-                            "class_name": pa.array(list(names[labels[s:s + step]]), pa.string()),
-                            "path": pa.array(paths[s:s + step], pa.string())})
-                  for s in range(0, max(len(ids), 1), step)]
-        ds = ray.data.from_arrow(tables)
-        return ds.map_batches(
-            decode_batch, fn_kwargs=dict(fs=self.fs, split=split, image_size=image_size, mode=mode,
-                                         failures_dir=failures_dir,
-                                         failures_storage_options=failures_storage_options),
-            batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus)
+        index = {"id": ids, "label": labels, "class_name": np.asarray(self.classes.names, dtype=object)[labels],
+                 "path": np.asarray(self.paths(split, pos), dtype=object)}
+        return image_dataset(index, rows_per_block, fetch_paths, dict(fs=self.fs), split, image_size, mode,
+                             batch_size, num_cpus, failures_dir, failures_storage_options)
 
     def describe(self) -> dict:
         d = super().describe()
         d["max_failures"] = self._log.max_failures
         d["failures"] = len(self.failures)
         return d
-
-
-def decode_batch(batch: dict[str, np.ndarray], fs, split: str, image_size: int | None, mode: str,
-                 failures_dir: str | None = None, failures_storage_options: dict | None = None):
-    """map_batches UDF: ``bytes`` (or ``path`` read through ``fs``) -> ``image`` uint8 HWC.
-
-    Unreadable rows are dropped, logged, and written to ``failures_dir`` when given.
-    """
-    paths = [str(p) for p in batch["path"]]
-    if "bytes" in batch:
-        images, errors = decode_all(list(batch["bytes"]))
-        shown = paths
-    else:
-        images, errors = decode_many(fs, paths)
-        shown = [shown_path(fs, p) for p in paths]
-    ok = np.array([e is None for e in errors], dtype=bool)
-    if not ok.all():
-        rows = [(p, split, e) for p, e in zip(shown, errors) if e is not None]
-        for r in rows:
-            log.warning("unreadable image %s: %s", r[0], r[2])
-        if failures_dir:
-            first = int(np.asarray(batch["id"])[~ok][0])
-            write_failure_part(rows, failures_dir, f"{split}-{first:012d}", failures_storage_options)
-    kept = [fit_size(im, image_size, mode) for im, good in zip(images, ok) if good]
-    out = {k: np.asarray(batch[k])[ok] for k in ("id", "label", "class_name")}
-    if kept and len({k.shape for k in kept}) == 1:
-        out["image"] = np.stack(kept)
-    elif kept:
-        arr = np.empty(len(kept), dtype=object)
-        arr[:] = kept
-        out["image"] = arr
-    else:
-        s = image_size or 1
-        out["image"] = np.zeros((0, s, s, 3), dtype=np.uint8)
-    return out

@@ -22,9 +22,9 @@ import numpy as np
 
 from .base import _UNSET, BaseSource, cfg_get, check_split
 from .classlists import ClassList, load_class_list
+from .decode import decode_all, error_text, image_dataset, shown_path
 from .errors import DataError
 from .failures import FailureLog
-from .imagefolder import _error_text, decode_all, shown_path
 
 
 class ParquetSource(BaseSource):
@@ -40,7 +40,7 @@ class ParquetSource(BaseSource):
         self._log = FailureLog(self.max_failures, str(self.root))
         self._files: dict[str, tuple[Any, list[str]]] = {}
         self._meta: dict[str, tuple[np.ndarray, np.ndarray | None, list[str]]] = {}
-        self._bytes: dict[str, Any] = {}
+        self._starts: dict[str, np.ndarray] = {}    # first row of each file in the split
         self._full: ClassList | None = None
 
     # -- files and columns --------------------------------------------------------------
@@ -71,7 +71,7 @@ class ParquetSource(BaseSource):
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise DataError(f"cannot list Parquet files at {url}: {_error_text(e)}. Check data.root and "
+            raise DataError(f"cannot list Parquet files at {url}: {error_text(e)}. Check data.root and "
                             "data.storage_options.") from None
         if not found:
             raise DataError(f"no Parquet files for split {split!r} at {url}. Expected {url}/{split}/*.parquet, "
@@ -80,7 +80,6 @@ class ParquetSource(BaseSource):
         return self._files[split]
 
     def _read(self, split: str, columns: list[str]):
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         fs, found = self.files(split)
@@ -107,6 +106,7 @@ class ParquetSource(BaseSource):
                 names = np.concatenate([t.column("class_name").to_numpy(zero_copy_only=False) for t in tables])
             origin = [f"{shown_path(fs, f)}#{i}" for f, t in zip(found, tables) for i in range(t.num_rows)]
             self._meta[split] = (raw, names, origin)
+            self._starts[split] = np.cumsum([0] + [t.num_rows for t in tables])[:-1]
         return self._meta[split]
 
     # -- classes and rows ---------------------------------------------------------------
@@ -154,27 +154,27 @@ class ParquetSource(BaseSource):
                             "match. Fix data.class_list or the file.")
         return np.arange(len(labels), dtype=np.int64), labels
 
-    def _image_bytes(self, split: str):
-        if split not in self._bytes:
-            import pyarrow as pa
+    def _file_rows(self, split: str, pos: np.ndarray) -> dict[str, np.ndarray]:
+        """(file index, row in that file) of split positions ``pos``; checks the image column's type
+        from the files' schemas (no data read)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-            tables, _ = self._read(split, [self.image_column])
-            col = pa.chunked_array([c for t in tables for c in t.column(self.image_column).chunks])
-            if pa.types.is_struct(col.type):
-                col = pa.chunked_array([c.field("bytes") for c in col.chunks])
-            if not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
-                raise DataError(f"column {self.image_column!r} of {self.root} has type {col.type}; expected "
+        self._labels_raw(split)
+        fs, found = self.files(split)
+        for f in found:
+            typ = pq.read_schema(f, filesystem=fs).field(self.image_column).type
+            inner = typ.field("bytes").type if pa.types.is_struct(typ) and typ.get_field_index("bytes") >= 0 else typ
+            if not (pa.types.is_binary(inner) or pa.types.is_large_binary(inner)):
+                raise DataError(f"column {self.image_column!r} of {shown_path(fs, f)} has type {typ}; expected "
                                 "encoded image bytes (binary) or a struct with a 'bytes' field")
-            self._bytes[split] = col
-        return self._bytes[split]
+        starts = self._starts[split]
+        file = np.searchsorted(starts, pos, side="right") - 1
+        return {"file": file.astype(np.int64), "row": (pos - starts[file]).astype(np.int64)}
 
     def _blobs(self, split: str, pos: np.ndarray) -> list[bytes | BaseException]:
-        col = self._image_bytes(split)
-        out: list[bytes | BaseException] = []
-        for p in pos.tolist():
-            v = col[int(p)].as_py()
-            out.append(v if v is not None else ValueError("empty image cell"))
-        return out
+        fs, found = self.files(split)
+        return fetch_parquet_rows(self._file_rows(split, pos), found, fs, self.image_column)[0]
 
     def _load(self, split, pos):
         images, errors = decode_all(self._blobs(split, pos))
@@ -197,25 +197,43 @@ class ParquetSource(BaseSource):
                     image_size: int | None = None, mode: str = "center-crop", rows_per_block: int = 512,
                     batch_size: int = 128, num_cpus: float = 0.25, failures_dir: str | None = None,
                     failures_storage_options: dict | None = None, **_):
-        """Bytes are read in the driver, decoded in Ray tasks (same columns as ``arrays``)."""
-        import pyarrow as pa
-        import ray.data
-
-        from .imagefolder import decode_batch
-
+        """Rows are chosen in the driver from the label columns; each Ray task reads its rows' image
+        bytes (only the row groups that hold them) and decodes them (same columns as ``arrays``)."""
         pos, ids, labels = self.select(split, limit_per_class, classes)
-        blobs = self._image_bytes(split).take(pa.array(pos, pa.int64()))
-        origin = np.asarray(self._labels_raw(split)[2], dtype=object)
-        names = np.asarray(self.classes.names, dtype=object)
-        step = max(1, int(rows_per_block))
-        tables = [pa.table({"id": pa.array(ids[s:s + step], pa.int64()),
-                            "label": pa.array(labels[s:s + step], pa.int64()),
-                            "class_name": pa.array(list(names[labels[s:s + step]]), pa.string()),
-                            "path": pa.array(list(origin[pos[s:s + step]]), pa.string()),
-                            "bytes": blobs.slice(s, step).combine_chunks() if len(pos) else pa.array([], pa.binary())})
-                  for s in range(0, max(len(ids), 1), step)]
-        return ray.data.from_arrow(tables).map_batches(
-            decode_batch, fn_kwargs=dict(fs=None, split=split, image_size=image_size, mode=mode,
-                                         failures_dir=failures_dir,
-                                         failures_storage_options=failures_storage_options),
-            batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus)
+        fs, found = self.files(split)
+        index = {"id": ids, "label": labels, "class_name": np.asarray(self.classes.names, dtype=object)[labels],
+                 **self._file_rows(split, pos)}
+        return image_dataset(index, rows_per_block, fetch_parquet_rows,
+                             dict(files=list(found), fs=fs, column=self.image_column), split, image_size, mode,
+                             batch_size, num_cpus, failures_dir, failures_storage_options)
+
+
+def fetch_parquet_rows(batch: dict, files: Sequence[str], fs, column: str) -> tuple[list, list[str]]:
+    """A ``fetch`` for ``image_dataset``: the encoded image of each row (``file`` index, ``row`` in
+    that file), reading only the row groups that hold the rows, or the exception that reading raised;
+    and each row's origin ``<file>#<row>``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    file, row = np.asarray(batch["file"], dtype=np.int64), np.asarray(batch["row"], dtype=np.int64)
+    blobs: list[bytes | BaseException] = [ValueError("not read")] * len(row)
+    for f in np.unique(file).tolist():
+        sel = np.flatnonzero(file == f)
+        try:
+            with fs.open(files[f], "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+                starts = np.cumsum([0] + sizes)[:-1]
+                group = np.searchsorted(starts, row[sel], side="right") - 1
+                wanted = sorted(set(group.tolist()))
+                col = pf.read_row_groups(wanted, columns=[column]).column(column).combine_chunks()
+            if pa.types.is_struct(col.type):
+                col = col.field("bytes")
+            offset = dict(zip(wanted, np.cumsum([0] + [sizes[g] for g in wanted])[:-1].tolist()))
+            for k, g, r in zip(sel.tolist(), group.tolist(), row[sel].tolist()):
+                v = col[offset[g] + r - int(starts[g])].as_py()
+                blobs[k] = v if v is not None else ValueError("empty image cell")
+        except Exception as e:  # noqa: BLE001 - an unreadable file fails its rows, as unreadable images do
+            for k in sel.tolist():
+                blobs[k] = e
+    return blobs, [f"{shown_path(fs, files[f])}#{r}" for f, r in zip(file.tolist(), row.tolist())]
