@@ -140,3 +140,60 @@ def test_coreset_engine_reaches_the_coreset_builder():
     with pytest.raises(JobError) as e:
         job_from_dict({}, ["coreset.engine=cuda"])
     assert "[coreset -> engine]" in str(e.value)
+
+
+# ---- every schema key does something -----------------------------------------------------------
+def _schema_keys(model=None, prefix=()):
+    from pydantic import BaseModel
+
+    from mgd_ray.config import JobConfig
+    for name, f in (model or JobConfig).model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            yield from _schema_keys(f.annotation, prefix + (name,))
+        else:
+            yield prefix + (name,)
+
+
+def _package_reads() -> set[tuple[str, str]]:
+    """(qualifier, attribute) of every attribute read in the package: ``job.encode.batch_size`` and
+    ``e.batch_size`` after ``e = job.encode`` both give ("encode", "batch_size"); ``cfg_get(cfg, "k")``
+    gives ("data", "k"). In config.py only function bodies count (not the field declarations)."""
+    import ast
+    found = set()
+    for path in (ROOT / "mgd_ray").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        if path.name != "config.py":
+            scopes.append(tree)
+        for scope in scopes:
+            alias = {n.targets[0].id: n.value.attr for n in ast.walk(scope)
+                     if isinstance(n, ast.Assign) and isinstance(n.value, ast.Attribute) and len(n.targets) == 1
+                     and isinstance(n.targets[0], ast.Name)}
+            for n in ast.walk(scope):
+                if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute):
+                    found.add((n.value.attr, n.attr))
+                elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name):
+                    found.add((alias.get(n.value.id, n.value.id), n.attr))
+                elif isinstance(n, ast.Call) and getattr(n.func, "id", None) == "cfg_get" and len(n.args) >= 2 \
+                        and isinstance(n.args[1], ast.Constant):
+                    found.add(("data", n.args[1].value))
+    return found
+
+
+def test_every_schema_key_is_read_somewhere_in_the_package():
+    reads = _package_reads()
+    assert ("encode", "batch_size") in reads and ("data", "image_column") in reads   # the scan sees both forms
+    unread = [".".join(k) for k in _schema_keys()
+              if not ((len(k) == 1 and {("job", k[0]), ("j", k[0])} & reads) or (len(k) > 1 and k[-2:] in reads))]
+    assert not unread, f"job keys that nothing reads (wire them or remove them): {unread}"
+
+
+def test_guidance_defaults_agree_with_the_method_core():
+    """A default job hands the sampler exactly GuidanceParams' defaults (the reference scripts')."""
+    from dataclasses import asdict
+
+    from mgd_ray.method.guidance import GuidanceParams
+    from mgd_ray.pipeline.stages import guidance_params
+    got, want = asdict(guidance_params(JobConfig())), asdict(GuidanceParams())
+    assert got.keys() == want.keys()
+    assert {k: (got[k], want[k]) for k in got if got[k] != want[k]} == {}

@@ -109,8 +109,8 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
 
 def summarise(job: JobConfig, records: list[dict]) -> dict:
     """Per method/baseline and student: per-seed final and best accuracy, mean and std."""
-    from ..eval import PROTOCOL, PROTOCOL_VERSION
-    out: dict = {"protocol": PROTOCOL, "protocol_version": PROTOCOL_VERSION, "ipc": job.generate.ipc,
+    from ..eval import PROTOCOL_VERSION
+    out: dict = {"protocol": job.evaluate.protocol, "protocol_version": PROTOCOL_VERSION, "ipc": job.generate.ipc,
                  "note": "best_acc is the maximum over periodic test evaluations (optimistic, as papers report); "
                          "final_acc is the last epoch.",
                  "results": {}}
