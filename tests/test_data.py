@@ -305,10 +305,11 @@ def test_parquet_ray_dataset_reads_image_bytes_on_the_workers(ray_cluster, tmp_p
     import pyarrow.parquet as pq
 
     labels = [i % 3 for i in range(40)]
-    write_parquet(tmp_path / "pq" / "train-0.parquet", labels[:25], corrupt_at=7, row_group_size=4)
+    write_parquet(tmp_path / "pq" / "train-0.parquet", labels[:25], corrupt_at=6, row_group_size=4)
     write_parquet(tmp_path / "pq" / "train-1.parquet", labels[25:], row_group_size=4)
     cfg = {"source": "parquet", "root": str(tmp_path / "pq"), "max_failures": 1, "classes": ["0", "2"]}
     want = open_source(cfg).arrays("train", image_size=4)       # the driver-side path, for reference
+    assert len(want["id"]) == 26 and set(want["label"].tolist()) == {0, 1}
     read = []
     real = pq.read_table
 
@@ -326,11 +327,11 @@ def test_parquet_ray_dataset_reads_image_bytes_on_the_workers(ray_cluster, tmp_p
     ds = src.ray_dataset("train", image_size=4, rows_per_block=5, failures_dir=str(tmp_path / "fail"))
     got = sorted(ds.take_all(), key=lambda r: r["id"])
     assert read and all("image" not in cols and "<all>" not in cols for cols in read)
-    assert [r["id"] for r in got] == want["id"].tolist() and 7 not in want["id"].tolist()   # row 7: corrupt
+    assert [r["id"] for r in got] == want["id"].tolist() and 6 not in want["id"].tolist()   # row 6: corrupt
     assert [r["label"] for r in got] == want["label"].tolist()
     assert np.array_equal(np.stack([r["image"] for r in got]), want["image"])
     from mgd_ray.data import read_failures
-    assert read_failures(str(tmp_path / "fail")).column("path").to_pylist()[0].endswith("train-0.parquet#7")
+    assert read_failures(str(tmp_path / "fail")).column("path").to_pylist()[0].endswith("train-0.parquet#6")
 
 
 # -- class lists -------------------------------------------------------------------------------
