@@ -7,7 +7,9 @@
    its accuracy on the real test images.
 3. Prior fidelity: ``samples`` class-conditional samples (equal per class) with the shipped
    sampler settings (DDPM, learned variance, 50 steps, CFG ``cfg_scale``); the share the
-   classifier labels as their intended class.
+   classifier labels as their intended class, and the FID between the samples and the real test
+   split in the classifier's feature space (lower is better; comparable between priors only
+   when both are scored with the same classifier).
 4. A sample grid PNG (``samples.png``: one row per class).
 Everything is written into ``prior.json`` under ``"quality"``.
 """
@@ -54,7 +56,8 @@ def main_evaluate(job_path: str, prior_dir: str | None, overrides, samples: int 
     import torch
 
     from .data import open_source, preprocess
-    from .eval.classifier import accuracy, predict, save_classifier, train_classifier
+    from .eval.classifier import accuracy, features, predict, save_classifier, train_classifier
+    from .eval.metrics import fid
     from .eval.train import to_float_images
     from .method import image_seed
     from .models import PRIORS_DIR, encode_latents, decode_latents, load_generator
@@ -105,6 +108,7 @@ def main_evaluate(job_path: str, prior_dir: str | None, overrides, samples: int 
     pred = predict(clf, gen).numpy()
     agree = float((pred == labels).mean())
     per_class = [float((pred[labels == c] == c).mean()) for c in range(C)]
+    sample_fid = fid(features(clf, xte), features(clf, gen))
     imgs = to_uint8(gen.numpy())
     cols = min(per, 10)
     sel = [imgs[c * per + j] for c in range(C) for j in range(cols)]
@@ -115,6 +119,7 @@ def main_evaluate(job_path: str, prior_dir: str | None, overrides, samples: int 
         "vae_reconstruction_acc": acc_rec, "vae_relative_acc": acc_rec / acc_real,
         "samples": int(len(labels)), "sampler": f"DDPM 50 steps, learned variance, CFG {cfg_scale} (all channels)",
         "sample_class_agreement": agree, "per_class_agreement": per_class,
+        "sample_fid_classifier_features": sample_fid,
         "sampling_seconds": round(t_s, 1), "seconds": round(time.time() - t0, 1),
         "command": f"mgd-ray prior evaluate {job_path} --cfg-scale {cfg_scale} --samples {samples}"
                    + (f" --classifier-epochs {classifier_epochs}" if classifier_epochs else "")
@@ -125,5 +130,6 @@ def main_evaluate(job_path: str, prior_dir: str | None, overrides, samples: int 
     record["quality"] = quality
     rec_path.write_text(json.dumps(record, indent=1))
     print(f"[prior-eval] VAE reconstructions: {100 * acc_rec:.2f}% ({100 * acc_rec / acc_real:.1f}% of real); "
-          f"samples labelled as intended: {100 * agree:.1f}% of {len(labels)}", flush=True)
+          f"samples labelled as intended: {100 * agree:.1f}% of {len(labels)} "
+          f"(weakest class {100 * min(per_class):.1f}%), FID in classifier features {sample_fid:.3f}", flush=True)
     return quality
