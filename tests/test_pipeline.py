@@ -65,7 +65,7 @@ def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path):
     import io
     for r in rows:
         assert r["class_name"] == str(r["label"]) and r["method"] == "manifoldgd"
-        im = np.asarray(Image.open(io.BytesIO(r["image"])))
+        im = np.asarray(Image.open(io.BytesIO(r["image"]["bytes"])))
         assert im.shape == (8, 8) and im.dtype == np.uint8
     # coreset targets carry the tree
     t = pq.read_table(out / "coreset" / "targets.parquet").to_pylist()
@@ -100,8 +100,8 @@ def test_deterministic_across_actors_and_batch_sizes(ray_cluster, tiny_prior, tm
     # batch 4 = two units (two classes) per DiT batch, on 2 actors
     mb = run_job(job_from_dict(twin_dict(b, tiny_prior, generate={"num_actors": 2, "batch_size": 4})), GEN)
     assert mb["encode"]["seconds"] == json.loads((a / "latents" / "_COMPLETE.json").read_text())["seconds"]
-    ra = {r["sample_id"]: r["image"] for r in shard_rows(a)}
-    rb = {r["sample_id"]: r["image"] for r in shard_rows(b)}
+    ra = {r["sample_id"]: r["image"]["bytes"] for r in shard_rows(a)}
+    rb = {r["sample_id"]: r["image"]["bytes"] for r in shard_rows(b)}
     assert ra.keys() == rb.keys() and len(ra) == 20
     assert all(ra[k] == rb[k] for k in ra), "image bytes differ between 1 actor/batch 1 and 2 actors/batch 4"
     assert len(set(ra.values())) == 20  # and the images are not all the same
