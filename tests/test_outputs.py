@@ -259,7 +259,7 @@ def test_report_sections_match_their_files(job_out):
     res = json.loads((job_out / "results.json").read_text())
     # summary
     assert s["summary"]["h1"] == "out-twin"
-    summ = dict(s["summary"]["tables"][0][1:])
+    summ = dict(s["summary"]["tables"][0])
     assert summ["status"] == "complete" and summ["method"] == "manifoldgd" and summ["git commit"] == "abc1234"
     assert "2308e623" in summ["generator"] and summ["images per class (IPC)"] == str(IPC)
     # preview: a row per class, the first images of generation seed 0, bytes as in the shards
@@ -286,14 +286,15 @@ def test_report_sections_match_their_files(job_out):
             d = [r["final_acc"] - base[(r["set_seed"], r["train_seed"])] for r in c["runs"]]
             assert row[5] == f"{100 * np.mean(d):+.1f} ± {100 * np.std(d, ddof=1):.1f} (n={len(d)})"
     assert [r[0] for r in rows] == ["manifoldgd", "random-real"]
-    # distribution: a row per set and the mean, every numeric metric
+    # distribution: a row per numeric metric, a column per set and the mean
     head, *rows = s["distribution"]["tables"][0]
     dist = res["distribution"]
-    assert "fid" in head and "coverage" in head and "prior_fidelity_per_class" not in head
-    assert [r[0] for r in rows] == ["set 0", "set 1", "mean"]
-    for row, vals in zip(rows, [dist["sets"]["0"], dist["sets"]["1"], dist["mean"]]):
-        for k, cell in zip(head[1:], row[1:]):
-            assert cell == (f"{vals[k]:.4g}" if k in vals else "")
+    assert head == ["metric", "set 0", "set 1", "mean"]
+    metrics = [r[0] for r in rows]
+    assert "fid" in metrics and "coverage" in metrics and "prior_fidelity_per_class" not in metrics
+    for row in rows:
+        for cell, vals in zip(row[1:], [dist["sets"]["0"], dist["sets"]["1"], dist["mean"]]):
+            assert cell == (f"{vals[row[0]]:.4g}" if row[0] in vals else "")
     # timings and config
     head, *rows = s["timings"]["tables"][0]
     assert {r[0]: float(r[1]) for r in rows} == man["timings"]

@@ -1,8 +1,11 @@
 """Progress lines (rows done, rate, ETA) from the pure helper and from a background poller."""
 
 import logging
+import re
 import threading
 import time
+
+import pytest
 
 from mgd_ray.pipeline.progress import Progress, fmt_seconds, polled
 
@@ -80,3 +83,27 @@ def test_polled_logs_from_a_background_thread_until_the_body_ends():
     assert n_threads == 0
     assert any(g.startswith("evaluate: 4/4 trials (100%)") for g in got), got
     assert all("/4 trials" in g for g in got)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_twin_job_logs_encode_and_evaluate_progress(ray_cluster, tiny_prior, tmp_path, monkeypatch, capsys):
+    """The real stages feed the helper: encode's row counter and evaluate's committed trials
+    (intervals shortened so the tiny twin shows lines); the job also ends with report.html."""
+    from mgd_ray.config import job_from_dict
+    from mgd_ray.distill import run_job
+    from mgd_ray.pipeline import runner
+    from tests.test_pipeline import twin_dict
+    monkeypatch.setattr(runner, "Progress", lambda *a, **k: Progress(*a, **{**k, "every": 0.0}))
+    monkeypatch.setattr(runner, "polled", lambda p, count, poll=1.0: polled(p, count, poll=0.2))
+    out = tmp_path / "out"
+    run_job(job_from_dict(twin_dict(out, tiny_prior)))
+    log = capsys.readouterr().out
+    enc = [int(m) for m in re.findall(r"encode: (\d+)/120 images", log)]
+    ev = [int(m) for m in re.findall(r"evaluate: (\d+)/2 trials", log)]
+    gen = [int(m) for m in re.findall(r"generate: (\d+)/20 images", log)]
+    assert enc and max(enc) > 0 and enc == sorted(enc) and max(enc) <= 120, log
+    assert ev and max(ev) >= 1 and ev == sorted(ev), log
+    assert gen and gen[-1] == 20, log
+    assert (out / "report.html").is_file() and (out / "results.json").is_file()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .store import Store
-from .units import decode_png
+from .units import decode_png, image_png
 
 
 def _store(out: str, storage_options: dict | None) -> Store:
@@ -61,7 +61,7 @@ def export_imagefolder(out: str, dest: str, storage_options: dict | None = None)
             d = os.path.join(dest, r["class_name"].replace("/", "_"))
             os.makedirs(d, exist_ok=True)
             with open(os.path.join(d, f"{r['sample_id']}.png"), "wb") as f:
-                f.write(r["image"]["bytes"])
+                f.write(image_png(r["image"]))
             n += 1
     return n
 

@@ -16,6 +16,7 @@ import io
 import numpy as np
 
 from .store import Store
+from .units import image_png
 
 THUMB = 64          # images larger than this are shrunk for the page (the shards keep the originals)
 MAX_IMAGES = 2000   # preview images on the page at most (10 per class up to 200 classes)
@@ -87,15 +88,15 @@ def preview_images(store: Store, n_classes: int, gen_seed: int) -> dict[int, lis
             if len(rows) >= per_class:
                 break
         rows.sort(key=lambda r: int(r["sample_id"].rsplit("-i", 1)[1]))
-        out[label] = [(r["sample_id"], r["image"]["bytes"]) for r in rows[:per_class]]
+        out[label] = [(r["sample_id"], image_png(r["image"])) for r in rows[:per_class]]
     return out
 
 
-def table(head: list[str], rows: list[list], left: int = 1, attrs: str = "") -> str:
+def table(head: list[str] | None, rows: list[list], left: int = 1) -> str:
     def cells(tag, vals):
         return "".join(f"<{tag}{' class=l' if i < left else ''}>{esc(v)}</{tag}>" for i, v in enumerate(vals))
-    return (f"<table{attrs}><thead><tr>{cells('th', head)}</tr></thead><tbody>"
-            + "".join(f"<tr>{cells('td', r)}</tr>" for r in rows) + "</tbody></table>")
+    thead = f"<thead><tr>{cells('th', head)}</tr></thead>" if head else ""
+    return f"<table>{thead}<tbody>" + "".join(f"<tr>{cells('td', r)}</tr>" for r in rows) + "</tbody></table>"
 
 
 # ---- sections -------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def summary_section(m: dict, failures: int | None) -> str:
     if failures is not None:
         rows.append(["unreadable input images", f"{failures} (failures.parquet)"])
     return (f"<section id=summary><h1>{esc(m.get('name'))}</h1><p class=muted>mgd_ray job report</p>"
-            + table(["", ""], rows, left=2) + "</section>")
+            + table(None, rows, left=2) + "</section>")
 
 
 def preview_section(store: Store, m: dict) -> str:
@@ -155,13 +156,12 @@ def results_note(r: dict) -> str:
 
 
 def distribution_rows(d: dict) -> tuple[list[str], list[list]]:
-    """(head, rows): a row per distilled set and their mean, a column per numeric metric."""
+    """(head, rows): a row per numeric metric, a column per distilled set and their mean."""
     first = next(iter(d["sets"].values()))
     keys = [k for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    rows = [[f"set {s}"] + [f"{v[k]:.4g}" for k in keys] for s, v in d["sets"].items()]
-    if d.get("mean"):
-        rows.append(["mean"] + [f"{d['mean'][k]:.4g}" if k in d["mean"] else "" for k in keys])
-    return ["set"] + keys, rows
+    cols = [(f"set {s}", v) for s, v in d["sets"].items()] + ([("mean", d["mean"])] if d.get("mean") else [])
+    rows = [[k] + [f"{v[k]:.4g}" if k in v else "" for _, v in cols] for k in keys]
+    return ["metric"] + [name for name, _ in cols], rows
 
 
 def results_section(r: dict | None) -> str:

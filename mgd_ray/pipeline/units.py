@@ -59,12 +59,16 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def image_png(cell) -> bytes:
+    """The PNG bytes of a shard's ``image`` cell: ``{"bytes", "path"}`` (bare bytes in shards
+    written before the Hugging Face schema, which readers still accept)."""
+    return cell["bytes"] if isinstance(cell, dict) else cell
+
+
 def decode_png(data) -> np.ndarray:
-    """PNG bytes, or a shard's ``image`` cell ``{"bytes", "path"}``, -> uint8 (H, W, C)."""
+    """PNG bytes, or a shard's ``image`` cell, -> uint8 (H, W, C)."""
     from PIL import Image
-    if isinstance(data, dict):
-        data = data["bytes"]
-    a = np.asarray(Image.open(io.BytesIO(data)))
+    a = np.asarray(Image.open(io.BytesIO(image_png(data))))
     return a[:, :, None] if a.ndim == 2 else a
 
 
