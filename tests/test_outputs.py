@@ -199,6 +199,8 @@ def test_export_hf_dataset_dir_and_card(job_out, tmp_path):
     (part / "manifest.json").write_text(json.dumps(m))
     r = CliRunner().invoke(app, ["export", str(part), str(tmp_path / "x"), "--format", "hf"])
     assert r.exit_code == 2 and "rerun the same distill command" in r.output and not (tmp_path / "x").exists()
+    r = CliRunner().invoke(app, ["export", str(job_out), str(dest), "--format", "hf"])
+    assert r.exit_code == 2 and "is not empty" in r.output
     r = CliRunner().invoke(app, ["export", str(job_out), str(tmp_path / "y"), "--format", "zip"])
     assert r.exit_code == 2 and "supported: imagefolder, hf" in r.output
 

@@ -80,6 +80,8 @@ def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path):
     assert "gain_over_random_real" in res["results"]["manifoldgd"]["convnet3"]
     assert (out / "preview" / "all_classes.png").is_file()
     assert (out / "config.yaml").is_file()
+    page = (out / "report.html").read_text()  # the job's report page (tests/test_outputs.py checks its sections)
+    assert "<section id=results>" in page and page.count("<tr data-label=") == 10 and "random-real" in page
     # status and export read the files only
     from mgd_ray.pipeline.report import export_imagefolder, status_text
     txt = status_text(str(out))

@@ -48,6 +48,8 @@ def status_text(out: str, storage_options: dict | None = None) -> str:
             lines.append("  distribution (mean over sets): " + ", ".join(
                 f"{k} {v:.3g}" for k, v in dist.items() if k in ("fid", "mmd2_rbf_unbiased", "prior_fidelity",
                                                                   "coverage", "recall", "diversity")))
+    if st.exists("report.html"):
+        lines.append(f"  report: {st.uri('report.html')}")
     if st.exists("failures.parquet"):
         lines.append(f"  unreadable input images: {st.read_table('failures.parquet').num_rows} (failures.parquet)")
     return "\n".join(lines)
@@ -142,8 +144,8 @@ def dataset_card(m: dict, results: dict | None, config_yaml: str, seeds: list[in
 
 def export_hf(out: str, dest: str, storage_options: dict | None = None) -> int:
     """A Hugging Face dataset directory at ``dest``: ``data/<shard>.parquet`` + ``README.md``.
-    Refuses a job whose shards are not all committed (a dataset never mixes finished and missing
-    units silently). Returns the number of images."""
+    Refuses a job whose shards are not all committed, and a ``dest`` that is not empty.
+    Returns the number of images."""
     import io
 
     import pyarrow.parquet as pq
@@ -157,6 +159,9 @@ def export_hf(out: str, dest: str, storage_options: dict | None = None) -> int:
                          f"finish the job (rerun the same distill command) before exporting it")
     names = st.ls("shards", suffix=".parquet")
     dst = Store(dest)
+    if dst.ls():
+        raise ValueError(f"{dest} is not empty; export into a new or empty directory (a dataset directory "
+                         f"never mixes files of two exports)")
     n, seeds = 0, set()
     for name in names:
         data = st.read_bytes("shards", name)
