@@ -78,13 +78,13 @@ def to_uint8(x) -> np.ndarray:
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-# Shard columns, in order: (name, Arrow type, Hugging Face ``datasets`` feature). The table's schema
+# Shard columns, in order: (name, Arrow type, meaning). The table's schema
 # metadata carries the features under the ``huggingface`` key (the key ``datasets`` writes and
 # reads), so ``datasets.load_dataset("parquet", ...)`` yields PIL images and named labels, while
 # pandas / pyarrow / DuckDB see plain columns (``image`` is the struct ``{bytes, path}`` that
 # ``datasets.Image`` stores: PNG bytes, path null).
 SHARD_COLUMNS = (
-    ("sample_id", "string", "string unique: s<gen_seed>-c<label>-i<index>"),
+    ("sample_id", "string", "unique id: s<gen_seed>-c<label>-i<index>"),
     ("label", "int64", "class id: the position of the class in the job's class selection "
                        "(ClassLabel: names = the selection's class names, in order)"),
     ("class_name", "string", "the class's name (wnid or class name)"),
@@ -97,7 +97,6 @@ SHARD_COLUMNS = (
     ("width", "int32", "image width"),
     ("channels", "int32", "1 (grey) or 3 (RGB)"),
 )
-SHARD_SCHEMA_DOC = {name: f"{typ}: {doc}" for name, typ, doc in SHARD_COLUMNS}
 
 
 def hf_features(class_names) -> dict:
