@@ -120,13 +120,15 @@ def dataset_card(m: dict, results: dict | None, config_yaml: str, seeds: list[in
            "## Method", "", f"`{method.get('name')}`; the settings that shape the images:", "",
            "```json", json.dumps({k: method.get(k) for k in ("coreset", "guidance", "sampler", "choices")}, indent=1),
            "```", "",
-           "## Generator", "", md_table(["field", "value"], [[k, model.get(k)] for k in
+           "## Generator", "", md_table(["field", "value"], [[k, model[k]] for k in
                                                           ("source", "transformer_sha256", "vae_sha256", "num_classes",
-                                                           "image_size", "latent_channels", "latent_size")]), "",
+                                                           "image_size", "latent_channels", "latent_size")
+                                                          if model.get(k) is not None]), "",
            "## Source data and licence", "",
            md_table(["field", "value"], [["source", data.get("source")],
                                          ["class list", (data.get("class_list") or {}).get("name")],
-                                         ["rows", data.get("rows")], ["licence", f"`{lic_id}`: {lic_text}"]]), "",
+                                         ["rows", ", ".join(f"{k} {v}" for k, v in (data.get("rows") or {}).items())],
+                                         ["licence", f"`{lic_id}`: {lic_text}"]]), "",
            "## Results", ""]
     if results:
         out += [results_note(results), "", md_table(RESULTS_HEAD, results_rows(results)), ""]
