@@ -54,7 +54,8 @@ def test_progress_rate_eta_and_throttle():
         assert p.update(600)                # 11 s: 54.5/s, 400 left -> 7 s
         clk.t += 0.5
         assert p.update(1000)               # finishing always logs, once
-        assert not p.update(1000)
+        clk.t += 10
+        assert not p.update(1000)           # nothing after the final line
     assert got[0] == "encode: 250/1000 images (25%), 50 images/s, elapsed 5s, ETA 15s"
     assert got[1] == "encode: 600/1000 images (60%), 54.5 images/s, elapsed 11s, ETA 7s"
     assert got[2].startswith("encode: 1000/1000 images (100%)") and got[2].endswith("ETA 0s")

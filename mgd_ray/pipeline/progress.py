@@ -24,7 +24,7 @@ def fmt_seconds(s: float) -> str:
 
 class Progress:
     """Logs ``<stage>: done/total <unit> (pct), rate <unit>/s, ETA`` at most every ``every``
-    seconds, and always when ``done`` reaches ``total`` (once)."""
+    seconds, and always when ``done`` reaches ``total``; nothing after that line."""
 
     def __init__(self, stage: str, total: int, unit: str, every: float = 5.0, clock=time.monotonic):
         self.stage, self.total, self.unit, self.every, self.clock = stage, int(total), unit, every, clock
@@ -47,9 +47,10 @@ class Progress:
         Returns whether a line was logged."""
         with self._lock:
             now = self.clock()
-            finished = done >= self.total and self.logged_done < self.total
+            if self.logged_done >= self.total:
+                return False  # the final line is out
             since = now - (self.t0 if self.last is None else self.last)  # first line: after the start line
-            if not finished and since < self.every:
+            if done < self.total and since < self.every:
                 return False
             log.info(self.line(done, extra))
             self.last, self.logged_done = now, done
