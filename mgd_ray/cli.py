@@ -68,17 +68,30 @@ def status(out: str = typer.Argument(..., help="a job's output.dir (local or s3:
 @app.command()
 def export(out: str = typer.Argument(..., help="a job's output.dir"),
            dest: str = typer.Argument(..., help="destination directory"),
-           format: str = typer.Option("imagefolder", "--format", help="imagefolder"),
+           format: str = typer.Option("imagefolder", "--format", help="imagefolder | hf"),
            storage_option: Optional[List[str]] = typer.Option(None, "--storage-option")):
-    """Export the distilled images: DIR/<class_name>/<sample_id>.png."""
-    from .pipeline.report import export_imagefolder
-    if format != "imagefolder":
-        _fail(ValueError(f"unknown --format {format!r}; supported: imagefolder"))
+    """Export the distilled images: imagefolder (DIR/<class_name>/<sample_id>.png) or hf (a Hugging
+    Face dataset directory: data/*.parquet + a README.md dataset card)."""
+    from .pipeline.report import export_hf, export_imagefolder
+    exporters = {"imagefolder": export_imagefolder, "hf": export_hf}
+    if format not in exporters:
+        _fail(ValueError(f"unknown --format {format!r}; supported: {', '.join(exporters)}"))
     try:
-        n = export_imagefolder(out, dest, _kv(storage_option))
+        n = exporters[format](out, dest, _kv(storage_option))
     except (FileNotFoundError, ValueError) as e:
         _fail(e)
     typer.echo(f"wrote {n} images under {dest}")
+
+
+@app.command()
+def report(out: str = typer.Argument(..., help="a job's output.dir (local or s3://)"),
+           storage_option: Optional[List[str]] = typer.Option(None, "--storage-option", help="k=v for fsspec")):
+    """(Re)build OUT/report.html, the job's self-contained report page, from its files."""
+    from .pipeline.report_page import write_report
+    try:
+        typer.echo(f"wrote {write_report(out, _kv(storage_option))}")
+    except (FileNotFoundError, ValueError) as e:
+        _fail(e)
 
 
 @prior_app.command("train")

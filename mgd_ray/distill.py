@@ -175,11 +175,23 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
     timings["total_last_run"] = round(time.time() - t_start, 2)
     store.write_json(manifest, "manifest.json")
     log.info(f"job {job.name}: status {manifest['status']}; outputs under {store.uri()}")
+    write_report_page(job)
     if "results_summary" in manifest:
         for k, v in manifest["results_summary"].items():
             for s, m in v.items():
                 log.info(f"  {k:12s} {s:10s} final {100 * m['final_acc_mean']:.1f}%  best {100 * m['best_acc_mean']:.1f}%")
     return manifest
+
+
+def write_report_page(job: JobConfig):
+    """report.html beside results.json, from the files just written. The outputs are already
+    committed, so a failure here is logged (with the command that rebuilds it), not raised."""
+    from .pipeline.report_page import write_report
+    try:
+        log.info(f"report: {write_report(job.output.dir, job.output.storage_options)}")
+    except Exception as e:  # noqa: BLE001
+        log.error(f"report.html could not be written ({type(e).__name__}: {e}); "
+                  f"rebuild it with `mgd-ray report {job.output.dir}`")
 
 
 def dump_job_redacted(job: JobConfig) -> str:

@@ -131,7 +131,7 @@ def test_imagenet1k_job_twin(ray_cluster, hub_models, tmp_path):
     assert len(rows) == 6
     assert {(r["label"], r["class_name"]) for r in rows} == {(i, w) for i, w in enumerate(WNIDS)}
     for r in rows:
-        im = np.asarray(Image.open(io.BytesIO(r["image"])))
+        im = np.asarray(Image.open(io.BytesIO(r["image"]["bytes"])))
         assert im.shape == (SIZE, SIZE, 3) and im.dtype == np.uint8
     res = json.loads((out / "results.json").read_text())
     assert res["protocol"] == "hard-label" and "convnet3" in res["results"]["manifoldgd"]

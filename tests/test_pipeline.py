@@ -65,7 +65,7 @@ def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path):
     import io
     for r in rows:
         assert r["class_name"] == str(r["label"]) and r["method"] == "manifoldgd"
-        im = np.asarray(Image.open(io.BytesIO(r["image"])))
+        im = np.asarray(Image.open(io.BytesIO(r["image"]["bytes"])))
         assert im.shape == (8, 8) and im.dtype == np.uint8
     # coreset targets carry the tree
     t = pq.read_table(out / "coreset" / "targets.parquet").to_pylist()
@@ -80,6 +80,8 @@ def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path):
     assert "gain_over_random_real" in res["results"]["manifoldgd"]["convnet3"]
     assert (out / "preview" / "all_classes.png").is_file()
     assert (out / "config.yaml").is_file()
+    page = (out / "report.html").read_text()  # the job's report page (tests/test_outputs.py checks its sections)
+    assert "<section id=results>" in page and page.count("<tr data-label=") == 10 and "random-real" in page
     # status and export read the files only
     from mgd_ray.pipeline.report import export_imagefolder, status_text
     txt = status_text(str(out))
@@ -106,8 +108,8 @@ def test_deterministic_across_actors_and_batch_sizes(ray_cluster, tiny_prior, tm
     assert ma["generate"]["dit_calls"] == dry_run_plan(ja, GEN)["dit_batches_per_step"] == 20
     assert mb["generate"]["dit_calls"] == dry_run_plan(jb, GEN)["dit_batches_per_step"] == 5
     assert mb["encode"]["seconds"] == json.loads((a / "latents" / "_COMPLETE.json").read_text())["seconds"]
-    ra = {r["sample_id"]: r["image"] for r in shard_rows(a)}
-    rb = {r["sample_id"]: r["image"] for r in shard_rows(b)}
+    ra = {r["sample_id"]: r["image"]["bytes"] for r in shard_rows(a)}
+    rb = {r["sample_id"]: r["image"]["bytes"] for r in shard_rows(b)}
     assert ra.keys() == rb.keys() and len(ra) == 20
     assert all(ra[k] == rb[k] for k in ra), "image bytes differ between 1 actor/batch 1 and 2 actors/batch 4"
     assert len(set(ra.values())) == 20  # and the images are not all the same

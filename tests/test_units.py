@@ -35,9 +35,10 @@ def test_shard_table_schema(tmp_path):
     rows = [dict(sample_id=sample_id(0, 1, j), label=1, class_name="b", target_id="t", seed=2**62 + j, gen_seed=0,
                  method="manifoldgd", image=b"png", height=8, width=8, channels=1) for j in range(3)]
     st = Store(str(tmp_path))
-    st.write_table(shard_table(rows), "shards", "x.parquet")
+    st.write_table(shard_table(rows, ["a", "b"]), "shards", "x.parquet")
     t = pq.read_table(tmp_path / "shards" / "x.parquet")
-    assert t.schema.field("seed").type == "int64" and t.schema.field("image").type == "binary"
+    assert t.schema.field("seed").type == "int64" and t.schema.field("label").type == "int64"
+    assert t.column("image").to_pylist()[0] == {"bytes": b"png", "path": None}
     assert t.column("sample_id").to_pylist() == ["s0-c1-i0", "s0-c1-i1", "s0-c1-i2"]
 
 

@@ -15,6 +15,8 @@ import time
 import numpy as np
 
 from ..config import JobConfig
+from .progress import Progress, polled
+from .stages import Encoder
 from .store import Store
 from .units import Unit, group_units
 
@@ -56,9 +58,9 @@ def job_dict(job: JobConfig) -> dict:
 
 # ---- encode ---------------------------------------------------------------------------------
 def run_encode(job: JobConfig, store: Store, source, cache_key: dict, image_size: int) -> dict:
+    import ray
     import ray.data
 
-    from .stages import Encoder
     if store.exists("latents", "_COMPLETE.json"):
         prev = store.read_json("latents", "_COMPLETE.json")
         if prev.get("key") == cache_key:
@@ -74,18 +76,50 @@ def run_encode(job: JobConfig, store: Store, source, cache_key: dict, image_size
     ds = source.ray_dataset("train", image_size=size, mode=e.preprocess if e.preprocess != "none" else "center-crop",
                             failures_dir=store.uri("failures_parts"),
                             failures_storage_options=store.storage_options or None)
-    ds = ds.map_batches(Encoder, fn_constructor_kwargs={"job": job_dict(job), "threads": max(1, int(e.num_cpus))},
+    counter = ray.remote(RowCounter).options(num_cpus=0).remote()
+    ds = ds.map_batches(CountingEncoder, fn_constructor_kwargs={"job": job_dict(job), "threads": max(1, int(e.num_cpus)),
+                                                                "counter": counter},
                         compute=ray.data.ActorPoolStrategy(min_size=e.min_actors, max_size=e.max_actors),
                         num_cpus=e.num_cpus, num_gpus=e.num_gpus or None, batch_size=e.batch_size,
                         batch_format="numpy")
-    ds.write_parquet(store.path("latents"), filesystem=store.arrow_fs(), partition_cols=["label"],
-                     min_rows_per_file=min(n, 20000))
+    try:
+        with polled(Progress("encode", n, "images"), lambda: ray.get(counter.get.remote(), timeout=30)):
+            ds.write_parquet(store.path("latents"), filesystem=store.arrow_fs(), partition_cols=["label"],
+                             min_rows_per_file=min(n, 20000))
+    finally:
+        ray.kill(counter)
     el = time.time() - t0
     collect_failures(store, source, job.data.max_failures)
     rec = {"key": cache_key, "rows": n, "seconds": round(el, 2), "images_per_s": round(n / max(el, 1e-9), 1)}
     store.write_json(rec, "latents", "_COMPLETE.json")
     _say(f"encode: {n} images -> latents in {el:.1f}s ({rec['images_per_s']:.0f} img/s)")
     return rec
+
+
+class RowCounter:
+    """A zero-CPU actor the encoder actors report their rows to (the driver polls it)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def add(self, k: int):
+        self.n += int(k)
+
+    def get(self) -> int:
+        return self.n
+
+
+class CountingEncoder(Encoder):
+    """The encode stage, reporting each batch's rows to a ``RowCounter`` (fire and forget)."""
+
+    def __init__(self, job: dict, threads: int, counter):
+        super().__init__(job, threads)
+        self.counter = counter
+
+    def __call__(self, batch):
+        out = super().__call__(batch)
+        self.counter.add.remote(len(out["id"]))
+        return out
 
 
 def collect_failures(store: Store, source, max_failures: int):
@@ -175,7 +209,7 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
         for _ in range(per_actor):
             if pending:
                 submit(a)
-    last_log = 0.0
+    progress, settled = Progress("generate", sum(u.count for u in todo), "images"), 0
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         a, grp = in_flight.pop(ready[0])
@@ -190,17 +224,8 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
             log.error("generate: units %s failed: %s", [u.name for u in grp], failed[-1]["error"])
         if pending:
             submit(a)
-        now = time.time()
-        if now - last_log > 5 or not in_flight:
-            el = now - t0
-            rate = images / max(el, 1e-9)
-            left = sum(u.count for grp_ in pending for u in grp_) + sum(u.count for _, grp_ in in_flight.values()
-                                                                        for u in grp_)
-            eta = left / rate if rate > 0 else float("nan")
-            classes_done = len({u.label for u in todo}) if not pending and not in_flight else "-"
-            _say(f"generate: {finished}/{len(todo)} units, {images} images, {rate:.2f} img/s, ETA {eta:.0f}s"
-                 + (f", {classes_done} classes done" if classes_done != "-" else ""))
-            last_log = now
+        settled += sum(u.count for u in grp)
+        progress.update(settled, f"; {finished}/{len(todo)} units" + (f", {len(failed)} failed" if failed else ""))
     for a in actors:
         ray.kill(a)
     if failed:
@@ -261,6 +286,13 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
                                                                   if ev.gpus_per_worker else {})}),
             run_config=RunConfig(name=f"eval-{job.name}", storage_path=os.path.abspath(tmp_dir)))
         t0 = time.time()
-        trainer.fit()
+        names = {f"{t['name']}.json" for t in todo}
+
+        def trials_done() -> int:  # the Train workers commit eval/<trial>.json; list afresh (s3fs caches)
+            store.fs.invalidate_cache(store.path("eval"))
+            return len(names.intersection(store.ls("eval", suffix=".json")))
+
+        with polled(Progress("evaluate", len(todo), "trials", every=10.0), trials_done, poll=5.0):
+            trainer.fit()
         _say(f"evaluate: {len(todo)} trials on {W} Train worker(s) in {time.time() - t0:.1f}s")
     return [store.read_json("eval", f"{t['name']}.json") for t in trials]

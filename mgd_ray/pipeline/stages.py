@@ -167,6 +167,15 @@ class GeneratorWorker:
         self._models = None
         self._class_cache: dict[int, tuple] = {}
         self._real = None
+        self._class_names = None
+
+    @property
+    def class_names(self) -> list[str]:
+        """The job's class selection in label order, as the driver recorded it in manifest.json
+        (every shard's ClassLabel carries all of them)."""
+        if self._class_names is None:
+            self._class_names = self.store.read_json("manifest.json")["classes"]
+        return self._class_names
 
     # lazily: real-image methods never load the generator
     def models(self):
@@ -211,12 +220,12 @@ class GeneratorWorker:
             rows = self._generate(items, batches)
             for u in todo:
                 mine = [r for (uu, _), r in zip(items, rows) if uu is u]
-                self.store.write_table(shard_table(mine), "shards", u.shard)
+                self.store.write_table(shard_table(mine, self.class_names), "shards", u.shard)
                 n += len(mine)
         else:
             for u in todo:
                 rows = self._real_rows(u)
-                self.store.write_table(shard_table(rows), "shards", u.shard)
+                self.store.write_table(shard_table(rows, self.class_names), "shards", u.shard)
                 n += len(rows)
         return {"units": [u.name for u in units], "skipped": len(units) - len(todo), "images": n, "dit_batches": batches,
                 "seconds": time.time() - t0, "pid": os.getpid()}

@@ -89,10 +89,16 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes -> uint8 (H, W, C)."""
+def image_png(cell) -> bytes:
+    """The PNG bytes of a shard's ``image`` cell: ``{"bytes", "path"}`` (bare bytes in shards
+    written before the Hugging Face schema, which readers still accept)."""
+    return cell["bytes"] if isinstance(cell, dict) else cell
+
+
+def decode_png(data) -> np.ndarray:
+    """PNG bytes, or a shard's ``image`` cell, -> uint8 (H, W, C)."""
     from PIL import Image
-    a = np.asarray(Image.open(io.BytesIO(data)))
+    a = np.asarray(Image.open(io.BytesIO(image_png(data))))
     return a[:, :, None] if a.ndim == 2 else a
 
 
@@ -102,26 +108,56 @@ def to_uint8(x) -> np.ndarray:
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-SHARD_SCHEMA_DOC = {
-    "sample_id": "string, unique: s<gen_seed>-c<label>-i<index>",
-    "label": "int64 position of the class in the job's class selection (0..C-1; not the generator's label id)",
-    "class_name": "string (wnid or class name)",
-    "target_id": "string: the coreset target (or real source id) this image was made for",
-    "seed": "int64 per-image noise seed",
-    "gen_seed": "int64 generation seed (one distilled set per gen_seed)",
-    "method": "string",
-    "image": "binary PNG bytes",
-    "height/width/channels": "int32",
-}
+# Shard columns, in order: (name, Arrow type, meaning). The table's schema
+# metadata carries the features under the ``huggingface`` key (the key ``datasets`` writes and
+# reads), so ``datasets.load_dataset("parquet", ...)`` yields PIL images and named labels, while
+# pandas / pyarrow / DuckDB see plain columns (``image`` is the struct ``{bytes, path}`` that
+# ``datasets.Image`` stores: PNG bytes, path null).
+SHARD_COLUMNS = (
+    ("sample_id", "string", "unique id: s<gen_seed>-c<label>-i<index>"),
+    ("label", "int64", "class id: the position of the class in the job's class selection "
+                       "(ClassLabel: names = the selection's class names, in order)"),
+    ("class_name", "string", "the class's name (wnid or class name)"),
+    ("target_id", "string", "the coreset target (or real source id) this image was made for"),
+    ("seed", "int64", "per-image noise seed"),
+    ("gen_seed", "int64", "generation seed (one distilled set per gen_seed)"),
+    ("method", "string", "the distillation method"),
+    ("image", "struct<bytes: binary, path: string>", "PNG bytes in bytes, path null (datasets.Image)"),
+    ("height", "int32", "image height"),
+    ("width", "int32", "image width"),
+    ("channels", "int32", "1 (grey) or 3 (RGB)"),
+)
 
 
-def shard_table(rows: list[dict]):
+def hf_features(class_names) -> dict:
+    """The shards' columns as a ``datasets.Features`` dict (``Features.from_dict`` reads it)."""
+    out = {}
+    for name, typ, _ in SHARD_COLUMNS:
+        if name == "label":
+            out[name] = {"names": [str(c) for c in class_names], "_type": "ClassLabel"}
+        elif name == "image":
+            out[name] = {"_type": "Image"}
+        else:
+            out[name] = {"dtype": typ, "_type": "Value"}
+    return out
+
+
+def shard_schema(class_names):
+    import json
+
     import pyarrow as pa
-    schema = pa.schema([
-        ("sample_id", pa.string()), ("label", pa.int64()), ("class_name", pa.string()),
-        ("target_id", pa.string()), ("seed", pa.int64()), ("gen_seed", pa.int64()),
-        ("method", pa.string()), ("image", pa.binary()),
-        ("height", pa.int32()), ("width", pa.int32()), ("channels", pa.int32()),
-    ])
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    types = {"string": pa.string(), "int64": pa.int64(), "int32": pa.int32()}
+    fields = [(name, image if name == "image" else types[typ]) for name, typ, _ in SHARD_COLUMNS]
+    meta = {"huggingface": json.dumps({"info": {"features": hf_features(class_names)}})}
+    return pa.schema(fields, metadata=meta)
+
+
+def shard_table(rows: list[dict], class_names):
+    """Rows (``image`` = PNG bytes) -> the shard's Arrow table; ``class_names``: the job's class
+    selection in label order (every shard carries all of them, so any subset of shards loads)."""
+    import pyarrow as pa
+    schema = shard_schema(class_names)
     cols = {f.name: [r[f.name] for r in rows] for f in schema}
+    cols["image"] = [{"bytes": b, "path": None} for b in cols["image"]]
     return pa.table(cols, schema=schema)

@@ -1,0 +1,79 @@
+"""Progress lines for long stages: ``<stage>: done/total <unit>, rate, ETA``, every few seconds.
+
+``Progress.update(done)`` is called by a loop that sees the work finish (generate's ``ray.wait``
+loop); ``polled(progress, count)`` covers stages whose driver call blocks (a Ray Data write, a
+Ray Train ``fit()``): a background thread calls ``count()`` and logs while the body runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+
+log = logging.getLogger("mgd_ray")
+
+
+def fmt_seconds(s: float) -> str:
+    if s != s or s == float("inf"):  # nan / inf: no rate yet
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Progress:
+    """Logs ``<stage>: done/total <unit> (pct), rate <unit>/s, ETA`` at most every ``every``
+    seconds, and always when ``done`` reaches ``total``; nothing after that line."""
+
+    def __init__(self, stage: str, total: int, unit: str, every: float = 5.0, clock=time.monotonic):
+        self.stage, self.total, self.unit, self.every, self.clock = stage, int(total), unit, every, clock
+        self.t0 = clock()
+        self.last = None       # time of the last line
+        self.logged_done = -1  # ``done`` of the last line
+        self._lock = threading.Lock()
+
+    def line(self, done: int, extra: str = "") -> str:
+        el = max(self.clock() - self.t0, 1e-9)
+        rate = done / el
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        pct = f" ({100 * done / self.total:.0f}%)" if self.total else ""
+        return (f"{self.stage}: {done}/{self.total} {self.unit}{pct}, {rate:.3g} {self.unit}/s, "
+                f"elapsed {fmt_seconds(el)}, ETA {fmt_seconds(eta) if done < self.total else '0s'}{extra}")
+
+    def update(self, done: int, extra: str = "") -> bool:
+        """Log a line when ``every`` seconds passed since the last line (or the start), or the work
+        just finished.
+        Returns whether a line was logged."""
+        with self._lock:
+            now = self.clock()
+            if self.logged_done >= self.total:
+                return False  # the final line is out
+            since = now - (self.t0 if self.last is None else self.last)  # first line: after the start line
+            if done < self.total and since < self.every:
+                return False
+            log.info(self.line(done, extra))
+            self.last, self.logged_done = now, done
+            return True
+
+
+@contextmanager
+def polled(progress: Progress, count, poll: float = 1.0):
+    """While the body runs, a daemon thread calls ``count()`` every ``poll`` seconds and feeds
+    ``progress.update``; a failing ``count`` is logged at debug level and retried."""
+    stop = threading.Event()
+
+    def run():
+        while not stop.wait(poll):
+            try:
+                progress.update(int(count()))
+            except Exception as e:  # noqa: BLE001  (progress must never break the stage)
+                log.debug("%s: progress count failed: %s", progress.stage, e)
+
+    th = threading.Thread(target=run, name=f"progress-{progress.stage}", daemon=True)
+    th.start()
+    try:
+        yield progress
+    finally:
+        stop.set()
+        th.join(timeout=10)

@@ -1,0 +1,214 @@
+"""``report.html``: one self-contained page per job, built from its output files only.
+
+Sections (each a ``<section id=...>``): ``summary`` (job, status, data, model), ``preview`` (the
+first distilled set's images, a row per class, embedded as data URIs), ``results`` (accuracy per
+dataset kind and student, with the paired gain over random real), ``distribution`` (the
+distribution metrics per set), ``timings`` (per stage) and ``config`` (the resolved job file).
+Nothing is fetched when the page is opened; ``mgd-ray report OUT`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+
+from .store import Store
+from .units import image_png
+
+THUMB = 64          # images larger than this are shrunk for the page (the shards keep the originals)
+MAX_IMAGES = 2000   # preview images on the page at most (10 per class up to 200 classes)
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#1d2330;background:#fff}
+h1{margin:0 0 4px}h2{border-bottom:2px solid #d6dbe6;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #d6dbe6;padding:4px 8px;text-align:right}
+th{background:#eef1f7}td.l,th.l{text-align:left}.muted{color:#6b7385}
+.pos{color:#17803d}.neg{color:#b42318}
+.grid td{padding:2px;border:none;text-align:left}.grid td.name{padding-right:10px;white-space:nowrap}
+.grid img{width:64px;height:64px;image-rendering:pixelated;background:#000;display:block}
+pre{background:#f6f7fa;border:1px solid #d6dbe6;padding:10px;overflow:auto;font-size:12px}
+"""
+
+
+def esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def pct(mean: float, std: float | None = None, signed: bool = False) -> str:
+    s = f"{100 * mean:+.1f}" if signed else f"{100 * mean:.1f}"
+    return s if std is None else f"{s} ± {100 * std:.1f}"
+
+
+def paired_gains(results: dict) -> dict:
+    """``{(kind, student): {mean, std, n}}``: final accuracy minus random real's, paired on
+    (set_seed, train_seed) — the same training seed on the same-index set — then averaged."""
+    base = results.get("results", {}).get("random-real", {})
+    out = {}
+    for kind, by_student in results.get("results", {}).items():
+        if kind == "random-real":
+            continue
+        for student, cell in by_student.items():
+            ref = {(r["set_seed"], r["train_seed"]): r["final_acc"] for r in base.get(student, {}).get("runs", [])}
+            d = np.array([r["final_acc"] - ref[(r["set_seed"], r["train_seed"])] for r in cell["runs"]
+                          if (r["set_seed"], r["train_seed"]) in ref], dtype=float)
+            if len(d):
+                out[(kind, student)] = {"mean": float(d.mean()), "std": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                                        "n": int(len(d))}
+    return out
+
+
+def thumbnail(png: bytes) -> bytes:
+    """PNG bytes, shrunk to fit THUMB x THUMB when larger (the page stays small at 256 px)."""
+    from PIL import Image
+    im = Image.open(io.BytesIO(png))
+    if max(im.size) <= THUMB:
+        return png
+    im.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def preview_images(store: Store, n_classes: int, gen_seed: int) -> dict[int, list[tuple[str, bytes]]]:
+    """``{label: [(sample_id, PNG bytes)]}`` of one distilled set, first images of each class;
+    reads only the first shard(s) of each class."""
+    per_class = max(1, min(10, MAX_IMAGES // max(1, n_classes)))
+    by_label: dict[int, list[str]] = {}
+    for name in store.ls("shards", suffix=".parquet"):
+        if name.startswith(f"s{gen_seed:03d}-c"):
+            by_label.setdefault(int(name.split("-")[1][1:]), []).append(name)  # s<seed>-c<label>-t<start>
+    out = {}
+    for label, names in sorted(by_label.items()):
+        rows = []
+        for name in names:
+            rows += store.read_table("shards", name, columns=["sample_id", "image"]).to_pylist()
+            if len(rows) >= per_class:
+                break
+        rows.sort(key=lambda r: int(r["sample_id"].rsplit("-i", 1)[1]))
+        out[label] = [(r["sample_id"], image_png(r["image"])) for r in rows[:per_class]]
+    return out
+
+
+def table(head: list[str] | None, rows: list[list], left: int = 1) -> str:
+    def cells(tag, vals):
+        return "".join(f"<{tag}{' class=l' if i < left else ''}>{esc(v)}</{tag}>" for i, v in enumerate(vals))
+    thead = f"<thead><tr>{cells('th', head)}</tr></thead>" if head else ""
+    return f"<table>{thead}<tbody>" + "".join(f"<tr>{cells('td', r)}</tr>" for r in rows) + "</tbody></table>"
+
+
+# ---- sections -------------------------------------------------------------------------------
+def summary_section(m: dict, failures: int | None) -> str:
+    cfg, data, model = m.get("config", {}), m.get("data", {}), m.get("model", {})
+    cl = data.get("class_list") or {}
+    rows = [["status", m.get("status")], ["method", (m.get("method") or {}).get("name")],
+            ["data", f"{data.get('source')} ({cl.get('name', '')}, {len(m.get('classes', []))} classes)"],
+            ["images per class (IPC)", cfg.get("generate", {}).get("ipc")],
+            ["generation seeds", cfg.get("generate", {}).get("seeds")],
+            ["generator", f"{model.get('source')} (transformer sha256 {model.get('transformer_sha256')}, "
+                          f"VAE sha256 {model.get('vae_sha256')})"],
+            ["git commit", m.get("git_commit")], ["runs", m.get("runs")],
+            ["started / finished", f"{m.get('started')} / {m.get('finished', '-')}"]]
+    if failures is not None:
+        rows.append(["unreadable input images", f"{failures} (failures.parquet)"])
+    return (f"<section id=summary><h1>{esc(m.get('name'))}</h1><p class=muted>mgd_ray job report</p>"
+            + table(None, rows, left=2) + "</section>")
+
+
+def preview_section(store: Store, m: dict) -> str:
+    classes = m.get("classes", [])
+    seeds = m.get("config", {}).get("generate", {}).get("seeds") or [0]
+    imgs = preview_images(store, len(classes), int(seeds[0]))
+    if not imgs:
+        return "<section id=preview><h2>Distilled images</h2><p>no shards committed yet</p></section>"
+    rows = []
+    for label, name in enumerate(classes):
+        tds = "".join(f"<td><img alt='{esc(sid)}' title='{esc(sid)}' src='data:image/png;base64,"
+                      f"{base64.b64encode(thumbnail(png)).decode()}'></td>" for sid, png in imgs.get(label, []))
+        rows.append(f"<tr data-label={label}><td class=name>{label} {esc(name)}</td>{tds}</tr>")
+    shown = sum(len(v) for v in imgs.values())
+    return (f"<section id=preview><h2>Distilled images</h2><p class=muted>generation seed {seeds[0]}: "
+            f"the first {shown} images, a row per class</p><table class=grid>{''.join(rows)}</table></section>")
+
+
+RESULTS_HEAD = ["dataset", "student", "runs", "final acc", "best acc", "gain over random real"]
+
+
+def results_rows(r: dict) -> list[list]:
+    """Rows under RESULTS_HEAD: accuracy in % (mean ± std over runs) and the paired gain."""
+    gains = paired_gains(r)
+    rows = []
+    for kind, by_student in r["results"].items():
+        for student, c in by_student.items():
+            g = gains.get((kind, student))
+            rows.append([kind, student, len(c["runs"]), pct(c["final_acc_mean"], c["final_acc_std"]),
+                         pct(c["best_acc_mean"], c["best_acc_std"]),
+                         f"{pct(g['mean'], g['std'], signed=True)} (n={g['n']})" if g else "-"])
+    return rows
+
+
+def results_note(r: dict) -> str:
+    return (f"protocol {r.get('protocol')} v{r.get('protocol_version')}, IPC {r.get('ipc')}; accuracy in % "
+            f"(mean ± std over runs); gain = final accuracy minus random real's, paired on (set seed, "
+            f"training seed). {r.get('note', '')}")
+
+
+def distribution_rows(d: dict) -> tuple[list[str], list[list]]:
+    """(head, rows): a row per numeric metric, a column per distilled set and their mean."""
+    first = next(iter(d["sets"].values()))
+    keys = [k for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    cols = [(f"set {s}", v) for s, v in d["sets"].items()] + ([("mean", d["mean"])] if d.get("mean") else [])
+    rows = [[k] + [f"{v[k]:.4g}" if k in v else "" for _, v in cols] for k in keys]
+    return ["metric"] + [name for name, _ in cols], rows
+
+
+def results_section(r: dict | None) -> str:
+    if r is None:
+        return "<section id=results><h2>Results</h2><p>not evaluated (no results.json)</p></section>"
+    return (f"<section id=results><h2>Results</h2><p class=muted>{esc(results_note(r))}</p>"
+            + table(RESULTS_HEAD, results_rows(r), left=2) + "</section>")
+
+
+def distribution_section(r: dict | None) -> str:
+    d = (r or {}).get("distribution")
+    if not d or "sets" not in d:
+        why = (d or {}).get("skipped", "not computed")
+        return f"<section id=distribution><h2>Distribution metrics</h2><p>{esc(why)}</p></section>"
+    head, rows = distribution_rows(d)
+    return (f"<section id=distribution><h2>Distribution metrics</h2><p class=muted>in the features of the "
+            f"{esc(d.get('feature_space', ''))}</p>" + table(head, rows) + "</section>")
+
+
+def timings_section(m: dict) -> str:
+    rates = {k: m[k].get("images_per_s") for k in ("encode", "generate") if isinstance(m.get(k), dict)}
+    rows = [[k, f"{v:.2f}", rates.get(k, "") or ""] for k, v in m.get("timings", {}).items()]
+    return ("<section id=timings><h2>Timings</h2><p class=muted>seconds per stage in the last run that ran "
+            "it (0 = reused from cache)</p>" + table(["stage", "seconds", "images/s"], rows) + "</section>")
+
+
+def config_section(config_yaml: str | None) -> str:
+    return ("<section id=config><h2>Resolved config</h2><p class=muted>config.yaml (credentials redacted)</p>"
+            f"<pre>{esc(config_yaml or 'missing')}</pre></section>")
+
+
+def build_html(store: Store) -> str:
+    if not store.exists("manifest.json"):
+        raise FileNotFoundError(f"{store.uri()!r} has no manifest.json: not a mgd_ray output directory "
+                                f"(expected the output.dir of a job)")
+    m = store.read_json("manifest.json")
+    r = store.read_json("results.json") if store.exists("results.json") else None
+    cfg = store.read_bytes("config.yaml").decode() if store.exists("config.yaml") else None
+    fails = store.read_table("failures.parquet").num_rows if store.exists("failures.parquet") else None
+    body = "".join([summary_section(m, fails), preview_section(store, m), results_section(r),
+                    distribution_section(r), timings_section(m), config_section(cfg)])
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{esc(m.get('name'))} - mgd_ray report"
+            f"</title><style>{CSS}</style></head><body>{body}</body></html>\n")
+
+
+def write_report(out: str, storage_options: dict | None = None) -> str:
+    """(Re)build ``report.html`` in a job's output dir (local or s3://); returns its URI."""
+    store = Store(out, storage_options)
+    store.write_bytes(build_html(store).encode(), "report.html")
+    return store.uri("report.html")
