@@ -281,7 +281,7 @@ class GeneratorWorker:
             x0 = sample(dit_model_fn(dit), diff, labels, seeds, shape, null_label=info.null_label,
                         cfg_scale=job.sampler.cfg_scale, cfg_channels=job.sampler.cfg_channels,
                         variance_type=vt, sampler=job.sampler.kind, eta=job.sampler.eta, guidance=guidance,
-                        device=self.device, dtype=torch.float32 if self.device == "cpu" else dtype)
+                        device=self.device)                    # float32 state; only the DiT call in its dtype
             with torch.no_grad():
                 imgs = decode_latents(vae, x0.to(dtype), info.scaling_factor).float().cpu().numpy()
             imgs = self._crop(imgs)
