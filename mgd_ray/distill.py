@@ -175,9 +175,11 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
         manifest["encode"] = timed("encode", lambda: runner.run_encode(job, store, source, data_key, info.image_size))
     targets = None
     if any(s in stages for s in ("coreset", "generate")):
-        ckey = dict(data_key, coreset=job.coreset.model_dump(mode="json"), method=job.method,
+        ckey = dict(data_key, coreset=job.coreset.model_dump(mode="json", exclude={"latents_per_task", "num_cpus"}),
+                    method=job.method,
                     ipc=job.generate.ipc, seeds=list(job.generate.seeds))
         targets = timed("coreset", lambda: runner.run_coreset(job, store, labels, ckey))
+        manifest["coreset"] = {k: v for k, v in store.read_json("coreset", "_COMPLETE.json").items() if k != "key"}
     units = make_units(job.generate.seeds, labels, source.classes.names, job.generate.ipc,
                        job.generate.targets_per_unit, generator_labels(source, info))
     if "generate" in stages:

@@ -93,6 +93,43 @@ def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path):
     assert mtimes == {f.name: f.stat().st_mtime_ns for f in (out / "shards").glob("*.parquet")}
 
 
+def test_coreset_fans_out_by_class_and_targets_stay_off_the_driver(ray_cluster, tiny_prior, tmp_path, monkeypatch):
+    """A 0-CPU head before scale-up still gets one coreset task per class (latents_per_task=1),
+    and no table with the target vectors passes through the driver: not when the coreset is
+    built, not when it is reused (resume); the generator actors read their own targets."""
+    import ray
+
+    from mgd_ray.pipeline.store import Store
+    out = tmp_path / "out"
+    d = twin_dict(out, tiny_prior, coreset={"latents_per_task": 1}, evaluate={"enabled": False})
+    run_job(job_from_dict(d), ["encode"])
+    seen = []
+    read, write = Store.read_table, Store.write_table
+
+    def spy_read(self, *parts, **kw):
+        t = read(self, *parts, **kw)
+        seen.append(("read", parts, t.column_names))
+        return t
+
+    def spy_write(self, table, *parts):
+        seen.append(("write", parts, table.column_names))
+        return write(self, table, *parts)
+
+    monkeypatch.setattr(Store, "read_table", spy_read)          # the driver's process only
+    monkeypatch.setattr(Store, "write_table", spy_write)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0, "memory": 1e9})   # a 0-CPU head
+    m = run_job(job_from_dict(d), GEN)
+    assert m["coreset"]["tasks"] == 10 and m["coreset"]["classes_per_task"] == 1
+    assert m["coreset"]["targets"] == 20 and m["counts"]["units_committed"] == 10
+    assert not (out / "coreset" / "parts").exists()
+    for f in (out / "shards").glob("*.parquet"):
+        os.remove(f)
+    m2 = run_job(job_from_dict(d), GEN)                          # targets reused, units regenerated
+    assert m2["generate"]["ran"] == 10 and m2["coreset"]["tasks"] == 10
+    assert any(op == "read" and parts[-1] == "targets.parquet" for op, parts, _ in seen)
+    assert not [s for s in seen if "target" in s[2]], seen
+
+
 def test_deterministic_across_actors_and_batch_sizes(ray_cluster, tiny_prior, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     run_job(job_from_dict(twin_dict(a, tiny_prior, generate={"num_actors": 1, "batch_size": 1})), GEN)

@@ -91,7 +91,7 @@ def main(argv=None):
     from ..data import open_source
     from ..distill import setup_logging
     from ..pipeline import runner
-    from ..pipeline.stages import build_class_targets
+    from ..pipeline.stages import TARGET_INDEX_COLUMNS, merge_target_parts, write_class_targets
     from ..pipeline.store import Store
     from ..pipeline.units import make_units
     setup_logging()
@@ -133,9 +133,10 @@ def main(argv=None):
         shutil.copytree(tmp / "enc" / "latents", out / "latents")
         j = job_from_dict(base, [f"output.dir={out}", f"generate.num_actors={actors}"])
         st = Store(str(out))
-        targets = [r for lab in range(10) for r in build_class_targets(j, st, lab, 0)]
+        write_class_targets(j, st, list(range(10)), [0])
+        merge_target_parts(st, list(range(10)))
         units = make_units([0], range(10), src.classes.names, j.generate.ipc, j.generate.targets_per_unit)
-        runner.attach_targets(units, targets)
+        runner.attach_targets(units, st.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS))
         with RSSPoller("GeneratorWorker") as poll:
             r = runner.run_generate(j, st, units)
         gen[actors] = {"images": r["images"], "seconds": r["seconds"], "img_s": r["images_per_s"],
