@@ -260,21 +260,24 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
     _say(f"evaluate: {len(trials)} trials ({len(todo)} to run): {', '.join(t['name'] for t in trials[:6])}"
          f"{' ...' if len(trials) > 6 else ''}")
     if todo:
+        import ray
         size = job.evaluate.image_size
-        test = source.arrays("test", image_size=size, mode="center-crop")
+        ev = job.evaluate
+        jd = job_dict(job)
+        # the evaluation images go by reference: decoded (uint8) by a task on a worker into the
+        # object store; Train workers map them zero-copy (one copy per node), float per batch
+        load = ray.remote(_load_eval_set).options(num_cpus=min(1.0, ev.cpus_per_worker))
+        test = load.remote(jd, "test", None, size)
         baseline_sets = {}
-        if "random-real" in job.evaluate.baselines and job.method != "random-real":
+        if "random-real" in ev.baselines and job.method != "random-real":
             # only the baseline's rows are read: IPC random real images per class, one subset per seed
             from .evaluate import random_real_subset
             _, _, labels_all = source.select("train")
             for s in job.generate.seeds:
-                sub = source.arrays_at("train", random_real_subset(labels_all, job.generate.ipc, s),
-                                       image_size=size, mode="center-crop")
-                baseline_sets[str(s)] = (sub["image"], sub["label"])
-        ev = job.evaluate
+                baseline_sets[str(s)] = load.remote(jd, "train", random_real_subset(labels_all, job.generate.ipc, s),
+                                                    size)
         W = max(1, min(ev.num_workers, len(todo)))
-        cfg = {"job": job_dict(job), "trials": todo, "test_images": test["image"], "test_labels": test["label"],
-               "baseline_sets": baseline_sets,
+        cfg = {"job": jd, "trials": todo, "test": test, "baseline_sets": baseline_sets,
                "num_classes": len(source.classes), "threads": max(1, int(ev.cpus_per_worker))}
 
         def loop(config):
@@ -293,3 +296,14 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
         trainer.fit()
         _say(f"evaluate: {len(todo)} trials on {W} Train worker(s) in {time.time() - t0:.1f}s")
     return [store.read_json("eval", f"{t['name']}.json") for t in trials]
+
+
+def _load_eval_set(jd: dict, split: str, index, size: int | None):
+    """(images uint8 (N, H, W, C) at ``size``, labels int64 (N,)) of a split, or of its rows
+    ``index``; runs as a Ray task so the pixels land in the object store, not in the driver."""
+    from ..data import open_source
+    from .evaluate import fit
+    src = open_source(JobConfig.model_validate(jd).data)
+    a = (src.arrays(split, image_size=size, mode="center-crop") if index is None
+         else src.arrays_at(split, index, image_size=size, mode="center-crop"))
+    return np.ascontiguousarray(fit(a["image"], size)), np.asarray(a["label"], dtype=np.int64)
