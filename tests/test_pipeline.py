@@ -155,6 +155,7 @@ def test_coreset_fans_out_by_class_and_targets_stay_off_the_driver(ray_cluster, 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0, "memory": 1e9})   # a 0-CPU head
     m = run_job(job_from_dict(d), GEN)
     assert m["coreset"]["tasks"] == 10 and m["coreset"]["classes_per_task"] == 1
+    assert m["coreset"]["engine"] == ["numpy"]                    # engine: auto on a machine without a GPU
     assert m["coreset"]["targets"] == 20 and m["counts"]["units_committed"] == 10
     assert not (out / "coreset" / "parts").exists()
     for f in (out / "shards").glob("*.parquet"):

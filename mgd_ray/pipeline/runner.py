@@ -136,17 +136,18 @@ def run_coreset(job: JobConfig, store: Store, labels: list[int], cache_key: dict
     seeds = list(job.generate.seeds)
     _say(f"coreset: {len(todo)} of {len(labels)} classes to build ({len(labels) - len(todo)} kept) in "
          f"{len(groups)} task(s) of <= {per_task} class(es), {c.num_cpus:g} CPU each")
-    built = sum(ray.get([task.remote(jd, g, seeds, max(1, int(c.num_cpus))) for g in groups]))
+    done = ray.get([task.remote(jd, g, seeds, max(1, int(c.num_cpus))) for g in groups])
     n = ray.get(ray.remote(_merge_task).options(num_cpus=min(1.0, c.num_cpus)).remote(jd, list(labels)))
     store.write_json({"key": cache_key, "targets": n, "tasks": len(groups), "classes_per_task": per_task,
-                      "classes_built": len(todo), "targets_built": built}, "coreset", "_COMPLETE.json")
+                      "classes_built": len(todo), "targets_built": sum(d["targets"] for d in done),
+                      "engine": sorted({d["engine"] for d in done}) or None}, "coreset", "_COMPLETE.json")
     store.rm("coreset", "parts")
     _say(f"coreset: {n} targets for {len(labels)} classes x {len(seeds)} seeds "
          f"({job.coreset_method}) in {time.time() - t0:.1f}s")
     return store.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS)
 
 
-def _coreset_task(jd: dict, labels: list[int], seeds: list[int], threads: int) -> int:
+def _coreset_task(jd: dict, labels: list[int], seeds: list[int], threads: int) -> dict:
     from .stages import write_class_targets
     j = JobConfig.model_validate(jd)
     return write_class_targets(j, Store(j.output.dir, j.output.storage_options), labels, seeds, threads=threads)

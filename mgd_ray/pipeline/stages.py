@@ -160,15 +160,17 @@ def part_name(label: int) -> str:
     return f"c{int(label):05d}.parquet"
 
 
-def write_class_targets(job: JobConfig, store: Store, labels: list[int], seeds: list[int], threads: int = 1) -> int:
+def write_class_targets(job: JobConfig, store: Store, labels: list[int], seeds: list[int], threads: int = 1) -> dict:
     """Build the targets of some classes (all generation seeds) and commit one part per class,
-    ``coreset/parts/c<label>.parquet``, on the worker; -> the number of targets written."""
+    ``coreset/parts/c<label>.parquet``, on the worker; -> {"targets": written, "engine": the
+    2-means engine ``coreset.engine`` resolved to on this node}."""
+    from ..method.coreset import resolve_engine
     n = 0
     for lab in labels:
         rows = [r for g in seeds for r in build_class_targets(job, store, lab, g, threads=threads)]
         store.write_table(targets_table(rows), "coreset", "parts", part_name(lab))
         n += len(rows)
-    return n
+    return {"targets": n, "engine": resolve_engine(job.coreset.engine)}
 
 
 def merge_target_parts(store: Store, labels: list[int]) -> int:
