@@ -53,7 +53,7 @@ def setup_logging():
 def versions() -> dict:
     import importlib.metadata as md
     out = {"python": platform.python_version()}
-    for p in ("torch", "ray", "diffusers", "faiss-cpu", "faiss-gpu-cu12", "pyarrow", "numpy", "scikit-learn"):
+    for p in ("torch", "ray", "diffusers", "faiss-cpu", "faiss-gpu", "pyarrow", "numpy", "scikit-learn"):
         try:
             out[p] = md.version(p)
         except md.PackageNotFoundError:
