@@ -166,7 +166,7 @@ def main(argv=None):
             ("generate, 1 actor", f"{gen[1]['img_s']} img/s", f"{gen[1]['actor_peak_rss_mb']} MB"),
             ("generate, 2 actors", f"{gen[2]['img_s']} img/s", f"{gen[2]['actor_peak_rss_mb']} MB"),
             ("generate speed-up 2 / 1 actors", f"{rep['generate_speedup_2_over_1']}", "")]
-    md = ["# Pipeline throughput", "", f"`python -m mgd_ray.bench.pipeline_throughput --images {a.images}` "
+    md = ["# Pipeline throughput", "", f"`python -m mgd_ray.bench.pipeline_throughput --images {a.images} --gen-images {a.gen_images} --steps {a.steps}` "
           f"({n} Fashion-MNIST images, prior `{a.prior}`, {a.steps} DDPM steps, {os.cpu_count()} CPUs)", "",
           "| what | throughput | peak RSS per actor |", "|---|---|---|"]
     md += [f"| {w} | {t} | {m} |" for w, t, m in rows]
