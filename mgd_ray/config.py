@@ -82,9 +82,13 @@ class CoresetConfig(_Model):
     n_restarts: int = Field(default=3, ge=1)
     niter: int = Field(default=20, ge=1)
     neighbourhood_max: int = Field(default=256, ge=1, description="real latents kept per target for the tangent basis")
-    engine: Literal["faiss", "numpy"] = Field(
-        default="faiss", description="2-means engine: faiss (GPU when present) or numpy (fused Lloyd; faster "
-                                     "on CPU for large classes, see benchmarks/reports/coreset_speed.md)")
+    latents_per_task: int = Field(default=20000, ge=1, description="coreset fan-out: one Ray task per this many "
+                                  "latents (whole classes, >= 1 class per task); not the cluster's CPUs")
+    num_cpus: float = Field(default=1.0, gt=0, description="CPUs each coreset task asks for (its BLAS threads)")
+    engine: Literal["auto", "faiss", "numpy"] = Field(
+        default="auto", description="2-means engine: auto (FAISS where its build sees a GPU, else numpy: the "
+                                    "fastest measured, see coreset_speed.md), faiss, or numpy (restarts batched "
+                                    "into one BLAS pass); the manifest records the one used")
 
 
 class GuidanceConfig(_Model):

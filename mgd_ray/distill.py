@@ -54,7 +54,7 @@ def setup_logging():
 def versions() -> dict:
     import importlib.metadata as md
     out = {"python": platform.python_version()}
-    for p in ("torch", "ray", "diffusers", "faiss-cpu", "faiss-gpu-cu12", "pyarrow", "numpy", "scikit-learn"):
+    for p in ("torch", "ray", "diffusers", "faiss-cpu", "faiss-gpu", "pyarrow", "numpy", "scikit-learn"):
         try:
             out[p] = md.version(p)
         except md.PackageNotFoundError:
@@ -144,9 +144,11 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
         manifest["encode"] = timed("encode", lambda: runner.run_encode(job, store, source, data_key, info.image_size))
     targets = None
     if any(s in stages for s in ("coreset", "generate")):
-        ckey = dict(data_key, coreset=job.coreset.model_dump(mode="json"), method=job.method,
+        ckey = dict(data_key, coreset=job.coreset.model_dump(mode="json", exclude={"latents_per_task", "num_cpus"}),
+                    method=job.method,
                     ipc=job.generate.ipc, seeds=list(job.generate.seeds))
         targets = timed("coreset", lambda: runner.run_coreset(job, store, labels, ckey))
+        manifest["coreset"] = {k: v for k, v in store.read_json("coreset", "_COMPLETE.json").items() if k != "key"}
     units = make_units(job.generate.seeds, labels, source.classes.names, job.generate.ipc,
                        job.generate.targets_per_unit, generator_labels(source.classes, info))
     if "generate" in stages:

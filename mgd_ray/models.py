@@ -251,4 +251,4 @@ def encode_latents(vae, images, scaling_factor: float):
 
 def decode_latents(vae, z, scaling_factor: float):
     """z (B, c, h, w) -> images (B, C, H, W) in [-1, 1] (clamped)."""
-    return vae.decode(z / scaling_factor).sample.clamp(-1, 1)
+    return vae.decode((z / scaling_factor).to(vae.dtype)).sample.clamp(-1, 1)

@@ -59,7 +59,7 @@ def test_launcher_node_types_and_setup(name):
     assert "torch==2.13.0" in setup and "-e ~/mgd_ray" in setup
     assert "facebook/DiT-XL-2-256" in setup and "stabilityai/sd-vae-ft-mse" in setup   # offline model loads
     workers = "\n".join(cfg["worker_setup_commands"])
-    assert "mgd_ray[gpu]" in workers and "faiss-cpu" in workers
+    assert "mgd_ray[gpu]" in workers and "faiss-cpu" in workers and "faiss-gpu==1.15.1" in workers
     assert cfg["file_mounts"]["~/mgd_ray"] == "."
     assert {".git", ".venv", "out"} <= set(cfg["rsync_exclude"])
 
@@ -157,6 +157,15 @@ def test_dockerfile_installs_the_package_and_models():
     text = (CLUSTER / "Dockerfile").read_text()
     assert re.search(r"^FROM rayproject/ray:2\.60\.0-py311", text, re.M)
     assert "torch==2.13.0" in text and '-e ".[gpu]"' in text and "facebook/DiT-XL-2-256" in text
+    assert "faiss-gpu==1.15.1" in text and "cu12" not in text
+
+
+def test_gpu_extra_is_faiss_gpu_at_the_faiss_cpu_version():
+    """The design names faiss-gpu; its version matches faiss-cpu's, so both builds run the same FAISS."""
+    import tomllib
+    proj = tomllib.loads((CLUSTER.parent / "pyproject.toml").read_text())["project"]
+    cpu = next(d for d in proj["dependencies"] if d.startswith("faiss-cpu=="))
+    assert proj["optional-dependencies"]["gpu"] == ["faiss-gpu==" + cpu.split("==")[1]]
     ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
     assert {".git", ".venv", "out"} <= set(ignore)
 

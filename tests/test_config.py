@@ -135,7 +135,7 @@ def test_guidance_that_never_switches_on_is_an_error():
 
 def test_coreset_engine_reaches_the_coreset_builder():
     from mgd_ray.pipeline.stages import coreset_kwargs
-    assert coreset_kwargs(job_from_dict({}))["engine"] == "faiss"
+    assert coreset_kwargs(job_from_dict({}))["engine"] == "auto"
     assert coreset_kwargs(job_from_dict({}, ["coreset.engine=numpy"]))["engine"] == "numpy"
     with pytest.raises(JobError) as e:
         job_from_dict({}, ["coreset.engine=cuda"])

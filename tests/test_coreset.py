@@ -166,3 +166,29 @@ def test_engines_agree_on_separated_blobs():
     a = tree_sse(Z, build_coreset(Z, ids, 0, 6, engine="faiss"), ids)
     b = tree_sse(Z, build_coreset(Z, ids, 0, 6, engine="numpy"), ids)
     assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_numpy_restarts_batched_equal_separate_restarts():
+    """The numpy engine runs its restarts together (one pass over X per iteration for all): the
+    result is the best of the same restarts run one at a time from the same random stream."""
+    from mgd_ray.method.coreset import _two_means_numpy
+    X = np.random.default_rng(3).normal(size=(300, 48)).astype(np.float32)   # no clear 2 clusters
+    together = _two_means_numpy(X, np.random.default_rng(0), n_restarts=4, niter=20)
+    rng = np.random.default_rng(0)
+    singles = [_two_means_numpy(X, rng, n_restarts=1, niter=20) for _ in range(4)]
+    assert len({round(o, 3) for _, o in singles}) > 1                   # the restarts do differ
+    best = min(singles, key=lambda r: r[1])
+    assert np.array_equal(together[0], best[0]) and together[1] == pytest.approx(best[1], rel=1e-9)
+
+
+def test_engine_auto_picks_by_device(monkeypatch):
+    from mgd_ray.config import CoresetConfig
+    from mgd_ray.method import coreset as cs
+    assert CoresetConfig().engine == "auto"
+    monkeypatch.setattr(cs, "_faiss_gpu", lambda: False)
+    assert cs.resolve_engine("auto") == "numpy" and cs.resolve_engine("faiss") == "faiss"
+    Z, ids = _blobs(n_per=10, k=3, seed=1)
+    assert tree_sse(Z, build_coreset(Z, ids, 0, 3, engine="auto"), ids) == \
+        tree_sse(Z, build_coreset(Z, ids, 0, 3, engine="numpy"), ids)
+    monkeypatch.setattr(cs, "_faiss_gpu", lambda: True)                     # a faiss-gpu build with a GPU
+    assert cs.resolve_engine("auto") == "faiss"

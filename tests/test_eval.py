@@ -221,6 +221,19 @@ def test_train_reaches_high_accuracy_and_reports_schedule():
     assert [m["acc"] for m in seen] == [a for _, a in res["history"]]
 
 
+def test_uint8_test_pixels_give_the_same_accuracy():
+    """The pipeline ships evaluation pixels as uint8 (NHWC, from the object store) and makes them
+    float one batch at a time: the same accuracies as the whole float32 test set up front."""
+    xtr, ytr = _toy(8, seed=1)
+    xte, yte = _toy(10, seed=2)
+    u8 = ((xte + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    cfg = TrainConfig(**{**_TOY_CFG, "eval_batch_size": 7})
+    as_float = train_and_evaluate(xtr, ytr, to_float_images(u8), yte, 10, cfg)
+    as_uint8 = train_and_evaluate(xtr, ytr, u8, yte, 10, cfg)
+    assert as_float["final_acc"] >= 0.8
+    assert as_uint8["history"] == as_float["history"]
+
+
 def test_shuffled_labels_stay_near_chance():
     xtr, ytr = _toy(8, seed=1)
     xte, yte = _toy(10, seed=2)

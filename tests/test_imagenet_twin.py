@@ -141,18 +141,19 @@ def test_imagenet1k_job_twin(ray_cluster, hub_models, tmp_path):
     import torch
 
     from mgd_ray.pipeline.runner import attach_targets
-    from mgd_ray.pipeline.stages import GeneratorWorker
+    from mgd_ray.pipeline.stages import GeneratorWorker, read_targets
     from mgd_ray.pipeline.units import decode_png, make_units
     torch.set_num_threads(1)
-    targets = pq.read_table(out / "coreset" / "targets.parquet").to_pylist()
+    targets = pq.read_table(out / "coreset" / "targets.parquet", columns=["gen_seed", "label", "index"])
     worker = GeneratorWorker(job.model_dump(mode="json"), threads=1)
     by_id = {r["sample_id"]: decode_png(r["image"]).astype(int) for r in rows}
 
     def regenerate(gen_labels):
         units = make_units([0], [0, 1, 2], WNIDS, 2, 2, gen_labels)
         attach_targets(units, targets)
-        rows = worker._generate([(u, t) for u in units for t in u.targets], [])
-        return {r["sample_id"]: decode_png(r["image"]).astype(int) for r in rows}
+        tg = read_targets(worker.store, [0, 1, 2], [i for u in units for i in u.target_ids])
+        return {r["sample_id"]: decode_png(r["image"]).astype(int)
+                for r in worker._generate([(u, tg[i]) for u in units for i in u.target_ids], [])}
 
     right, wrong = regenerate(IMAGENET_IDS), regenerate([0, 1, 2])
     for sid, img in by_id.items():

@@ -47,10 +47,45 @@ def shard_rows(out: Path) -> list[dict]:
     return rows
 
 
-def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path):
+def _arrays_in(obj) -> list:
+    """numpy arrays / torch tensors anywhere in a nested config."""
+    import torch
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return [obj]
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else []
+    return [a for v in items for a in _arrays_in(v)]
+
+
+def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path, monkeypatch):
+    import ray.train.torch
+    configs = []
+
+    class RecordingTrainer(ray.train.torch.TorchTrainer):
+        def __init__(self, *a, train_loop_config=None, **kw):
+            configs.append(train_loop_config)
+            super().__init__(*a, train_loop_config=train_loop_config, **kw)
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", RecordingTrainer)
     out = tmp_path / "out"
-    m = run_job(job_from_dict(twin_dict(out, tiny_prior)))
+    job = job_from_dict(twin_dict(out, tiny_prior))
+    m = run_job(job)
     assert m["status"] == "complete"
+    # evaluation pixels went by reference (ObjectRefs), none inside the Train config ...
+    assert len(configs) == 1 and not _arrays_in(configs[0])
+    assert isinstance(configs[0]["test"], ray.ObjectRef) and len(configs[0]["baseline_sets"]) == 1
+    # ... and the trials are those of the same arrays passed by value (same accuracy)
+    from mgd_ray.data import open_source
+    from mgd_ray.pipeline.evaluate import run_trials
+    src = open_source(job.data)
+    test = src.arrays("test", image_size=job.evaluate.image_size, mode="center-crop")
+    base = ray.get(configs[0]["baseline_sets"]["0"])
+    shutil.copytree(out, tmp_path / "again", ignore=shutil.ignore_patterns("eval"))
+    again = job_from_dict(twin_dict(tmp_path / "again", tiny_prior))
+    cfg = dict(configs[0], job=again.model_dump(mode="json"), test=(test["image"], test["label"]),
+               baseline_sets={"0": (np.array(base[0]), np.array(base[1]))})
+    for rec in run_trials(cfg):
+        old = json.loads((out / "eval" / f"{rec['name']}.json").read_text())
+        assert json.loads(json.dumps(rec["history"])) == old["history"], rec["name"]
     man = json.loads((out / "manifest.json").read_text())
     assert man["status"] == "complete" and man["counts"]["images"] == 20
     assert man["model"]["null_label"] == 10 and man["model"]["transformer_sha256"] != "unknown"
@@ -93,6 +128,44 @@ def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path):
     m2 = run_job(job_from_dict(twin_dict(out, tiny_prior)))
     assert m2["status"] == "complete" and m2["generate"]["ran"] == 0
     assert mtimes == {f.name: f.stat().st_mtime_ns for f in (out / "shards").glob("*.parquet")}
+
+
+def test_coreset_fans_out_by_class_and_targets_stay_off_the_driver(ray_cluster, tiny_prior, tmp_path, monkeypatch):
+    """A 0-CPU head before scale-up still gets one coreset task per class (latents_per_task=1),
+    and no table with the target vectors passes through the driver: not when the coreset is
+    built, not when it is reused (resume); the generator actors read their own targets."""
+    import ray
+
+    from mgd_ray.pipeline.store import Store
+    out = tmp_path / "out"
+    d = twin_dict(out, tiny_prior, coreset={"latents_per_task": 1}, evaluate={"enabled": False})
+    run_job(job_from_dict(d), ["encode"])
+    seen = []
+    read, write = Store.read_table, Store.write_table
+
+    def spy_read(self, *parts, **kw):
+        t = read(self, *parts, **kw)
+        seen.append(("read", parts, t.column_names))
+        return t
+
+    def spy_write(self, table, *parts):
+        seen.append(("write", parts, table.column_names))
+        return write(self, table, *parts)
+
+    monkeypatch.setattr(Store, "read_table", spy_read)          # the driver's process only
+    monkeypatch.setattr(Store, "write_table", spy_write)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0, "memory": 1e9})   # a 0-CPU head
+    m = run_job(job_from_dict(d), GEN)
+    assert m["coreset"]["tasks"] == 10 and m["coreset"]["classes_per_task"] == 1
+    assert m["coreset"]["engine"] == ["numpy"]                    # engine: auto on a machine without a GPU
+    assert m["coreset"]["targets"] == 20 and m["counts"]["units_committed"] == 10
+    assert not (out / "coreset" / "parts").exists()
+    for f in (out / "shards").glob("*.parquet"):
+        os.remove(f)
+    m2 = run_job(job_from_dict(d), GEN)                          # targets reused, units regenerated
+    assert m2["generate"]["ran"] == 10 and m2["coreset"]["tasks"] == 10
+    assert any(op == "read" and parts[-1] == "targets.parquet" for op, parts, _ in seen)
+    assert not [s for s in seen if "target" in s[2]], seen
 
 
 def test_deterministic_across_actors_and_batch_sizes(ray_cluster, tiny_prior, tmp_path):

@@ -151,21 +151,25 @@ class TrainConfig:
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
              device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy (fraction) of ``model`` on x (N,C,H,W) / y (N,)."""
+    """Top-1 accuracy (fraction) of ``model`` on x / y (N,): x float (N,C,H,W) in [-1, 1], or uint8
+    pixels (any layout ``to_float_images`` takes), made float one batch at a time."""
     base = getattr(model, "module", model)  # unwrap DDP: no collectives during evaluation
     was_training = base.training
     base.eval()
     correct = 0
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device, non_blocking=True)
+        xb = x[i:i + batch_size]
+        xb = (to_float_images(xb) if xb.dtype == torch.uint8 else xb).to(device, non_blocking=True)
         yb = y[i:i + batch_size].to(device, non_blocking=True)
         correct += int((base(xb).argmax(1) == yb).sum())
     base.train(was_training)
     return correct / max(1, len(x))
 
 
-def _check_inputs(x: torch.Tensor, y: torch.Tensor, num_classes: int, what: str) -> None:
-    if x.ndim != 4 or not x.is_floating_point():
+def _check_inputs(x: torch.Tensor, y: torch.Tensor, num_classes: int, what: str, uint8_ok: bool = False) -> None:
+    if uint8_ok and x.dtype == torch.uint8 and x.ndim in (3, 4):
+        pass                                  # evaluation pixels: float per batch in evaluate()
+    elif x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"{what}: expected float (N,C,H,W) in [-1,1], got {x.dtype} "
                          f"{tuple(x.shape)}; use to_float_images() for uint8 data")
     if y.ndim != 1 or len(y) != len(x):
@@ -182,7 +186,7 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
                        rank: int = 0, world_size: int = 1) -> dict:
     """Train ``cfg.student`` from scratch on (x_train, y_train); evaluate on (x_test, y_test).
 
-    x_* float (N,C,H,W) in [-1,1]; y_* long (N,). ``report(metrics)`` is called at every
+    x_* float (N,C,H,W) in [-1,1] (x_test may be uint8 pixels, see ``evaluate``); y_* long (N,). ``report(metrics)`` is called at every
     evaluation point with ``{"epoch", "acc", "best_acc", "lr", "loss"}``. ``model_wrapper``
     (e.g. Ray Train's ``prepare_model``) receives the freshly built model and returns the
     model to train (DDP-wrapped or moved to the device); without it the model is moved to
@@ -196,7 +200,7 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
     t0 = time.perf_counter()
     y_train, y_test = torch.as_tensor(y_train).long(), torch.as_tensor(y_test).long()
     _check_inputs(x_train, y_train, num_classes, "x_train")
-    _check_inputs(x_test, y_test, num_classes, "x_test")
+    _check_inputs(x_test, y_test, num_classes, "x_test", uint8_ok=True)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     channels, im_size = x_train.shape[1], x_train.shape[-1]

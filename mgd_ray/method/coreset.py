@@ -198,58 +198,78 @@ def _two_means_numpy(X: np.ndarray, rng: np.random.Generator, n_restarts: int, n
     """Best-of-restarts Lloyd 2-means in numpy, on ALL rows of X (m, D) float32.
 
     Same contract as ``_two_means`` (the FAISS engine). Seeding: k-means++ for k = 2 (a uniform
-    row, then a row drawn with probability ∝ its squared distance to it). Each iteration is ONE
-    chunked pass (a (c, D)×(D, 2) product for the assignment, a (1, c)×(c, D) product for the
-    new second-cluster sum); stops when the assignment no longer changes or after niter passes.
-    Restarts are ranked by the objective of the last pass (the split's SSE once converged).
+    row, then a row drawn with probability ∝ its squared distance to it), restart by restart.
+    The restarts then iterate TOGETHER: each iteration is ONE chunked pass over X for all of
+    them (a (c, D)×(D, 2R) product for the assignments, an (R, c)×(c, D) product for the new
+    second-cluster sums), so X is read once per iteration, not once per restart (at class sizes
+    the pass is memory-bound). A restart stops when its assignment no longer changes, or is
+    degenerate, or after niter passes; restarts are ranked by the objective of their last pass
+    (the split's SSE once converged), the first of equal ones kept.
     row_sq (m,) and total (D,) may be passed in (float64 |x|² and Σ x) to skip one pass.
     -> (assign (m,) bool, objective or None for the random-halving fallback).
     """
     m, D = X.shape
     if row_sq is None or total is None:                                      # (m,) |x|², (D,) Σ x
         row_sq, total = _row_stats(X)
-    tot = total
-
-    def sqdist(c):                                                           # (m,) |x − c|²
-        return np.maximum(row_sq - 2.0 * (X @ c.astype(np.float32)).astype(np.float64) + c @ c, 0.0)
-
-    best, best_obj = None, np.inf
-    for _ in range(max(1, n_restarts)):
+    R = max(1, n_restarts)
+    C = np.empty((2 * R, D), dtype=np.float64)          # rows r: first centroid, R + r: second
+    for r in range(R):
         c0 = X[int(rng.integers(m))].astype(np.float64)
-        d = sqdist(c0)
-        c1 = X[int(rng.choice(m, p=d / d.sum())) if d.sum() > 0 else int(rng.integers(m))].astype(np.float64)
-        prev, assign, obj = None, None, np.inf
-        for _ in range(max(1, niter)):
-            W = np.stack([c0, c1], axis=1).astype(np.float32)               # (D, 2)
-            cn = np.array([c0 @ c0, c1 @ c1])
-            assign = np.empty(m, dtype=bool)
-            s1, obj = np.zeros(D, dtype=np.float64), 0.0
-            for s in range(0, m, chunk):
-                Xc = X[s:s + chunk]
-                P = (Xc @ W).astype(np.float64)                              # (c, 2)
-                d0 = row_sq[s:s + chunk] - 2.0 * P[:, 0] + cn[0]
-                d1 = row_sq[s:s + chunk] - 2.0 * P[:, 1] + cn[1]
-                a = d1 < d0
-                assign[s:s + chunk] = a
-                obj += float(np.minimum(d0, d1).sum())
-                s1 += a.astype(np.float32) @ Xc
-            n1 = int(assign.sum())
-            if n1 == 0 or n1 == m:
-                break
-            c0, c1 = (tot - s1) / (m - n1), s1 / n1
-            if prev is not None and np.array_equal(prev, assign):
-                break
-            prev = assign
-        if assign is not None and 0 < int(assign.sum()) < m and obj < best_obj:
-            best, best_obj = assign, max(obj, 0.0)
-    if best is None:
+        d = np.maximum(row_sq - 2.0 * (X @ c0.astype(np.float32)).astype(np.float64) + c0 @ c0, 0.0)
+        c1 = X[int(rng.choice(m, p=d / d.sum())) if d.sum() > 0 else int(rng.integers(m))]
+        C[r], C[R + r] = c0, c1
+    assign = np.zeros((m, R), dtype=bool)
+    obj = np.full(R, np.inf)
+    ok = np.zeros(R, dtype=bool)                        # last assignment has two non-empty sides
+    active = np.arange(R)
+    for it in range(max(1, niter)):
+        a = len(active)
+        W = np.concatenate([C[active], C[R + active]]).T.astype(np.float32)      # (D, 2a)
+        cn = np.einsum("ij,ij->i", C, C)
+        A = np.empty((m, a), dtype=bool)
+        S1, ob = np.zeros((a, D), dtype=np.float64), np.zeros(a)
+        for s in range(0, m, chunk):
+            Xc = X[s:s + chunk]
+            P = (Xc @ W).astype(np.float64)                                       # (c, 2a)
+            rs = row_sq[s:s + chunk, None]
+            d0 = rs - 2.0 * P[:, :a] + cn[active]
+            d1 = rs - 2.0 * P[:, a:] + cn[R + active]
+            Ac = d1 < d0
+            A[s:s + chunk] = Ac
+            ob += np.minimum(d0, d1).sum(axis=0)
+            S1 += Ac.T.astype(np.float32) @ Xc                                    # (a, D)
+        n1 = A.sum(axis=0)
+        still = []
+        for k, r in enumerate(active):
+            same = it > 0 and np.array_equal(assign[:, r], A[:, k])
+            assign[:, r], obj[r] = A[:, k], ob[k]
+            ok[r] = 0 < n1[k] < m
+            if not ok[r]:
+                continue                                                          # degenerate: stop
+            C[r], C[R + r] = (total - S1[k]) / (m - n1[k]), S1[k] / n1[k]
+            if not same:
+                still.append(r)
+        active = np.asarray(still, dtype=np.int64)
+        if not len(active):
+            break
+    if not ok.any():
         best = np.zeros(m, dtype=bool)
         best[rng.permutation(m)[: m // 2]] = True
         return best, None
-    return best, best_obj
+    r = int(np.flatnonzero(ok)[np.argmin(obj[ok])])
+    return assign[:, r].copy(), max(float(obj[r]), 0.0)
 
 
 ENGINES = {"faiss": _two_means, "numpy": _two_means_numpy}
+
+
+def resolve_engine(engine: str) -> str:
+    """``auto`` -> the fastest measured engine here: FAISS when its build sees a GPU, else numpy
+    (on one CPU thread numpy beats FAISS both at an ImageNet class, 1,300 x 4,096, and at
+    100,000 x 4,096: bench/reports/coreset_speed.md). Other names pass through."""
+    if engine != "auto":
+        return engine
+    return "faiss" if _faiss_gpu() else "numpy"
 
 
 # ----------------------------------------------------------------------------------------
@@ -405,6 +425,7 @@ def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, *, metho
     Image seeds are image_seed(global_seed, label, j), global_seed defaulting to ``seed``.
     -> list[Target] of length ipc, index j = 0..ipc-1.
     """
+    engine = resolve_engine(engine)
     for name, val, ok in (("method", method, METHODS), ("split", split, SPLITS), ("engine", engine, tuple(ENGINES)),
                           ("selection", selection, SELECTIONS), ("representative", representative, REPRESENTATIVES)):
         if val not in ok:

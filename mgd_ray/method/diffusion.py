@@ -2,7 +2,8 @@
 
 This reproduces the arithmetic of DiT's ``diffusion/`` package (itself from OpenAI's
 improved-diffusion / ADM) without copying it: every coefficient is computed in float64
-numpy from the closed-form DDPM formulas and only cast to the sample's dtype when used.
+numpy from the closed-form DDPM formulas and only cast to the sample's dtype when used (float32 at
+least: a bfloat16 input gets float32 coefficients and float32 results).
 
 Notation (kept in the code):
     beta_t                 noise added at step t;  alpha_t = 1 - beta_t
@@ -86,11 +87,14 @@ def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int
 def _extract(arr: torch.Tensor, t_idx, like: torch.Tensor) -> torch.Tensor:
     """Gather per-sample coefficients and broadcast them against ``like``.
 
-    arr (N,) float64; t_idx int or (B,) long; like (B, ...) -> (B, 1, ..., 1) in like.dtype.
+    arr (N,) float64; t_idx int or (B,) long; like (B, ...) -> (B, 1, ..., 1) in like.dtype, but
+    never below float32: coefficients such as sqrt(1/alpha_bar - 1) ~ 1e-2 .. 1e2 lose two to three
+    digits in bfloat16, so a half-precision ``like`` gets float32 coefficients (and float32 results).
     """
     if isinstance(t_idx, int) or (torch.is_tensor(t_idx) and t_idx.ndim == 0):
         t_idx = torch.full((like.shape[0],), int(t_idx), dtype=torch.long)
-    out = arr[t_idx.to("cpu").long()].to(device=like.device, dtype=like.dtype)
+    dtype = like.dtype if like.dtype == torch.float64 else torch.float32
+    out = arr[t_idx.to("cpu").long()].to(device=like.device, dtype=dtype)
     return out.view(-1, *([1] * (like.ndim - 1)))
 
 

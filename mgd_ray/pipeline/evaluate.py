@@ -67,8 +67,27 @@ def fit(images, size: int | None):
     return fit_batch(images, size, "center-crop")
 
 
+def _resolve(x):
+    """An ObjectRef (what the runner ships) -> its value; a plain (images, labels) pair as is."""
+    import ray
+    return ray.get(x) if isinstance(x, ray.ObjectRef) else x
+
+
+def _uint8_tensor(images: np.ndarray):
+    """uint8 images -> a torch tensor sharing their memory (the object store's read-only buffer)."""
+    import warnings
+
+    import torch
+    with warnings.catch_warnings():                      # read-only: only ever sliced and copied
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(images, dtype=np.uint8))
+
+
 def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None) -> list[dict]:
-    """Run this worker's share of the trials (trial i goes to worker i mod world_size)."""
+    """Run this worker's share of the trials (trial i goes to worker i mod world_size).
+
+    cfg["test"] and each cfg["baseline_sets"][seed] are (images uint8 NHWC, labels) pairs or
+    ObjectRefs to them (the runner's way: no pixels in the Train config)."""
     import torch
 
     from ..eval import TrainConfig, train_and_evaluate
@@ -78,8 +97,9 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
     size = job.evaluate.image_size
     device = "cuda" if torch.cuda.is_available() and job.evaluate.gpus_per_worker > 0 else "cpu"
-    x_test = to_float_images(fit(cfg["test_images"], size))
-    y_test = torch.as_tensor(cfg["test_labels"]).long()
+    test_images, test_labels = _resolve(cfg["test"])
+    x_test = _uint8_tensor(test_images)                  # uint8; evaluate() makes floats per batch
+    y_test = torch.as_tensor(test_labels).long()
     num_classes = int(cfg["num_classes"])
     ev = job.evaluate
     done = []
@@ -91,7 +111,7 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
             done.append(store.read_json(*key))
             continue
         if trial["kind"] == "random-real" and job.method != "random-real":
-            imgs, labels = cfg["baseline_sets"][str(trial["set_seed"])]
+            imgs, labels = _resolve(cfg["baseline_sets"][str(trial["set_seed"])])
         else:
             imgs, labels = load_shard_set(store, trial["set_seed"])
         imgs = fit(imgs, size)

@@ -135,48 +135,77 @@ def collect_failures(store: Store, source, max_failures: int):
 
 
 # ---- coreset --------------------------------------------------------------------------------
-def run_coreset(job: JobConfig, store: Store, labels: list[int], cache_key: dict) -> list[dict]:
+def run_coreset(job: JobConfig, store: Store, labels: list[int], cache_key: dict):
+    """Per-class coresets as Ray tasks -> ``coreset/targets.parquet``; -> its index columns only
+    (``TARGET_INDEX_COLUMNS``: ids, seeds, labels; never the target vectors, which the generator
+    actors read themselves).
+
+    Fan-out follows the data, not the cluster's CPUs at this instant: one task per
+    ``coreset.latents_per_task`` latents (whole classes, at least one class per task), each
+    asking for ``coreset.num_cpus``, so on an autoscaling cluster (a 0-CPU head) the pending
+    tasks make the autoscaler add workers. Each task commits one part per class; the parts of an
+    interrupted run with the same settings are kept, so a rerun builds only the missing classes.
+    """
     import ray
 
-    from .stages import build_class_targets, targets_table
+    from .stages import TARGET_INDEX_COLUMNS, part_name
     if store.exists("coreset", "targets.parquet") and store.exists("coreset", "_COMPLETE.json"):
         if store.read_json("coreset", "_COMPLETE.json").get("key") == cache_key:
-            t = store.read_table("coreset", "targets.parquet").to_pylist()
-            _say(f"coreset: reusing {len(t)} targets from {store.uri('coreset', 'targets.parquet')}")
+            t = store.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS)
+            _say(f"coreset: reusing {t.num_rows} targets from {store.uri('coreset', 'targets.parquet')}")
             return t
     t0 = time.time()
-
-    @ray.remote(num_cpus=1)
-    def coreset_task(jd, chunk, seeds):
-        j = JobConfig.model_validate(jd)
-        s = Store(j.output.dir, j.output.storage_options)
-        return [r for lab in chunk for g in seeds for r in build_class_targets(j, s, lab, g, threads=1)]
-
-    # a task per ~20k latents (small data: one task; each task pays a worker start-up)
+    if not (store.exists("coreset", "parts", "_KEY.json") and store.read_json("coreset", "parts", "_KEY.json")
+            == cache_key):
+        store.rm("coreset")                                   # made with other settings
+        store.write_json(cache_key, "coreset", "parts", "_KEY.json")
+    have = set(store.ls("coreset", "parts", suffix=".parquet"))
+    todo = [lab for lab in labels if part_name(lab) not in have]
+    c = job.coreset
     n_rows = int(store.read_json("latents", "_COMPLETE.json").get("rows", 0))
-    n_tasks = max(1, min(len(labels), int(ray.cluster_resources().get("CPU", 1)), n_rows // 20000))
-    chunks = [labels[i::n_tasks] for i in range(n_tasks)]
+    per_task = max(1, c.latents_per_task * len(labels) // max(1, n_rows))            # classes per task
+    groups = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
+    task = ray.remote(_coreset_task).options(num_cpus=c.num_cpus)
     jd = ray.put(job_dict(job))
-    refs = [coreset_task.remote(jd, c, list(job.generate.seeds)) for c in chunks if c]
-    rows = [r for part in ray.get(refs) for r in part]
-    table = targets_table(rows)
-    store.write_table(table, "coreset", "targets.parquet")
-    store.write_json({"key": cache_key, "targets": len(rows)}, "coreset", "_COMPLETE.json")
-    _say(f"coreset: {len(rows)} targets for {len(labels)} classes x {len(job.generate.seeds)} seeds "
+    seeds = list(job.generate.seeds)
+    _say(f"coreset: {len(todo)} of {len(labels)} classes to build ({len(labels) - len(todo)} kept) in "
+         f"{len(groups)} task(s) of <= {per_task} class(es), {c.num_cpus:g} CPU each")
+    done = ray.get([task.remote(jd, g, seeds, max(1, int(c.num_cpus))) for g in groups])
+    n = ray.get(ray.remote(_merge_task).options(num_cpus=min(1.0, c.num_cpus)).remote(jd, list(labels)))
+    store.write_json({"key": cache_key, "targets": n, "tasks": len(groups), "classes_per_task": per_task,
+                      "classes_built": len(todo), "targets_built": sum(d["targets"] for d in done),
+                      "engine": sorted({d["engine"] for d in done}) or None}, "coreset", "_COMPLETE.json")
+    store.rm("coreset", "parts")
+    _say(f"coreset: {n} targets for {len(labels)} classes x {len(seeds)} seeds "
          f"({job.coreset_method}) in {time.time() - t0:.1f}s")
-    return table.to_pylist()
+    return store.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS)
+
+
+def _coreset_task(jd: dict, labels: list[int], seeds: list[int], threads: int) -> dict:
+    from .stages import write_class_targets
+    j = JobConfig.model_validate(jd)
+    return write_class_targets(j, Store(j.output.dir, j.output.storage_options), labels, seeds, threads=threads)
+
+
+def _merge_task(jd: dict, labels: list[int]) -> int:
+    from .stages import merge_target_parts
+    j = JobConfig.model_validate(jd)
+    return merge_target_parts(Store(j.output.dir, j.output.storage_options), labels)
 
 
 # ---- generate -------------------------------------------------------------------------------
-def attach_targets(units: list[Unit], targets: list[dict]):
-    by = {}
-    for t in targets:
-        by.setdefault((int(t["gen_seed"]), int(t["label"])), []).append(t)
+def attach_targets(units: list[Unit], index):
+    """Give every unit the ids of its targets; ``index`` is the targets' index table (or any
+    table with columns gen_seed, label, index). Checks each unit's targets exist."""
+    from .units import target_id
+    have = set(zip(*(index.column(c).to_numpy().tolist() for c in ("gen_seed", "label", "index"))))
     for u in units:
-        rows = sorted(by.get((u.gen_seed, u.label), []), key=lambda r: r["index"])
-        u.targets = [r for r in rows if u.start <= r["index"] < u.start + u.count]
-        if len(u.targets) != u.count:
-            raise RuntimeError(f"unit {u.name}: expected {u.count} targets, found {len(u.targets)}")
+        idx = range(u.start, u.start + u.count)
+        missing = [j for j in idx if (u.gen_seed, u.label, j) not in have]
+        if missing:
+            raise RuntimeError(f"unit {u.name}: expected {u.count} targets, {len(missing)} missing "
+                               f"(indices {missing[:5]}) in coreset/targets.parquet")
+        u.target_ids = [target_id(u.gen_seed, u.label, j) for j in idx]
 
 
 def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
@@ -256,21 +285,24 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
     _say(f"evaluate: {len(trials)} trials ({len(todo)} to run): {', '.join(t['name'] for t in trials[:6])}"
          f"{' ...' if len(trials) > 6 else ''}")
     if todo:
+        import ray
         size = job.evaluate.image_size
-        test = source.arrays("test", image_size=size, mode="center-crop")
+        ev = job.evaluate
+        jd = job_dict(job)
+        # the evaluation images go by reference: decoded (uint8) by a task on a worker into the
+        # object store; Train workers map them zero-copy (one copy per node), float per batch
+        load = ray.remote(_load_eval_set).options(num_cpus=min(1.0, ev.cpus_per_worker))
+        test = load.remote(jd, "test", None, size)
         baseline_sets = {}
-        if "random-real" in job.evaluate.baselines and job.method != "random-real":
+        if "random-real" in ev.baselines and job.method != "random-real":
             # only the baseline's rows are read: IPC random real images per class, one subset per seed
             from .evaluate import random_real_subset
             _, _, labels_all = source.select("train")
             for s in job.generate.seeds:
-                sub = source.arrays_at("train", random_real_subset(labels_all, job.generate.ipc, s),
-                                       image_size=size, mode="center-crop")
-                baseline_sets[str(s)] = (sub["image"], sub["label"])
-        ev = job.evaluate
+                baseline_sets[str(s)] = load.remote(jd, "train", random_real_subset(labels_all, job.generate.ipc, s),
+                                                    size)
         W = max(1, min(ev.num_workers, len(todo)))
-        cfg = {"job": job_dict(job), "trials": todo, "test_images": test["image"], "test_labels": test["label"],
-               "baseline_sets": baseline_sets,
+        cfg = {"job": jd, "trials": todo, "test": test, "baseline_sets": baseline_sets,
                "num_classes": len(source.classes), "threads": max(1, int(ev.cpus_per_worker))}
 
         def loop(config):
@@ -296,3 +328,14 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
             trainer.fit()
         _say(f"evaluate: {len(todo)} trials on {W} Train worker(s) in {time.time() - t0:.1f}s")
     return [store.read_json("eval", f"{t['name']}.json") for t in trials]
+
+
+def _load_eval_set(jd: dict, split: str, index, size: int | None):
+    """(images uint8 (N, H, W, C) at ``size``, labels int64 (N,)) of a split, or of its rows
+    ``index``; runs as a Ray task so the pixels land in the object store, not in the driver."""
+    from ..data import open_source
+    from .evaluate import fit
+    src = open_source(JobConfig.model_validate(jd).data)
+    a = (src.arrays(split, image_size=size, mode="center-crop") if index is None
+         else src.arrays_at(split, index, image_size=size, mode="center-crop"))
+    return np.ascontiguousarray(fit(a["image"], size)), np.asarray(a["label"], dtype=np.int64)

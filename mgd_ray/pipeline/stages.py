@@ -2,7 +2,9 @@
 
 - ``Encoder``: ``__init__`` loads the frozen VAE once; ``__call__`` maps a batch
   ``{id, label, image}`` -> ``{id, label, latent}`` (z = s * posterior mean, flattened).
-- ``build_class_targets``: one class's coreset (the method core) -> target rows.
+- ``build_class_targets``: one class's coreset (the method core) -> target rows;
+  ``write_class_targets`` commits them per class on a worker, ``merge_target_parts`` makes
+  ``coreset/targets.parquet`` and ``read_targets`` gives an actor the rows of its units.
 - ``GeneratorWorker``: ``__init__`` loads DiT + VAE once; ``run_unit`` generates one work unit
   and commits it as ONE Parquet shard (deterministic name, atomic write); non-generative
   methods (random-real, herding, kcenter) write the chosen real images instead.
@@ -18,7 +20,7 @@ import numpy as np
 
 from ..config import JobConfig
 from .store import Store
-from .units import Unit, dit_batches, png_bytes, sample_id, shard_table, to_uint8
+from .units import Unit, dit_batches, png_bytes, sample_id, shard_table, target_id, to_uint8
 
 log = logging.getLogger("mgd_ray")
 
@@ -125,12 +127,20 @@ def build_class_targets(job: JobConfig, store: Store, label: int, gen_seed: int,
     return rows
 
 
+TARGET_INDEX_COLUMNS = ["target_id", "gen_seed", "label", "index"]   # what the driver reads: no vectors
+
+
 def targets_table(rows: list[dict]):
+    """Target rows (``build_class_targets``) -> an Arrow table; vectors go in as one float32 buffer."""
     import pyarrow as pa
-    D = next((len(r["target"]) for r in rows if r["target"] is not None), 0)
-    tgt = [None if r["target"] is None else np.asarray(r["target"], np.float32).tolist() for r in rows]
+    vecs = [r["target"] for r in rows if r["target"] is not None]
+    if vecs:
+        flat = np.stack([np.asarray(v, np.float32).reshape(-1) for v in vecs])         # (n, D)
+        target = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+    else:                                                                             # plain DiT: seeds only
+        target = pa.nulls(len(rows), pa.list_(pa.float32()))
     return pa.table({
-        "target_id": [f"s{r['gen_seed']}-c{r['label']}-j{r['index']}" for r in rows],
+        "target_id": [target_id(r["gen_seed"], r["label"], r["index"]) for r in rows],
         "gen_seed": pa.array([r["gen_seed"] for r in rows], pa.int64()),
         "label": pa.array([r["label"] for r in rows], pa.int64()),
         "index": pa.array([r["index"] for r in rows], pa.int32()),
@@ -139,11 +149,75 @@ def targets_table(rows: list[dict]):
         "node": pa.array([r["node"] for r in rows], pa.int64()),
         "size": pa.array([r["size"] for r in rows], pa.int64()),
         "member_ids": pa.array([r["member_ids"] for r in rows], pa.list_(pa.int64())),
-        "target": pa.array(tgt, pa.list_(pa.float32(), D) if D else pa.list_(pa.float32())),
+        "target": target,
         "seed": pa.array([r["seed"] for r in rows], pa.int64()),
         "source_id": pa.array([r["source_id"] for r in rows], pa.int64()),
         "method": [r["method"] for r in rows],
     })
+
+
+def part_name(label: int) -> str:
+    return f"c{int(label):05d}.parquet"
+
+
+def write_class_targets(job: JobConfig, store: Store, labels: list[int], seeds: list[int], threads: int = 1) -> dict:
+    """Build the targets of some classes (all generation seeds) and commit one part per class,
+    ``coreset/parts/c<label>.parquet``, on the worker; -> {"targets": written, "engine": the
+    2-means engine ``coreset.engine`` resolved to on this node}."""
+    from ..method.coreset import resolve_engine
+    n = 0
+    for lab in labels:
+        rows = [r for g in seeds for r in build_class_targets(job, store, lab, g, threads=threads)]
+        store.write_table(targets_table(rows), "coreset", "parts", part_name(lab))
+        n += len(rows)
+    return {"targets": n, "engine": resolve_engine(job.coreset.engine)}
+
+
+def merge_target_parts(store: Store, labels: list[int]) -> int:
+    """Concatenate the per-class parts into ``coreset/targets.parquet``, one class at a time
+    (one row group per class, so readers filtering on label skip the rest); -> rows written."""
+    import uuid
+
+    import pyarrow.parquet as pq
+    dest = store.path("coreset", "targets.parquet")
+    tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}" if store.is_local else dest
+    writer, n = None, 0
+    with store.fs.open(tmp, "wb") as f:
+        for lab in labels:
+            t = store.read_table("coreset", "parts", part_name(lab))
+            writer = writer or pq.ParquetWriter(f, t.schema, compression="zstd")
+            writer.write_table(t)
+            n += t.num_rows
+        if writer is not None:
+            writer.close()
+    if store.is_local:
+        os.replace(tmp, dest)
+    return n
+
+
+def read_targets(store: Store, labels, target_ids: list[str]) -> dict[str, dict]:
+    """The rows of some targets of classes ``labels``, read from ``coreset/targets.parquet`` (only
+    those classes' row groups) -> {target_id: row}; row["target"] is a float32 (D,) array, or None
+    (plain DiT)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    want = set(target_ids)
+    ds = pads.dataset(store.path("coreset", "targets.parquet"), filesystem=store.arrow_fs(), format="parquet")
+    t = ds.to_table(filter=pc.field("label").isin(sorted({int(x) for x in labels})))
+    t = t.filter(pc.is_in(t.column("target_id"), value_set=pa.array(sorted(want), pa.string())))
+    vec = t.column("target").combine_chunks()
+    D = getattr(vec.type, "list_size", 0)
+    Z = vec.flatten().to_numpy(zero_copy_only=False).reshape(len(t), D) if D else None
+    rows = t.drop_columns(["target"]).to_pylist()
+    for i, r in enumerate(rows):
+        r["target"] = Z[i] if Z is not None else None
+    out = {r["target_id"]: r for r in rows}
+    if len(rows) != len(want) or set(out) != want:
+        raise RuntimeError(f"{store.uri('coreset', 'targets.parquet')}: expected {len(want)} targets, found "
+                           f"{len(rows)} ({len(want - set(out))} missing); rerun the coreset stage "
+                           f"(delete {store.uri('coreset')})")
+    return out
 
 
 def guidance_params(job: JobConfig):
@@ -215,8 +289,10 @@ class GeneratorWorker:
         for u in todo:
             self._maybe_fault(u)
         n, batches = 0, []
+        targets = read_targets(self.store, {u.label for u in todo}, [i for u in todo for i in u.target_ids]) \
+            if todo else {}
         if todo and self.job.generative:
-            items = [(u, t) for u in todo for t in u.targets]
+            items = [(u, targets[i]) for u in todo for i in u.target_ids]
             rows = self._generate(items, batches)
             for u in todo:
                 mine = [r for (uu, _), r in zip(items, rows) if uu is u]
@@ -224,17 +300,17 @@ class GeneratorWorker:
                 n += len(mine)
         else:
             for u in todo:
-                rows = self._real_rows(u)
+                rows = self._real_rows(u, [targets[i] for i in u.target_ids])
                 self.store.write_table(shard_table(rows, self.class_names), "shards", u.shard)
                 n += len(rows)
         return {"units": [u.name for u in units], "skipped": len(units) - len(todo), "images": n, "dit_batches": batches,
                 "seconds": time.time() - t0, "pid": os.getpid()}
 
-    def _real_rows(self, unit: Unit) -> list[dict]:
+    def _real_rows(self, unit: Unit, targets: list[dict]) -> list[dict]:
         from ..data import open_source
         if self._real is None:
             self._real = open_source(self.job.data)
-        want = [int(t["source_id"]) for t in unit.targets]
+        want = [int(t["source_id"]) for t in targets]
         arr = self._real.arrays("train", ids=want) if "ids" in _params(self._real.arrays) else None
         if arr is None:
             full = self._real.arrays("train", classes=[unit.label])
@@ -243,12 +319,12 @@ class GeneratorWorker:
         else:
             pos = {int(i): k for k, i in enumerate(arr["id"])}
             imgs = np.stack([arr["image"][pos[i]] for i in want])
-        return [self._row(unit, t, img) for t, img in zip(unit.targets, imgs)]
+        return [self._row(unit, t, img) for t, img in zip(targets, imgs)]
 
     def _row(self, unit: Unit, t: dict, img: np.ndarray) -> dict:
         img = img if img.ndim == 3 else img[:, :, None]
         return dict(sample_id=sample_id(unit.gen_seed, unit.label, int(t["index"])), label=unit.label,
-                    class_name=unit.class_name, target_id=f"s{unit.gen_seed}-c{unit.label}-j{t['index']}",
+                    class_name=unit.class_name, target_id=target_id(unit.gen_seed, unit.label, int(t["index"])),
                     seed=int(t["seed"]), gen_seed=unit.gen_seed, method=self.job.method, image=png_bytes(img),
                     height=img.shape[0], width=img.shape[1], channels=img.shape[2])
 
@@ -291,7 +367,7 @@ class GeneratorWorker:
             x0 = sample(dit_model_fn(dit), diff, labels, seeds, shape, null_label=info.null_label,
                         cfg_scale=job.sampler.cfg_scale, cfg_channels=job.sampler.cfg_channels,
                         variance_type=vt, sampler=job.sampler.kind, eta=job.sampler.eta, guidance=guidance,
-                        device=self.device, dtype=torch.float32 if self.device == "cpu" else dtype)
+                        device=self.device)                    # float32 state; only the DiT call in its dtype
             with torch.no_grad():
                 imgs = decode_latents(vae, x0.to(dtype), info.scaling_factor).float().cpu().numpy()
             imgs = self._crop(imgs)

@@ -19,7 +19,8 @@ class Unit:
     class_name: str
     start: int               # first target index in the class
     count: int               # number of targets in this unit
-    targets: list = field(default_factory=list)   # list[dict] target rows (filled by the coreset stage)
+    target_ids: list = field(default_factory=list)  # list[str] ids of its targets (``attach_targets``); the
+    #                                                 vectors stay in coreset/targets.parquet, read by the actor
     gen_label: int = -1      # the generator's class id (e.g. ImageNet index of a wnid); -1 = label
 
     @property
@@ -37,6 +38,11 @@ class Unit:
 
 def sample_id(gen_seed: int, label: int, index: int) -> str:
     return f"s{gen_seed}-c{label}-i{index}"
+
+
+def target_id(gen_seed: int, label: int, index: int) -> str:
+    """Id of target ``index`` of class ``label`` under generation seed ``gen_seed`` (targets.parquet)."""
+    return f"s{gen_seed}-c{label}-j{index}"
 
 
 def make_units(gen_seeds, labels, class_names, ipc: int, per_unit: int, gen_labels=None) -> list[Unit]:
