@@ -70,11 +70,12 @@ class Sampler(threading.Thread):
                 pass
 
 
-def count_ray_work() -> dict:
+def count_ray_work(address: str) -> dict:
+    """Tasks (by function) and actors (by class) this row's Ray ran, from the state API."""
     from ray.util.state import list_actors, summarize_tasks
-    tasks = summarize_tasks(raise_on_missing_output=False)
+    tasks = summarize_tasks(address=address, raise_on_missing_output=False)
     by_name = {k: sum(v["state_counts"].values()) for k, v in tasks["cluster"]["summary"].items()}
-    actors = list_actors(limit=100000, raise_on_missing_output=False)
+    actors = list_actors(address=address, limit=100000, raise_on_missing_output=False)
     by_class: dict[str, int] = {}
     for a in actors:
         by_class[a.class_name] = by_class.get(a.class_name, 0) + 1
@@ -117,7 +118,11 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         man = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
     sampler.stop_flag.set()
-    counts = count_ray_work()
+    try:
+        counts = count_ray_work(ray.get_runtime_context().gcs_address)
+    except Exception as e:  # noqa: BLE001 - keep the row's measurements
+        counts = {"tasks": None, "actors": None, "tasks_by_name": {}, "actors_by_class": {}}
+        error = error or f"counting tasks/actors failed: {type(e).__name__}: {str(e)[:200]}"
     ray.shutdown()
     files = [p for p in out.rglob("*") if p.is_file()]
     timings = man.get("timings", {})
@@ -231,10 +236,26 @@ def write_reports(rows: list[dict], extra: dict, cmd: str):
             lines.append(f"| {s} | {v['items']:,} | {v['parallel_workers']} | {v['twin_fixed_s']} | "
                          f"{v['twin_s_per_item']} | {v['pipeline_hours_one_worker']} | {v['gpu_hours_flop_model']} | "
                          f"{v['wall_hours_on_fleet']} |")
+        lines.append("\n" + dominates(ex))
     if extra.get("notes"):
         lines += ["\n## Notes\n", *[f"- {n}" for n in extra["notes"]]]
     (REPORTS / "scale.md").write_text("\n".join(lines) + "\n")
     plot(rows)
+
+
+def dominates(ex: dict) -> str:
+    """One sentence from the extrapolation table: which stage dominates the wall time, and
+    whether its pipeline work (measured) or its model FLOPs (modelled) dominate that stage."""
+    st = {s: v for s, v in ex["stages"].items() if v["wall_hours_on_fleet"] is not None}
+    if not st:
+        return "No stage has two complete rows yet: nothing to extrapolate."
+    s, v = max(st.items(), key=lambda kv: kv[1]["wall_hours_on_fleet"])
+    gpu = v["gpu_hours_flop_model"] / (v["parallel_workers"] or 1)
+    part = "the model FLOPs" if gpu > v["wall_hours_on_fleet"] - gpu else "the pipeline's per-item work"
+    total = sum(x["wall_hours_on_fleet"] for x in st.values())
+    return (f"Dominant stage: **{s}**, {v['wall_hours_on_fleet']} of {total:.2f} wall hours over the stages with "
+            f"a fit ({', '.join(st)}), mostly {part} ({gpu:.2f} h of it is the FLOP model on "
+            f"{v['parallel_workers']} workers).")
 
 
 def plot(rows: list[dict]):

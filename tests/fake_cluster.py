@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import psutil
+from ray.util.state.exception import RayStateApiException
 
 HEAD_TYPE = "ray.head.default"
 
@@ -102,14 +103,13 @@ class FakeCluster:
         self.log = open(Path(self.temp) / "head.log", "w")
         self.head = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        def up():
             if self.head.poll() is not None:
                 raise RuntimeError(f"ray start --head exited ({self.head.returncode}); see {self.log.name}")
-            if self.job_server_up() and any(n["is_head"] for n in self.nodes()):
-                return self
-            time.sleep(2)
-        raise RuntimeError("the fake cluster's job server did not come up")
+            return self.job_server_up() and any(n["is_head"] for n in self.nodes())
+
+        self.wait_for(up, timeout, "the fake cluster's head and job server")
+        return self
 
     def job_server_up(self) -> bool:
         r = subprocess.run([self.ray_bin, "job", "list", "--address", self.address], env=ray_env(),
@@ -182,9 +182,14 @@ class FakeCluster:
         return [n for n in self.nodes() if not n["is_head"]]
 
     def wait_for(self, pred, timeout: float, what: str, every: float = 2.0):
+        """Poll ``pred`` until it returns something true; a connection error (a dashboard that is
+        still starting on a busy machine) counts as not yet."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            v = pred()
+            try:
+                v = pred()
+            except (OSError, RayStateApiException):
+                v = None
             if v:
                 return v
             time.sleep(every)

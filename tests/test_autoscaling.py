@@ -52,18 +52,13 @@ def submit(cluster: FakeCluster, sid: str, overrides: list[str]):
 
 
 def job_status(cluster: FakeCluster, sid: str) -> str:
-    r = subprocess.run([cluster.ray_bin, "job", "status", "--address", cluster.address, sid],
-                       env=ray_env(), capture_output=True, text=True, timeout=60)
-    for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if s in r.stdout + r.stderr:
-            return s
-    return "UNKNOWN"
+    from ray.job_submission import JobSubmissionClient   # HTTP only: this process never joins the cluster
+    return str(JobSubmissionClient(cluster.address).get_job_status(sid).value)
 
 
 def job_logs(cluster: FakeCluster, sid: str) -> str:
-    r = subprocess.run([cluster.ray_bin, "job", "logs", "--address", cluster.address, sid],
-                       env=ray_env(), capture_output=True, text=True, timeout=60)
-    return r.stdout[-6000:]
+    from ray.job_submission import JobSubmissionClient
+    return JobSubmissionClient(cluster.address).get_job_logs(sid)[-6000:]
 
 
 def remove_node(cluster: FakeCluster, node_id: str) -> int:
@@ -102,8 +97,8 @@ def run_twin_on_cluster(tmp_path: Path, classes: int, train_per_class: int, step
         committed_before = len(list((out / "shards").glob("*.parquet"))) if (out / "shards").is_dir() else 0
         assert remove_node(cluster, victim) > 0
 
-        status = cluster.wait_for(lambda: job_status(cluster, sid) in ("SUCCEEDED", "FAILED", "STOPPED")
-                                  and job_status(cluster, sid), 1200, "the job to finish", every=5)
+        status = cluster.wait_for(lambda: (st := job_status(cluster, sid)) in ("SUCCEEDED", "FAILED", "STOPPED")
+                                  and st, 1200, "the job to finish", every=5)
         assert status == "SUCCEEDED", job_logs(cluster, sid)
         logs = job_logs(cluster, sid)
         assert "attached to Ray cluster" in logs   # the submitted-to cluster, not a local Ray
