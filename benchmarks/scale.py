@@ -105,9 +105,16 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dash = s.getsockname()[1]
-    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dash,
-             object_store_memory=1024 * MB, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="rsc", dir="/tmp"))
+    for attempt in range(3):   # a busy machine can miss Ray's fixed 30 s raylet start-up wait
+        try:
+            ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dash,
+                     object_store_memory=1024 * MB, log_to_driver=False,
+                     _temp_dir=tempfile.mkdtemp(prefix="rsc", dir="/tmp"))
+            break
+        except Exception:  # noqa: BLE001
+            ray.shutdown()
+            if attempt == 2:
+                raise
     sampler = Sampler(ray.get_runtime_context().gcs_address)
     sampler.start()
     status, error = "failed", ""

@@ -85,7 +85,19 @@ class FakeCluster:
         return f"http://127.0.0.1:{self.dash_port}"
 
     # ---- lifecycle ---------------------------------------------------------------------------
-    def start(self, timeout: float = 240):
+    def start(self, timeout: float = 240, attempts: int = 3):
+        """Start the head; a head that dies while starting (on a busy machine Ray's fixed 30 s
+        raylet start-up wait can run out) is cleaned up and started again on fresh ports."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except (RuntimeError, TimeoutError) as e:
+                tail = Path(self.log.name).read_text()[-1500:] if getattr(self, "log", None) else ""
+                self.stop()
+                if attempt == attempts - 1:
+                    raise RuntimeError(f"{e}\n--- head log ---\n{tail}") from None
+
+    def _start_once(self, timeout: float):
         self.temp = tempfile.mkdtemp(prefix="rfk", dir="/tmp")  # short: unix socket paths are limited
         self.gcs_port, self.dash_port = free_port(), free_port()
         cfg = Path(self.temp) / "autoscaling.json"
@@ -103,9 +115,10 @@ class FakeCluster:
         self.log = open(Path(self.temp) / "head.log", "w")
         self.head = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+
         def up():
             if self.head.poll() is not None:
-                raise RuntimeError(f"ray start --head exited ({self.head.returncode}); see {self.log.name}")
+                raise RuntimeError(f"ray start --head exited ({self.head.returncode})")
             return self.job_server_up() and any(n["is_head"] for n in self.nodes())
 
         self.wait_for(up, timeout, "the fake cluster's head and job server")
