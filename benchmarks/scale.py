@@ -13,9 +13,9 @@ from the raylet), and counts Ray tasks and actors (state API), shards and files 
 
 Only the sampler's step count is cut (``--steps``; FLOPs, not sizes: a step costs the same at
 every scale); the GPU FLOPs of the real models come from the dry run's FLOP model
-(``mgd_ray.pipeline.plan``), and the measured per-item costs carry the rest. Rows already in
-the JSON report are kept (re-run one by deleting it), so the long 1,000-class rows can be added
-later by the same command.
+(``mgd_ray.pipeline.plan``), and the measured per-item costs carry the rest. A finished row
+stays in the work directory (``row-*.log``; delete one to run it again) and the reports are built
+from every finished row, so the long 1,000-class rows can be added later by the same command.
 """
 
 from __future__ import annotations
@@ -305,15 +305,13 @@ def main(argv=None):
         c, ipc = (int(v) for v in a.row.split(":"))
         print("ROW " + json.dumps(run_row(c, a.images_per_class, ipc, a.steps, a.work)), flush=True)
         return
-    report = REPORTS / "scale.json"
-    rows = json.loads(report.read_text())["details"] if report.is_file() else []
-    have = {(r["classes"], r["ipc"], r["images_per_class"]) for r in rows}
     wanted = [(int(c), 10) for c in a.classes.split(",")]
     wanted += [(int(c), 50) for c in a.ipc50_at.split(",") if c and c in a.classes.split(",")]
     cmd = "python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:])
     for c, ipc in wanted:
-        if (c, ipc, a.images_per_class) in have:
-            print(f"row {c} classes x IPC {ipc}: already in {report}, kept")
+        log = a.work / f"row-{c}x{a.images_per_class}-ipc{ipc}.log"
+        if row_from_log(log):
+            print(f"row {c} classes x IPC {ipc}: done before ({log}), kept")
             continue
         print(f"row {c} classes x IPC {ipc} ...", flush=True)
         t0 = time.time()
@@ -322,17 +320,28 @@ def main(argv=None):
                             "--work", str(a.work)], cwd=ROOT, capture_output=True, text=True,
                            env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
                                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
-        (a.work / f"row-{c}-ipc{ipc}.log").write_text(p.stdout + p.stderr)
-        found = [ln[4:] for ln in p.stdout.splitlines() if ln.startswith("ROW ")]
-        if not found:
-            print(f"  row process failed (exit {p.returncode}); log in {a.work}/row-{c}-ipc{ipc}.log")
+        log.write_text(p.stdout + p.stderr)
+        r = row_from_log(log)
+        if r is None:
+            print(f"  row process failed (exit {p.returncode}); log in {log}")
             continue
-        r = json.loads(found[-1])
-        rows = [x for x in rows if (x["classes"], x["ipc"], x["images_per_class"]) != (c, ipc, a.images_per_class)]
-        rows.append(r)
         print(f"  {r['status']} in {time.time() - t0:.0f}s: stages {r['stage_seconds']}, driver peak "
               f"{r['driver_peak_rss_mb']} MB, object store peak {r['object_store_peak_mb']} MB", flush=True)
-        write_reports(rows, {"extrapolation": extrapolate(rows)}, cmd)
+        report(a.work, cmd)
+    report(a.work, cmd)
+
+
+def row_from_log(log: Path) -> dict | None:
+    """A row's result: the ``ROW {json}`` line its process printed (kept in the work directory)."""
+    if not log.is_file():
+        return None
+    found = [ln[4:] for ln in log.read_text().splitlines() if ln.startswith("ROW ")]
+    return json.loads(found[-1]) if found else None
+
+
+def report(work: Path, cmd: str):
+    """The reports from every row finished in ``work`` (rows of other invocations included)."""
+    rows = [r for r in (row_from_log(p) for p in sorted(work.glob("row-*.log"))) if r]
     if rows:
         write_reports(rows, {"extrapolation": extrapolate(rows)}, cmd)
 
