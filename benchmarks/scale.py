@@ -102,10 +102,10 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
         shutil.rmtree(out)
     job = load_job(JOB, row_overrides(twin, wnids, out, ipc, steps))
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dash = s.getsockname()[1]
     for attempt in range(3):   # a busy machine can miss Ray's fixed 30 s raylet start-up wait
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dash = s.getsockname()[1]
         try:
             ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dash,
                      object_store_memory=1024 * MB, log_to_driver=False,
