@@ -70,17 +70,22 @@ class Sampler(threading.Thread):
                 pass
 
 
-def count_ray_work(address: str) -> dict:
-    """Tasks (by function) and actors (by class) this row's Ray ran, from the state API."""
-    from ray.util.state import list_actors, summarize_tasks
-    tasks = summarize_tasks(address=address, raise_on_missing_output=False)
-    by_name = {k: sum(v["state_counts"].values()) for k, v in tasks["cluster"]["summary"].items()}
-    actors = list_actors(address=address, limit=100000, raise_on_missing_output=False)
+def count_ray_work(address: str, dashboard: bool) -> dict:
+    """Actors (by class, from the GCS) and tasks (by function, from the state API: only when the
+    dashboard came up) that this row's Ray ran."""
+    from ray._private.state import actors
     by_class: dict[str, int] = {}
-    for a in actors:
-        by_class[a.class_name] = by_class.get(a.class_name, 0) + 1
-    return {"tasks": sum(by_name.values()), "actors": len(actors), "tasks_by_name": by_name,
-            "actors_by_class": by_class}
+    table = actors()
+    for a in table.values():
+        name = a.get("ActorClassName") or a.get("class_name") or "?"
+        by_class[name] = by_class.get(name, 0) + 1
+    out = {"tasks": None, "actors": len(table), "tasks_by_name": {}, "actors_by_class": by_class}
+    if dashboard:
+        from ray.util.state import summarize_tasks
+        tasks = summarize_tasks(address=address, raise_on_missing_output=False)
+        out["tasks_by_name"] = {k: sum(v["state_counts"].values()) for k, v in tasks["cluster"]["summary"].items()}
+        out["tasks"] = sum(out["tasks_by_name"].values())
+    return out
 
 
 def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Path) -> dict:
@@ -102,12 +107,13 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
         shutil.rmtree(out)
     job = load_job(JOB, row_overrides(twin, wnids, out, ipc, steps))
 
-    for attempt in range(3):   # a busy machine can miss Ray's fixed 30 s raylet start-up wait
+    for attempt in range(3):   # a busy machine can miss Ray's fixed 30 s start-up waits
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             dash = s.getsockname()[1]
+        dashboard = attempt < 2   # the last try without the dashboard (tasks are then not counted)
         try:
-            ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dash,
+            ray.init(num_cpus=4, include_dashboard=dashboard, dashboard_host="127.0.0.1", dashboard_port=dash,
                      object_store_memory=1024 * MB, log_to_driver=False,
                      _temp_dir=tempfile.mkdtemp(prefix="rsc", dir="/tmp"))
             break
@@ -126,7 +132,7 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
         man = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
     sampler.stop_flag.set()
     try:
-        counts = count_ray_work(ray.get_runtime_context().gcs_address)
+        counts = count_ray_work(ray.get_runtime_context().gcs_address, dashboard)
     except Exception as e:  # noqa: BLE001 - keep the row's measurements
         counts = {"tasks": None, "actors": None, "tasks_by_name": {}, "actors_by_class": {}}
         error = error or f"counting tasks/actors failed: {type(e).__name__}: {str(e)[:200]}"
