@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,19 +104,19 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
     twin_s = time.time() - t0
     out = work / f"run-{classes}-ipc{ipc}"
     if out.exists():
-        import shutil
         shutil.rmtree(out)
     job = load_job(JOB, row_overrides(twin, wnids, out, ipc, steps))
 
+    temps = []
     for attempt in range(3):   # a busy machine can miss Ray's fixed 30 s start-up waits
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             dash = s.getsockname()[1]
         dashboard = attempt < 2   # the last try without the dashboard (tasks are then not counted)
+        temps.append(tempfile.mkdtemp(prefix="rsc", dir="/tmp"))
         try:
             ray.init(num_cpus=4, include_dashboard=dashboard, dashboard_host="127.0.0.1", dashboard_port=dash,
-                     object_store_memory=1024 * MB, log_to_driver=False,
-                     _temp_dir=tempfile.mkdtemp(prefix="rsc", dir="/tmp"))
+                     object_store_memory=1024 * MB, log_to_driver=False, _temp_dir=temps[-1])
             break
         except Exception:  # noqa: BLE001
             ray.shutdown()
@@ -137,6 +138,8 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
         counts = {"tasks": None, "actors": None, "tasks_by_name": {}, "actors_by_class": {}}
         error = error or f"counting tasks/actors failed: {type(e).__name__}: {str(e)[:200]}"
     ray.shutdown()
+    for t in temps:
+        shutil.rmtree(t, ignore_errors=True)
     files = [p for p in out.rglob("*") if p.is_file()]
     timings = man.get("timings", {})
     n_gen = classes * ipc * len(job.generate.seeds)
