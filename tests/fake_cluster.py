@@ -96,6 +96,9 @@ class FakeCluster:
                 self.stop()
                 if attempt == attempts - 1:
                     raise RuntimeError(f"{e}\n--- head log ---\n{tail}") from None
+            except BaseException:   # interrupted while starting: leave nothing behind
+                self.stop()
+                raise
 
     def _start_once(self, timeout: float):
         self.temp = tempfile.mkdtemp(prefix="rfk", dir="/tmp")  # short: unix socket paths are limited
