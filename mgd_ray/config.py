@@ -282,8 +282,17 @@ def job_from_dict(raw: dict, overrides: list[str] | None = None, origin: str = "
         raise JobError(format_validation_error(e, origin)) from None
 
 
-def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
-    """Read a YAML job file (safe_load only), apply overrides, validate."""
+def merge_sections(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: sections merge key by key, any other value replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_sections(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_job_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A job file as a plain dict, with ``extends: other.yaml`` resolved (relative to this file):
+    the other file's settings, then this file's on top. A twin job thus names only what it changes."""
     p = Path(path)
     if not p.is_file():
         raise JobError(f"job file {str(p)!r} not found (expected a YAML file, e.g. jobs/digits.yaml)")
@@ -291,7 +300,23 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise JobError(f"job file {str(p)!r} is not valid YAML: {e}") from None
-    return job_from_dict(raw, overrides, origin=f"job file {p}")
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw
+    parent = raw.pop("extends")
+    if not isinstance(parent, str) or not parent:
+        raise JobError(f"job file {str(p)!r}: [extends] must be the path of another job file (got: {parent!r})")
+    base_path = (p.parent / parent).resolve()
+    if base_path in _seen:
+        raise JobError(f"job file {str(p)!r}: [extends] loops back to {str(base_path)!r}")
+    base = read_job_file(base_path, _seen + (p.resolve(),))
+    if not isinstance(base, dict):
+        raise JobError(f"job file {str(base_path)!r} (extended by {str(p)!r}) must be a mapping of sections")
+    return merge_sections(base, raw)
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML job file (safe_load only; ``extends`` resolved), apply overrides, validate."""
+    return job_from_dict(read_job_file(path), overrides, origin=f"job file {Path(path)}")
 
 
 def dump_job(job: JobConfig) -> str:

@@ -117,6 +117,7 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
     if store.exists("manifest.json"):
         old = store.read_json("manifest.json")
         manifest["timings"] = old.get("timings", {})
+        manifest["nodes"] = old.get("nodes", {})
         manifest["runs"] = old.get("runs", 0)
     manifest["runs"] = manifest.get("runs", 0) + 1
     manifest["status"] = "running"
@@ -126,17 +127,21 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
              f"{p['work_units']} units; output {store.uri()}")
 
     from .pipeline import runner
+    from .pipeline.nodes import clear_nodes, stage_nodes
     runner.init_ray(job)
     data_key = {"data": json.loads(json.dumps(redact(job.data.model_dump(mode="json")))),
                 "model": [info.transformer_sha256, info.vae_sha256, info.path], "encode": {
                     "image_size": job.encode.image_size, "preprocess": job.encode.preprocess}}
     labels = list(range(len(source.classes)))
     timings = manifest.setdefault("timings", {})
+    nodes = manifest.setdefault("nodes", {})   # stage -> the Ray nodes its work ran on
 
     def timed(name, fn):
         t0 = time.time()
+        clear_nodes(store, name)
         r = fn()
         timings[name] = round(time.time() - t0, 2)
+        nodes[name] = stage_nodes(store, name) or nodes.get(name, [])  # none: reused, nothing ran
         store.write_json(manifest, "manifest.json")
         return r
 

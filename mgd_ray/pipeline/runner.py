@@ -17,6 +17,7 @@ import numpy as np
 from ..config import JobConfig
 from .progress import Progress, polled
 from .stages import Encoder
+from .nodes import record_node
 from .store import Store
 from .units import Unit, group_units
 
@@ -184,7 +185,9 @@ def run_coreset(job: JobConfig, store: Store, labels: list[int], cache_key: dict
 def _coreset_task(jd: dict, labels: list[int], seeds: list[int], threads: int) -> dict:
     from .stages import write_class_targets
     j = JobConfig.model_validate(jd)
-    return write_class_targets(j, Store(j.output.dir, j.output.storage_options), labels, seeds, threads=threads)
+    store = Store(j.output.dir, j.output.storage_options)
+    record_node(store, "coreset")
+    return write_class_targets(j, store, labels, seeds, threads=threads)
 
 
 def _merge_task(jd: dict, labels: list[int]) -> int:
@@ -228,6 +231,7 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
     in_flight = {}
     t0 = time.time()
     images, finished, failed, dit_calls = 0, 0, [], 0
+    lost: dict[tuple, int] = {}   # unit group -> times it was lost
     per_actor = 2
 
     def submit(a):
@@ -247,10 +251,18 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
             images += res["images"]
             dit_calls += len(res["dit_batches"])
             finished += len(grp)
-        except Exception as e:  # an actor death is retried by Ray (max_task_retries); anything else is not
-            for u in grp:
-                failed.append({"unit": u.name, "error": str(e).splitlines()[0][:500]})
-            log.error("generate: units %s failed: %s", [u.name for u in grp], failed[-1]["error"])
+        except Exception as e:  # Ray's retries are spent, e.g. the node died before Ray saw it
+            key = tuple(u.name for u in grp)
+            lost[key] = lost.get(key, 0) + 1
+            if lost[key] <= g.max_retries:  # the group goes back in the queue (committed units are skipped)
+                log.warning("generate: units %s lost (%s); queued again (%d/%d)", list(key),
+                            str(e).splitlines()[0][:200], lost[key], g.max_retries)
+                time.sleep(min(60, 10 * lost[key]))   # let Ray notice a lost node and restart the actor
+                pending.append(grp)
+            else:
+                for u in grp:
+                    failed.append({"unit": u.name, "error": str(e).splitlines()[0][:500]})
+                log.error("generate: units %s failed after retries: %s", list(key), failed[-1]["error"])
         if pending:
             submit(a)
         settled += sum(u.count for u in grp)
@@ -277,7 +289,7 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
     """
     import ray.train
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from .evaluate import make_trials, run_trials
     trials = make_trials(job)
@@ -306,12 +318,15 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
                "num_classes": len(source.classes), "threads": max(1, int(ev.cpus_per_worker))}
 
         def loop(config):
+            out = config["job"]["output"]
+            record_node(Store(out["dir"], out["storage_options"]), "evaluate")
             ctx = ray.train.get_context()
             recs = run_trials(config, ctx.get_world_rank(), ctx.get_world_size())
             ray.train.report({"trials_done": len(recs)})
 
         trainer = TorchTrainer(
             loop, train_loop_config=cfg,
+            torch_config=TorchConfig(backend="gloo"),  # trials never all-reduce; nccl would need CUDA
             scaling_config=ScalingConfig(num_workers=W, use_gpu=ev.gpus_per_worker > 0,
                                          resources_per_worker={"CPU": ev.cpus_per_worker,
                                                                **({"GPU": ev.gpus_per_worker}

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from ..config import JobConfig
+from .nodes import record_node
 from .store import Store
 from .units import Unit, dit_batches, png_bytes, sample_id, shard_table, target_id, to_uint8
 
@@ -61,6 +62,7 @@ class Encoder:
         import torch
         set_threads(threads)
         self.job = JobConfig.model_validate(job)
+        record_node(Store(self.job.output.dir, self.job.output.storage_options), "encode")
         self.device = pick_device(self.job.model.device)
         _, self.vae, self.info = load_models(self.job, self.device)
         self.size = image_size_for(self.job, self.info)
@@ -285,6 +287,7 @@ class GeneratorWorker:
         reached even at IPC 10), then commit one shard per unit. Units already committed are
         skipped. Per-image seeds make the images independent of how units are grouped."""
         t0 = time.time()
+        record_node(self.store, "generate")
         todo = [u for u in units if not self.store.exists("shards", u.shard)]
         for u in todo:
             self._maybe_fault(u)
