@@ -150,7 +150,8 @@ def test_imagenet1k_job_twin(ray_cluster, hub_models, tmp_path):
     def regenerate(gen_labels):
         units = make_units([0], [0, 1, 2], WNIDS, 2, 2, gen_labels)
         attach_targets(units, targets)
-        return {r["sample_id"]: decode_png(r["image"]).astype(int) for u in units for r in worker._generate(u)}
+        rows = worker._generate([(u, t) for u in units for t in u.targets])
+        return {r["sample_id"]: decode_png(r["image"]).astype(int) for r in rows}
 
     right, wrong = regenerate(IMAGENET_IDS), regenerate([0, 1, 2])
     for sid, img in by_id.items():
