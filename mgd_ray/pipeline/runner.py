@@ -145,8 +145,18 @@ def attach_targets(units: list[Unit], targets: list[dict]):
             raise RuntimeError(f"unit {u.name}: expected {u.count} targets, found {len(u.targets)}")
 
 
-def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
+def run_generate(job: JobConfig, store: Store, units: list[Unit], settings_hash: str = "") -> dict:
+    """Generate every uncommitted unit on a pool of generator actors; never raises for a unit.
+
+    Work goes only to live actors. An actor that died after its Ray restarts is killed for good
+    and replaced by a fresh one (up to ``num_actors * (max_retries + 1)`` replacements); the groups
+    it held are recorded as failed. Only when no actor can run are the remaining groups failed
+    too. Failed units are listed in ``failed_units.json``; a rerun runs only the missing units.
+    """
+    from collections import deque
+
     import ray
+    from ray.exceptions import RayActorError
 
     from .stages import GeneratorWorker
     g = job.generate
@@ -155,28 +165,34 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
     _say(f"generate: {len(units)} units, {len(units) - len(todo)} already committed, {len(todo)} to run "
          f"on {g.num_actors} actor(s)")
     if not todo:
-        return {"units": len(units), "ran": 0, "images": 0, "seconds": 0.0}
+        store.rm("failed_units.json")
+        return {"units": len(units), "ran": 0, "images": 0, "seconds": 0.0, "failed": 0}
     Actor = ray.remote(GeneratorWorker).options(
         num_cpus=g.num_cpus, num_gpus=g.num_gpus or None, max_restarts=g.max_retries,
         max_task_retries=g.max_retries)
     threads = max(1, int(g.num_cpus))
-    actors = [Actor.remote(job_dict(job), threads) for _ in range(min(g.num_actors, len(todo)))]
+    slots = min(g.num_actors, len(todo))
+    live = [Actor.remote(job_dict(job), threads, settings_hash) for _ in range(slots)]
+    spare = slots * (g.max_retries + 1)   # fresh actors allowed once an actor's restarts are used up
     # group units so one DiT batch can hold generate.batch_size images across classes
     group = max(1, g.batch_size // max(1, g.targets_per_unit))
-    pending = [todo[i:i + group] for i in range(0, len(todo), group)]
+    pending = deque(todo[i:i + group] for i in range(0, len(todo), group))
     in_flight = {}
     t0 = time.time()
-    images, finished, failed = 0, 0, []
+    images, finished, failed, replaced = 0, 0, [], 0
     per_actor = 2
 
-    def submit(a):
-        grp = pending.pop(0)
-        in_flight[a.run_units.remote(grp)] = (a, grp)
+    def fail(grp, error: str):
+        failed.extend({"unit": u.name, "error": error} for u in grp)
+        log.error("generate: units %s failed: %s", [u.name for u in grp], error)
 
-    for a in actors:
-        for _ in range(per_actor):
-            if pending:
-                submit(a)
+    def feed():
+        for a in live:
+            while pending and sum(x is a for x, _ in in_flight.values()) < per_actor:
+                grp = pending.popleft()
+                in_flight[a.run_units.remote(grp)] = (a, grp)
+
+    feed()
     last_log = 0.0
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -185,12 +201,23 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
             res = ray.get(ready[0])
             images += res["images"]
             finished += len(grp)
-        except Exception as e:  # retries are exhausted: record and go on
-            for u in grp:
-                failed.append({"unit": u.name, "error": str(e).splitlines()[0][:500]})
-            log.error("generate: units %s failed after retries: %s", [u.name for u in grp], failed[-1]["error"])
-        if pending:
-            submit(a)
+        except RayActorError as e:  # the actor is gone for good (Ray already used its restarts)
+            fail(grp, f"generator actor died: {str(e).splitlines()[0][:300]}")
+            if any(x is a for x in live):
+                live[:] = [x for x in live if x is not a]
+                ray.kill(a, no_restart=True)
+                if spare > 0:
+                    spare -= 1
+                    replaced += 1
+                    live.append(Actor.remote(job_dict(job), threads, settings_hash))
+                    log.warning("generate: a generator actor died after %d restart(s); started a replacement",
+                                g.max_retries)
+        except Exception as e:  # the unit's own error, after its task retries; the actor lives on
+            fail(grp, str(e).splitlines()[0][:500])
+        if not live:
+            while pending:
+                fail(pending.popleft(), "no generator actor could run (every actor and replacement died)")
+        feed()
         now = time.time()
         if now - last_log > 5 or not in_flight:
             el = now - t0
@@ -202,15 +229,15 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
             _say(f"generate: {finished}/{len(todo)} units, {images} images, {rate:.2f} img/s, ETA {eta:.0f}s"
                  + (f", {classes_done} classes done" if classes_done != "-" else ""))
             last_log = now
-    for a in actors:
+    for a in live:
         ray.kill(a)
     if failed:
         store.write_json(failed, "failed_units.json")
-        raise RuntimeError(f"{len(failed)} unit(s) failed after {g.max_retries} retries "
-                           f"(see {store.uri('failed_units.json')}); rerun the same command to retry only those")
+    else:
+        store.rm("failed_units.json")
     el = time.time() - t0
     return {"units": len(units), "ran": len(todo), "images": images, "seconds": round(el, 2),
-            "images_per_s": round(images / max(el, 1e-9), 3)}
+            "images_per_s": round(images / max(el, 1e-9), 3), "failed": len(failed), "actors_replaced": replaced}
 
 
 # ---- evaluate -------------------------------------------------------------------------------
