@@ -205,3 +205,114 @@ def test_all_actors_dead_exit_1_then_rerun(encoded, tiny_prior, tmp_path):
     assert man["status"] == "complete" and man["generate"]["ran"] == len(failed)
     assert_untouched(before, snapshot(out, "shards"))
     assert_each_unit_once(out, 20)
+
+
+# ---- the fault matrix (slow: each runs the job twice) ---------------------------------------
+def committed(out: Path) -> dict:
+    """Snapshot of everything a rerun must not touch: finished stages and committed units/trials."""
+    dirs = [d for d, done in (("latents", "latents/_COMPLETE.json"), ("coreset", "coreset/_COMPLETE.json"))
+            if (out / done).is_file()]
+    return snapshot(out, *dirs, "shards", "eval")
+
+
+def slow_job(out: Path, prior, stage: str) -> dict:
+    """Long enough to be killed inside ``stage``: 40 one-image units of 25 steps; evaluation
+    only when the evaluate stage is the one under test."""
+    return twin_dict(out, prior, generate={"ipc": 4, "targets_per_unit": 1, "batch_size": 1},
+                     sampler={"steps": 25}, guidance={"t_stop": 12},
+                     evaluate={"enabled": stage == "evaluate", "epochs": 1})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["encode", "coreset", "generate", "evaluate"])
+def test_driver_killed_in_each_stage(ray_cluster, tiny_prior, tmp_path, stage):
+    out = tmp_path / "out"
+    d = slow_job(out, tiny_prior, stage)
+    job_file = write_job(tmp_path / "job.yaml", d)
+    p = subprocess.Popen([sys.executable, "-m", "mgd_ray.distill", str(job_file)], cwd=ROOT,
+                         env={**os.environ, **ray_env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    seen, deadline = None, time.time() + 600
+    while time.time() < deadline and p.poll() is None:
+        try:
+            seen = json.loads((out / "manifest.json").read_text()).get("stage")
+        except (FileNotFoundError, ValueError):
+            seen = None
+        busy = stage != "generate" or len(list((out / "shards").glob("*.parquet"))) >= 2
+        if seen == stage and busy:
+            break
+        time.sleep(0.05)
+    if stage == "generate":   # a second driver on the same output.dir refuses while the first runs
+        with pytest.raises(LeaseHeld, match="in use by another driver"):
+            run_job(job_from_dict(d))
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert seen == stage, f"the driver was not seen in the {stage} stage (last seen: {seen})"
+    _wait_for_orphaned_actors()   # an actor may still commit the unit it was running
+    before = committed(out)
+    m = run_job(job_from_dict(d))
+    assert m["status"] == "complete", m.get("reason")
+    assert_untouched(before, committed(out))
+    assert_each_unit_once(out, 40)
+    if stage == "evaluate":
+        assert json.loads((out / "results.json").read_text())["results"]
+
+
+@pytest.mark.slow
+def test_s3_endpoint_restarted_during_shard_writes(ray_cluster, tiny_prior, tmp_path, moto_s3):
+    """moto's server stopped for a few seconds while actors write shards: no half-written object
+    is ever listed under shards/, the run ends partial (non-zero for the CLI) or complete, and the
+    rerun completes it without touching what was committed."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from tests.test_job_submit import _free_ports
+    (port,) = _free_ports(1)
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    srv.start()
+    ep = f"http://127.0.0.1:{port}"
+    s3 = boto3.client("s3", endpoint_url=ep, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="flaky")
+    url = "s3://flaky/run"
+    so = {"key": "testing", "secret": "testing", "endpoint_url": ep}
+    d = slow_job(url, tiny_prior, "generate")
+    d["output"] = {"dir": url, "storage_options": so}
+    outage = {}
+
+    def listing() -> dict:
+        objs = s3.list_objects_v2(Bucket="flaky", Prefix="run/shards/").get("Contents", [])
+        return {o["Key"]: (o["LastModified"], o["ETag"]) for o in objs if o["Key"].endswith(".parquet")}
+
+    def break_it():
+        nonlocal srv
+        deadline = time.time() + 600
+        while time.time() < deadline and len(listing()) < 3:
+            time.sleep(0.2)
+        outage["at"] = len(listing())
+        srv.stop()           # moto keeps its state in this process: the restarted server has the objects
+        srv._server.server_close()   # stop() leaves the socket bound: close it (connections are refused)
+        time.sleep(5)
+        srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        srv.start()
+
+    t = threading.Thread(target=break_it, daemon=True)
+    t.start()
+    try:
+        m1 = run_job(job_from_dict(d))
+        t.join()
+        assert outage.get("at", 0) >= 3
+        import s3fs
+        fs = s3fs.S3FileSystem(**so)
+        first = listing()
+        for key in first:  # every listed shard is whole: its footer reads
+            pq.read_metadata(fs.open(f"flaky/{key}", "rb"))
+        assert m1["status"] in ("partial", "complete")
+        m2 = run_job(job_from_dict(d))
+        assert m2["status"] == "complete" and m2["generate"]["ran"] == 40 - len(first)
+        after = listing()
+        assert len(after) == 40 and all(after[k] == v for k, v in first.items())
+        ids = [r for k in after for r in pq.read_table(fs.open(f"flaky/{k}", "rb")).column("sample_id").to_pylist()]
+        assert len(ids) == len(set(ids)) == 40
+    finally:
+        srv.stop()
+        srv._server.server_close()
