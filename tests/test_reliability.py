@@ -114,6 +114,30 @@ def test_lease_heartbeat_keeps_it_live(tmp_path):
         assert cur["owner"] == lease.me["owner"] and Lease(store).stale(cur) is None
 
 
+# ---- settings keys (no Ray) ----------------------------------------------------------------
+def test_evaluation_key_names_trial_settings_and_ignores_placement(tmp_path):
+    from types import SimpleNamespace
+
+    from mgd_ray.pipeline.settings import check_settings, discard_from, record_key, stage_keys
+    info = SimpleNamespace(transformer_sha256="t", vae_sha256="v")
+    store = Store(str(tmp_path / "out"))
+    base = job_from_dict({"evaluate": {"students": ["convnet3"], "epochs": 5}})
+    for stage, key in stage_keys(base, info).items():
+        record_key(store, stage, key)
+    placement = job_from_dict({"evaluate": {"students": ["convnet3"], "epochs": 5, "num_workers": 4,
+                                            "cpus_per_worker": 2}, "generate": {"num_actors": 8, "batch_size": 64},
+                               "encode": {"batch_size": 7, "max_actors": 9}, "model": {"device": "cpu"}})
+    check_settings(store, stage_keys(placement, info))  # placement only: accepted
+    other = job_from_dict({"evaluate": {"students": ["convnet3", "resnet18"], "epochs": 6}})
+    with pytest.raises(SettingsChanged) as e:
+        check_settings(store, stage_keys(other, info))
+    msg = str(e.value)
+    assert "evaluate: evaluate.epochs: 5 -> 6" in msg and "resnet18" in msg and "--fresh evaluate" in msg
+    assert "generate:" not in msg   # earlier stages unchanged: only the evaluation is named
+    assert discard_from(store, "evaluate") == ["eval"]
+    check_settings(store, stage_keys(other, info))
+
+
 # ---- exit codes (CLI) ----------------------------------------------------------------------
 def test_exit_code_2_for_a_bad_job_file(tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -316,3 +340,31 @@ def test_s3_endpoint_restarted_during_shard_writes(ray_cluster, tiny_prior, tmp_
     finally:
         srv.stop()
         srv._server.server_close()
+
+
+# ---- readable logs --------------------------------------------------------------------------
+def normalise(line: str) -> str:
+    """A log line without its time stamps and process ids (those differ between repeats)."""
+    import re
+    line = re.sub(r"\d{4}-\d\d-\d\d[ T][\d:.,]+", "", line)
+    line = re.sub(r"\b\d\d:\d\d:\d\d\b", "", line)
+    return re.sub(r"pid=\d+|ip=[\d.]+", "", line).strip()
+
+
+@pytest.mark.slow
+def test_demo_log_has_no_line_repeated_more_than_3_times(tiny_prior, tmp_path):
+    """The twin of the demo with its own local Ray (as `make demo`), evaluation included: once 80
+    PlacementGroupCleaner warnings (no State API without a dashboard) and a NumPy "not writable"
+    warning from every Train worker."""
+    from collections import Counter
+    d = twin_dict(tmp_path / "out", tiny_prior, evaluate={"epochs": 1})
+    job_file = write_job(tmp_path / "job.yaml", d)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-m", "mgd_ray.distill", str(job_file)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=800)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-3000:]
+    assert "not writable" not in log and "Failed to query Ray Train Controller" not in log
+    counts = Counter(normalise(x) for x in log.splitlines() if normalise(x))
+    worst = counts.most_common(3)
+    assert worst[0][1] <= 3, worst

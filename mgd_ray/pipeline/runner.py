@@ -39,7 +39,12 @@ def init_ray(job: JobConfig):
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, loopback-only cluster
         n = job.ray.num_cpus or max(4, os.cpu_count() or 1)
-        kw = dict(num_cpus=n, include_dashboard=job.ray.include_dashboard, log_to_driver=True)
+        # Ray Train's PlacementGroupCleaner asks the State API (served by the dashboard) every
+        # second whether the Train controller lives; without a dashboard each ask logs a warning
+        dash = job.ray.include_dashboard or job.evaluate.enabled
+        kw = dict(num_cpus=n, include_dashboard=dash, log_to_driver=True)
+        if dash:
+            kw.update(dashboard_host="127.0.0.1", dashboard_port=_free_port())
         if job.ray.object_store_memory:
             kw["object_store_memory"] = job.ray.object_store_memory
         ray.init(**kw)
@@ -48,6 +53,13 @@ def init_ray(job: JobConfig):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     return ray
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def job_dict(job: JobConfig) -> dict:
