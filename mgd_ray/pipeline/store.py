@@ -65,6 +65,7 @@ class Store:
 
     def ls(self, *parts: str, suffix: str = "") -> list[str]:
         p = self.path(*parts)
+        self.fs.invalidate_cache(p)   # object stores cache listings; other processes write here
         if not self.fs.exists(p):
             return []
         names = [posixpath.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False)]
