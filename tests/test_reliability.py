@@ -242,9 +242,12 @@ def committed(out: Path) -> dict:
 def slow_job(out: Path, prior, stage: str) -> dict:
     """Long enough to be killed inside ``stage``: 40 one-image units of 25 steps; evaluation
     only when the evaluate stage is the one under test."""
-    return twin_dict(out, prior, generate={"ipc": 4, "targets_per_unit": 1, "batch_size": 1},
-                     sampler={"steps": 25}, guidance={"t_stop": 12},
-                     evaluate={"enabled": stage == "evaluate", "epochs": 1})
+    d = twin_dict(out, prior, generate={"ipc": 4, "targets_per_unit": 1, "batch_size": 1},
+                  sampler={"steps": 25}, guidance={"t_stop": 12},
+                  evaluate={"enabled": stage == "evaluate", "epochs": 1})
+    if stage == "coreset":   # seconds instead of milliseconds, so the kill lands inside it
+        d["coreset"] = {"n_restarts": 100, "niter": 100}
+    return d
 
 
 @pytest.mark.slow
@@ -253,8 +256,9 @@ def test_driver_killed_in_each_stage(ray_cluster, tiny_prior, tmp_path, stage):
     out = tmp_path / "out"
     d = slow_job(out, tiny_prior, stage)
     job_file = write_job(tmp_path / "job.yaml", d)
+    log = open(tmp_path / "driver.log", "wb")
     p = subprocess.Popen([sys.executable, "-m", "mgd_ray.distill", str(job_file)], cwd=ROOT,
-                         env={**os.environ, **ray_env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={**os.environ, **ray_env()}, stdout=log, stderr=subprocess.STDOUT,
                          start_new_session=True)
     seen, deadline = None, time.time() + 600
     while time.time() < deadline and p.poll() is None:
@@ -271,7 +275,9 @@ def test_driver_killed_in_each_stage(ray_cluster, tiny_prior, tmp_path, stage):
             run_job(job_from_dict(d))
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    assert seen == stage, f"the driver was not seen in the {stage} stage (last seen: {seen})"
+    log.close()
+    assert seen == stage, (f"the driver was not seen in the {stage} stage (last seen: {seen}); its log ends:\n"
+                           + (tmp_path / "driver.log").read_text()[-3000:])
     _wait_for_orphaned_actors()   # an actor may still commit the unit it was running
     before = committed(out)
     m = run_job(job_from_dict(d))
