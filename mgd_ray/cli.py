@@ -70,12 +70,12 @@ def distill(job: str = typer.Argument(..., help="job file (YAML)"),
     except _user_errors() as e:
         _fail(e)
     except KeyboardInterrupt:
-        _fail("interrupted; manifest.json says status 'failed'. Rerun the same command to continue: "
-              "committed work is kept", 1)
+        _fail("interrupted (manifest.json records status 'failed' if the run had started). Rerun the same "
+              "command to continue: committed work is kept", 1)
     except Exception as e:  # noqa: BLE001 - an unexpected error: the traceback, then what to do
         traceback.print_exc()
-        _fail(f"{type(e).__name__}: {e}\nThe run stopped (manifest.json: status 'failed'). Committed work is kept; "
-              f"rerun the same command to continue once the cause is fixed.", 1)
+        _fail(f"{type(e).__name__}: {e}\nThe run stopped (manifest.json records status 'failed' and the reason if "
+              f"the run had started). Committed work is kept; rerun the same command once the cause is fixed.", 1)
     if dry_run:
         typer.echo(json.dumps(out["plan"], indent=1))
         return
