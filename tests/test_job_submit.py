@@ -55,7 +55,7 @@ def wait_for_job_agent(address: str, head: subprocess.Popen, timeout: float = 60
             if status == JobStatus.SUCCEEDED:
                 return client
             assert status not in (JobStatus.FAILED, JobStatus.STOPPED), client.get_job_logs(job_id)
-        except (ConnectionError, RuntimeError) as e:  # job server not up yet / no agent yet
+        except (OSError, RuntimeError) as e:  # job server not up yet (requests errors are OSErrors) / no agent yet
             last = e
         time.sleep(1)
     pytest.fail(f"the Ray job agent was not ready after {timeout:.0f}s: {last}")
