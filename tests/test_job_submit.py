@@ -46,7 +46,7 @@ def wait_for_job_agent(address: str, head: subprocess.Popen, timeout: float = 60
     deadline = time.time() + timeout
     client, job_id, last = None, None, None
     while time.time() < deadline:
-        assert head.poll() is None, "ray start --head exited"
+        assert head.poll() is None, "ray start --head exited (its output is in head.log beside the test's files)"
         try:
             client = client or JobSubmissionClient(address)
             if job_id is None:
@@ -73,7 +73,8 @@ def test_ray_job_submit(tiny_prior, tmp_path):
                              *(f"{k}={v}" for k, v in ports.items()), f"--min-worker-port={lo}",
                              f"--max-worker-port={lo + 199}", f"--temp-dir={temp}", "--disable-usage-stats",
                              "--node-ip-address=127.0.0.1"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=env, stdout=open(tmp_path / "head.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     address = f"http://127.0.0.1:{ports['--dashboard-port']}"
     try:
         wait_for_job_agent(address, head)
