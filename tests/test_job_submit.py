@@ -23,7 +23,8 @@ import yaml
 from tests.test_pipeline import twin_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+# slow until it has passed 10 times in a row on the 2-core box (not yet shown: issue 9 §4)
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
               "--dashboard-agent-grpc-port", "--node-manager-port", "--object-manager-port",
               "--metrics-export-port", "--runtime-env-agent-port")
