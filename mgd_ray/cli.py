@@ -16,7 +16,7 @@ app.add_typer(prior_app, name="prior")
 SET_HELP = "Override a job key, e.g. --set generate.ipc=10 (repeatable; values are YAML scalars)."
 
 
-def _fail(e: BaseException, code: int = 2):
+def _fail(e, code: int = 2):
     typer.echo(f"error: {e}", err=True)
     raise typer.Exit(code)
 
@@ -24,7 +24,8 @@ def _fail(e: BaseException, code: int = 2):
 def _user_errors():
     from .config import JobError
     from .models import ModelError
-    errs = [JobError, ModelError, FileNotFoundError]
+    from .pipeline.store import LeaseHeld
+    errs = [JobError, ModelError, FileNotFoundError, LeaseHeld]
     try:
         from .data import DataError
         errs.append(DataError)
@@ -33,25 +34,53 @@ def _user_errors():
     return tuple(errs)
 
 
-@app.command()
+EXIT_HELP = ("Exit status: 0 = complete, or the --stages asked for finished; 1 = the run did not complete "
+             "(manifest.json says why; rerun the same command to continue); 2 = a user error (job file, data, "
+             "model, settings that differ from the outputs already in output.dir, output.dir in use).")
+
+
+@app.command(epilog=EXIT_HELP)
 def distill(job: str = typer.Argument(..., help="job file (YAML)"),
             set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
             dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and exit"),
             stages: Optional[str] = typer.Option(None, "--stages", help="comma-separated subset of "
-                                                 "encode,coreset,generate,evaluate")):
+                                                 "encode,coreset,generate,evaluate"),
+            fresh: Optional[str] = typer.Option(None, "--fresh", help="discard this stage's outputs and every "
+                                                "later stage's in output.dir, then run (after a settings change)")):
     """Run a distillation job (also: python -m mgd_ray.distill JOB)."""
+    import signal
+    import traceback
+
+    def _term(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _term)   # `ray job stop`: end with a final status, like Ctrl-C
     try:
         from .config import load_job
         from .distill import parse_stages, run_job, setup_logging
         setup_logging()
         cfg = load_job(job, set_)
-        out = run_job(cfg, parse_stages(stages), dry_run=dry_run)
+        if fresh is not None and len(parse_stages(fresh)) != 1:
+            from .config import JobError
+            raise JobError("--fresh takes one stage: encode, coreset, generate or evaluate")
+        out = run_job(cfg, parse_stages(stages), dry_run=dry_run, fresh=fresh)
     except _user_errors() as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _fail("interrupted (manifest.json records status 'failed' if the run had started). Rerun the same "
+              "command to continue: committed work is kept", 1)
+    except Exception as e:  # noqa: BLE001 - an unexpected error: the traceback, then what to do
+        traceback.print_exc()
+        _fail(f"{type(e).__name__}: {e}\nThe run stopped (manifest.json records status 'failed' and the reason if "
+              f"the run had started). Committed work is kept; rerun the same command once the cause is fixed.", 1)
     if dry_run:
         typer.echo(json.dumps(out["plan"], indent=1))
-    elif out.get("status") != "complete":
-        typer.echo(f"job finished with status {out.get('status')!r}", err=True)
+        return
+    if out.get("status") == "complete":
+        return
+    typer.echo(f"job {out.get('name')}: status {out.get('status')!r}: {out.get('reason', '')}", err=True)
+    if not out.get("requested_done"):
+        raise typer.Exit(1)
 
 
 @app.command()

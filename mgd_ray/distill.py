@@ -3,8 +3,9 @@
 Runs a distillation job: encode -> coreset -> generate -> evaluate, writing under
 ``output.dir`` (see README "Output contract"). Attaches to a running Ray cluster when there is
 one (``ray job submit`` sets RAY_ADDRESS) and otherwise starts a local Ray. Every stage is
-resumable: cached latents and targets are reused when their inputs match, committed shards and
-finished evaluation trials are skipped.
+resumable: committed latents, targets, shards and evaluation trials are reused when the settings
+that shaped them are this job's (a rerun with other settings refuses; see ``pipeline.settings``);
+one driver at a time holds ``output.dir`` (``_lease.json``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import time
 
 from .config import JobConfig, dump_job
 from .pipeline.labels import check_label_order, generator_labels
-from .pipeline.store import Store, redact
+from .pipeline.settings import check_settings, check_shards, discard_from, key_hash, record_key, stage_keys
+from .pipeline.store import Lease, Store, redact
 from .pipeline.units import make_units
 from .provenance import git_commit
 
@@ -100,11 +102,18 @@ def absolute_output(job: JobConfig) -> JobConfig:
     return job.model_copy(update={"output": job.output.model_copy(update={"dir": os.path.abspath(d)})})
 
 
-def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = False) -> dict:
+def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = False,
+            fresh: str | None = None) -> dict:
+    """Run the job's stages; returns the final manifest.
+
+    ``manifest["status"]`` is ``complete``, ``partial`` (``reason`` says what is missing and how to
+    finish; ``requested_done`` says whether the requested ``stages`` did all they were asked) or,
+    when an exception stops the run, ``failed`` with the reason (the exception is re-raised).
+    ``fresh``: discard that stage's outputs and every later stage's first (see ``pipeline.settings``).
+    """
     setup_logging()
     job = absolute_output(job)
     stages = stages or list(STAGES)
-    t_start = time.time()
     from .pipeline.plan import dry_run_plan, plan
     if dry_run:
         return {"plan": dry_run_plan(job, stages)}
@@ -112,31 +121,64 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
     p = plan(job, source, info, stages)
     store = Store(job.output.dir, job.output.storage_options)
     store.makedirs()
-    store.write_bytes(dump_job_redacted(job).encode(), "config.yaml")
-    manifest = base_manifest(job, source, info)
-    if store.exists("manifest.json"):
-        old = store.read_json("manifest.json")
-        manifest["timings"] = old.get("timings", {})
-        manifest["nodes"] = old.get("nodes", {})
-        manifest["runs"] = old.get("runs", 0)
-    manifest["runs"] = manifest.get("runs", 0) + 1
-    manifest["status"] = "running"
-    store.write_json(manifest, "manifest.json")
-    log.info(f"job {job.name}: {p['classes']} classes, {p['images_to_encode']} train images, "
-             f"ipc {p['ipc']} x {p['generation_seeds']} seed(s) -> {p['images_to_generate']} images, "
-             f"{p['work_units']} units; output {store.uri()}")
+    keys = stage_keys(job, info)
+    with Lease(store):
+        if fresh:
+            gone = discard_from(store, fresh)
+            log.info(f"--fresh {fresh}: discarded {', '.join(gone) or 'nothing (no outputs yet)'}")
+        check_settings(store, keys)     # before any heavy work: never mix outputs of other settings
+        check_shards(store, keys["generate"])
+        store.write_bytes(dump_job_redacted(job).encode(), "config.yaml")
+        manifest = base_manifest(job, source, info)
+        if store.exists("manifest.json"):
+            old = store.read_json("manifest.json")
+            manifest["timings"] = old.get("timings", {})
+            manifest["nodes"] = old.get("nodes", {})
+            manifest["runs"] = old.get("runs", 0)
+        manifest["runs"] = manifest.get("runs", 0) + 1
+        store.write_json(manifest, "manifest.json")
+        log.info(f"job {job.name}: {p['classes']} classes, {p['images_to_encode']} train images, "
+                 f"ipc {p['ipc']} x {p['generation_seeds']} seed(s) -> {p['images_to_generate']} images, "
+                 f"{p['work_units']} units; output {store.uri()}")
+        try:
+            run_stages(job, stages, store, source, info, keys, manifest)
+        except BaseException as e:
+            stage = manifest.get("stage", "start-up")
+            why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            finish(store, manifest, "failed", f"stopped in the {stage} stage: {why}")
+            raise
+    log.info(f"job {job.name}: status {manifest['status']}; outputs under {store.uri()}")
+    if manifest.get("reason"):
+        log.info(f"job {job.name}: {manifest['reason']}")
+    write_report_page(job)
+    if "results_summary" in manifest:
+        for k, v in manifest["results_summary"].items():
+            for s, m in v.items():
+                log.info(f"  {k:12s} {s:10s} final {100 * m['final_acc_mean']:.1f}%  best {100 * m['best_acc_mean']:.1f}%")
+    return manifest
 
+
+def finish(store: Store, manifest: dict, status: str, reason: str | None, requested_done: bool = False):
+    manifest.update(status=status, requested_done=requested_done,
+                    finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    manifest.pop("reason", None)
+    if reason:
+        manifest["reason"] = reason
+    store.write_json(manifest, "manifest.json")
+
+
+def run_stages(job: JobConfig, stages: list[str], store: Store, source, info, keys: dict, manifest: dict):
+    t_start = time.time()
     from .pipeline import runner
     from .pipeline.nodes import clear_nodes, stage_nodes
     runner.init_ray(job)
-    data_key = {"data": json.loads(json.dumps(redact(job.data.model_dump(mode="json")))),
-                "model": [info.transformer_sha256, info.vae_sha256, info.path], "encode": {
-                    "image_size": job.encode.image_size, "preprocess": job.encode.preprocess}}
     labels = list(range(len(source.classes)))
     timings = manifest.setdefault("timings", {})
     nodes = manifest.setdefault("nodes", {})   # stage -> the Ray nodes its work ran on
 
     def timed(name, fn):
+        manifest["stage"] = name
+        store.write_json(manifest, "manifest.json")
         t0 = time.time()
         clear_nodes(store, name)
         r = fn()
@@ -146,20 +188,24 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
         return r
 
     if "encode" in stages or "coreset" in stages or "generate" in stages:
-        manifest["encode"] = timed("encode", lambda: runner.run_encode(job, store, source, data_key, info.image_size))
+        manifest["encode"] = timed("encode", lambda: runner.run_encode(job, store, source, keys["encode"],
+                                                                        info.image_size))
     targets = None
     if any(s in stages for s in ("coreset", "generate")):
-        ckey = dict(data_key, coreset=job.coreset.model_dump(mode="json", exclude={"latents_per_task", "num_cpus"}),
-                    method=job.method,
-                    ipc=job.generate.ipc, seeds=list(job.generate.seeds))
-        targets = timed("coreset", lambda: runner.run_coreset(job, store, labels, ckey))
+        targets = timed("coreset", lambda: runner.run_coreset(job, store, labels, keys["coreset"]))
         manifest["coreset"] = {k: v for k, v in store.read_json("coreset", "_COMPLETE.json").items() if k != "key"}
     units = make_units(job.generate.seeds, labels, source.classes.names, job.generate.ipc,
                        job.generate.targets_per_unit, generator_labels(source.classes, info))
+    problems = []
     if "generate" in stages:
         runner.attach_targets(units, targets)
-        manifest["generate"] = timed("generate", lambda: runner.run_generate(job, store, units))
-        if job.output.preview:
+        record_key(store, "generate", keys["generate"])    # before the first shard
+        gen = manifest["generate"] = timed("generate", lambda: runner.run_generate(
+            job, store, units, key_hash(keys["generate"])))
+        if gen.get("failed"):
+            problems.append(f"{gen['failed']} unit(s) failed (listed in {store.uri('failed_units.json')}); "
+                            f"rerun the same command to run only the missing units")
+        elif job.output.preview:
             write_previews(store, job, source)
     done_units = set(store.ls("shards", suffix=".parquet"))
     complete = all(u.shard in done_units for u in units)
@@ -168,6 +214,7 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
                           "images": len(units) and sum(u.count for u in units if u.shard in done_units)}
     if "evaluate" in stages and job.evaluate.enabled and complete:
         from .pipeline.evaluate import summarise
+        record_key(store, "evaluate", keys["evaluate"])    # before the first trial
         with tempfile.TemporaryDirectory(prefix="mgd-train-") as tmp:
             records = timed("evaluate", lambda: runner.run_evaluate(job, store, source, tmp))
         results = summarise(job, records)
@@ -176,18 +223,21 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
         store.write_json(results, "results.json")
         manifest["results_summary"] = {k: {s: {m: round(c[m], 4) for m in ("final_acc_mean", "best_acc_mean")}
                                            for s, c in v.items()} for k, v in results["results"].items()}
+    elif "evaluate" in stages and job.evaluate.enabled and not problems:
+        missing = manifest["counts"]["units"] - manifest["counts"]["units_committed"]
+        problems.append(f"evaluation needs every unit's shard and {missing} of {len(units)} are missing; "
+                        f"run the generate stage (rerun without --stages)")
+    manifest.pop("stage", None)
     evaluated = (not job.evaluate.enabled) or store.exists("results.json")
-    manifest["status"] = "complete" if (complete and evaluated and set(stages) == set(STAGES)) else "partial"
-    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     timings["total_last_run"] = round(time.time() - t_start, 2)
-    store.write_json(manifest, "manifest.json")
-    log.info(f"job {job.name}: status {manifest['status']}; outputs under {store.uri()}")
-    write_report_page(job)
-    if "results_summary" in manifest:
-        for k, v in manifest["results_summary"].items():
-            for s, m in v.items():
-                log.info(f"  {k:12s} {s:10s} final {100 * m['final_acc_mean']:.1f}%  best {100 * m['best_acc_mean']:.1f}%")
-    return manifest
+    if complete and evaluated:
+        finish(store, manifest, "complete", None, True)
+    elif problems:
+        finish(store, manifest, "partial", "; ".join(problems), False)
+    else:
+        rest = [s for s in STAGES if s not in stages]
+        finish(store, manifest, "partial", f"the requested stage(s) {', '.join(stages)} finished; run the job "
+                                           f"without --stages (or with --stages {','.join(rest)}) to finish it", True)
 
 
 def write_report_page(job: JobConfig):

@@ -1,6 +1,11 @@
 """`ray start --head` on loopback + `ray job submit -- python -m mgd_ray.distill JOB` + check the
 outputs + stop THAT cluster (the `--block` head process owns it; `ray stop` would stop every Ray
-on the machine, including the test session's)."""
+on the machine, including the test session's and other users' clusters).
+
+Readiness is the job client's own: a no-op job is submitted with `JobSubmissionClient` until the
+head's job agent takes it (the job server answers "No available agent" until the agent has
+registered, which takes long on a loaded machine) and it has SUCCEEDED; only then the real job.
+Every port of the head is a free random one, so it runs beside other Ray clusters."""
 
 import json
 import os
@@ -18,14 +23,43 @@ import yaml
 from tests.test_pipeline import twin_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-# slow: flaky on a loaded 2-core box (the job agent sometimes never registers); run with -m slow
+# slow until it has passed 10 times in a row on the 2-core box (not yet shown: issue 9 §4)
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
+PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+              "--dashboard-agent-grpc-port", "--node-manager-port", "--object-manager-port",
+              "--metrics-export-port", "--runtime-env-agent-port")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_for_job_agent(address: str, head: subprocess.Popen, timeout: float = 600.0):
+    """Submit a no-op job until the agent accepts it, then wait for it to succeed."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    deadline = time.time() + timeout
+    client, job_id, last = None, None, None
+    while time.time() < deadline:
+        assert head.poll() is None, "ray start --head exited (its output is in head.log beside the test's files)"
+        try:
+            client = client or JobSubmissionClient(address)
+            if job_id is None:
+                job_id = client.submit_job(entrypoint="true")
+            status = client.get_job_status(job_id)
+            if status == JobStatus.SUCCEEDED:
+                return client
+            assert status not in (JobStatus.FAILED, JobStatus.STOPPED), client.get_job_logs(job_id)
+        except (OSError, RuntimeError) as e:  # job server not up yet (requests errors are OSErrors) / no agent yet
+            last = e
+        time.sleep(1)
+    pytest.fail(f"the Ray job agent was not ready after {timeout:.0f}s: {last}")
 
 
 def test_ray_job_submit(tiny_prior, tmp_path):
@@ -33,40 +67,39 @@ def test_ray_job_submit(tiny_prior, tmp_path):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dash = _free_port(), _free_port()
+    ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
+    lo = 20000 + (ports["--port"] % 200) * 200  # a worker-port range of our own
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: unix socket paths have a length limit
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=4",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
-                             "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--num-cpus=4", "--dashboard-host=127.0.0.1",
+                             *(f"{k}={v}" for k, v in ports.items()), f"--min-worker-port={lo}",
+                             f"--max-worker-port={lo + 199}", f"--temp-dir={temp}", "--disable-usage-stats",
+                             "--node-ip-address=127.0.0.1"],
+                            env=env, stdout=open(tmp_path / "head.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    address = f"http://127.0.0.1:{ports['--dashboard-port']}"
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            r = subprocess.run([ray_bin, "job", "list", "--address", address], env=env, capture_output=True,
-                               text=True)
-            if r.returncode == 0:
-                break
-            assert head.poll() is None, "ray start --head exited"
-            time.sleep(2)
-        else:
-            pytest.fail("the Ray job server did not come up")
+        wait_for_job_agent(address, head)
         out = tmp_path / "out"
         job = tmp_path / "job.yaml"
         job.write_text(yaml.safe_dump(twin_dict(out, tiny_prior, evaluate={"enabled": False})))
-        for _ in range(30):  # the job agent can lag behind the job server on a busy machine
-            r = subprocess.run([ray_bin, "job", "submit", "--address", address, "--",
-                                sys.executable, "-m", "mgd_ray.distill", str(job)],
-                               env=env, capture_output=True, text=True, timeout=700, cwd=ROOT)
-            if "No available agent" not in r.stdout + r.stderr:
-                break
-            time.sleep(4)
+        r = subprocess.run([ray_bin, "job", "submit", "--address", address, "--",
+                            sys.executable, "-m", "mgd_ray.distill", str(job)],
+                           env=env, capture_output=True, text=True, timeout=700, cwd=ROOT)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "succeeded" in (r.stdout + r.stderr)
         assert "attached to Ray cluster" in r.stdout  # it used the submitted-to cluster, not a new one
         man = json.loads((out / "manifest.json").read_text())
         assert man["status"] == "complete" and man["counts"]["images"] == 20
         assert len(list((out / "shards").glob("*.parquet"))) == 10
+        # a job that does not complete is FAILED for the scheduler, not SUCCEEDED
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump(twin_dict(out, tiny_prior, evaluate={"enabled": False},
+                                                sampler={"steps": 4, "cfg_scale": 3.0})))
+        r = subprocess.run([ray_bin, "job", "submit", "--address", address, "--",
+                            sys.executable, "-m", "mgd_ray.distill", str(bad)],
+                           env=env, capture_output=True, text=True, timeout=700, cwd=ROOT)
+        assert r.returncode != 0 and "failed" in (r.stdout + r.stderr).lower()
+        assert "sampler.cfg_scale: 2.0 -> 3.0" in r.stdout + r.stderr
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # --block: stopping the head process stops its cluster
         try:

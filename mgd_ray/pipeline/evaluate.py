@@ -99,7 +99,7 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
     device = "cuda" if torch.cuda.is_available() and job.evaluate.gpus_per_worker > 0 else "cpu"
     test_images, test_labels = _resolve(cfg["test"])
     x_test = _uint8_tensor(test_images)                  # uint8; evaluate() makes floats per batch
-    y_test = torch.as_tensor(test_labels).long()
+    y_test = torch.tensor(np.asarray(test_labels)).long()  # a copy: labels are small, the buffer read-only
     num_classes = int(cfg["num_classes"])
     ev = job.evaluate
     done = []
@@ -118,7 +118,7 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
         tc = TrainConfig(student=trial["student"], epochs=ev.epochs, batch_size=ev.batch_size, n_evals=ev.n_evals,
                          augment=ev.augment, flip=ev.flip, seed=int(trial["train_seed"]), device=device)
         t0 = time.time()
-        res = train_and_evaluate(to_float_images(imgs), torch.as_tensor(labels).long(), x_test, y_test,
+        res = train_and_evaluate(to_float_images(imgs), torch.tensor(np.asarray(labels)).long(), x_test, y_test,
                                  num_classes, tc)
         res = {k: v for k, v in res.items() if k != "history"} | {"history": res.get("history", [])}
         rec = dict(trial, **res, images=int(len(labels)), wall_seconds=round(time.time() - t0, 2))

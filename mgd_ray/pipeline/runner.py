@@ -42,7 +42,12 @@ def init_ray(job: JobConfig):
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, loopback-only cluster
         n = job.ray.num_cpus or max(4, os.cpu_count() or 1)
-        kw = dict(num_cpus=n, include_dashboard=job.ray.include_dashboard, log_to_driver=True)
+        # Ray Train's PlacementGroupCleaner asks the State API (served by the dashboard) every
+        # second whether the Train controller lives; without a dashboard each ask logs a warning
+        dash = job.ray.include_dashboard or job.evaluate.enabled
+        kw = dict(num_cpus=n, include_dashboard=dash, log_to_driver=True)
+        if dash:
+            kw.update(dashboard_host="127.0.0.1", dashboard_port=_free_port())
         if job.ray.object_store_memory:
             kw["object_store_memory"] = job.ray.object_store_memory
         ray.init(**kw)
@@ -51,6 +56,13 @@ def init_ray(job: JobConfig):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     return ray
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def job_dict(job: JobConfig) -> dict:
@@ -211,8 +223,19 @@ def attach_targets(units: list[Unit], index):
         u.target_ids = [target_id(u.gen_seed, u.label, j) for j in idx]
 
 
-def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
+def run_generate(job: JobConfig, store: Store, units: list[Unit], settings_hash: str = "") -> dict:
+    """Generate every uncommitted unit on a pool of generator actors; never raises for a unit.
+
+    Work goes only to live actors. An actor that died after its Ray restarts (or whose node was
+    lost before Ray noticed) is killed for good and replaced by a fresh one (up to
+    ``num_actors * (max_retries + 1)`` replacements); the groups it held go back in the queue, each
+    at most ``max_retries`` times. Only when no actor can run are the remaining groups failed.
+    Failed units are listed in ``failed_units.json``; a rerun runs only the missing units.
+    """
+    from collections import deque
+
     import ray
+    from ray.exceptions import RayActorError
 
     from .stages import GeneratorWorker
     g = job.generate
@@ -221,27 +244,33 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
     _say(f"generate: {len(units)} units, {len(units) - len(todo)} already committed, {len(todo)} to run "
          f"on {g.num_actors} actor(s)")
     if not todo:
-        return {"units": len(units), "ran": 0, "images": 0, "seconds": 0.0}
+        store.rm("failed_units.json")
+        return {"units": len(units), "ran": 0, "images": 0, "dit_calls": 0, "seconds": 0.0, "failed": 0}
     Actor = ray.remote(GeneratorWorker).options(
         num_cpus=g.num_cpus, num_gpus=g.num_gpus or None, max_restarts=g.max_retries,
         max_task_retries=g.max_retries)
     threads = max(1, int(g.num_cpus))
-    actors = [Actor.remote(job_dict(job), threads) for _ in range(min(g.num_actors, len(todo)))]
-    pending = group_units(todo, g.batch_size)   # one DiT batch holds several classes' units
+    slots = min(g.num_actors, len(todo))
+    live = [Actor.remote(job_dict(job), threads, settings_hash) for _ in range(slots)]
+    spare = slots * (g.max_retries + 1)   # fresh actors allowed once an actor's restarts are used up
+    pending = deque(group_units(todo, g.batch_size))   # one DiT batch holds several classes' units
     in_flight = {}
+    lost: dict[tuple, int] = {}   # unit group -> times it was lost with its actor
     t0 = time.time()
-    images, finished, failed, dit_calls = 0, 0, [], 0
-    lost: dict[tuple, int] = {}   # unit group -> times it was lost
+    images, finished, failed, replaced, dit_calls = 0, 0, [], 0, 0
     per_actor = 2
 
-    def submit(a):
-        grp = pending.pop(0)
-        in_flight[a.run_units.remote(grp)] = (a, grp)
+    def fail(grp, error: str):
+        failed.extend({"unit": u.name, "error": error} for u in grp)
+        log.error("generate: units %s failed: %s", [u.name for u in grp], error)
 
-    for a in actors:
-        for _ in range(per_actor):
-            if pending:
-                submit(a)
+    def feed():
+        for a in live:
+            while pending and sum(x is a for x, _ in in_flight.values()) < per_actor:
+                grp = pending.popleft()
+                in_flight[a.run_units.remote(grp)] = (a, grp)
+
+    feed()
     progress, settled = Progress("generate", sum(u.count for u in todo), "images"), 0
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -251,31 +280,47 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit]) -> dict:
             images += res["images"]
             dit_calls += len(res["dit_batches"])
             finished += len(grp)
-        except Exception as e:  # Ray's retries are spent, e.g. the node died before Ray saw it
+            settled += sum(u.count for u in grp)
+        except RayActorError as e:  # the actor is gone for good (its restarts used, or its node lost)
+            why = str(e).splitlines()[0][:300]
             key = tuple(u.name for u in grp)
             lost[key] = lost.get(key, 0) + 1
-            if lost[key] <= g.max_retries:  # the group goes back in the queue (committed units are skipped)
-                log.warning("generate: units %s lost (%s); queued again (%d/%d)", list(key),
-                            str(e).splitlines()[0][:200], lost[key], g.max_retries)
-                time.sleep(min(60, 10 * lost[key]))   # let Ray notice a lost node and restart the actor
+            if lost[key] <= g.max_retries:   # back in the queue (units it committed are skipped)
+                log.warning("generate: units %s lost with their actor (%s); queued again (%d/%d)",
+                            list(key), why, lost[key], g.max_retries)
                 pending.append(grp)
             else:
-                for u in grp:
-                    failed.append({"unit": u.name, "error": str(e).splitlines()[0][:500]})
-                log.error("generate: units %s failed after retries: %s", list(key), failed[-1]["error"])
-        if pending:
-            submit(a)
-        settled += sum(u.count for u in grp)
+                fail(grp, f"generator actor died {lost[key]} time(s) running these units: {why}")
+                settled += sum(u.count for u in grp)
+            if any(x is a for x in live):
+                live[:] = [x for x in live if x is not a]
+                ray.kill(a, no_restart=True)
+                if spare > 0:
+                    spare -= 1
+                    replaced += 1
+                    live.append(Actor.remote(job_dict(job), threads, settings_hash))
+                    log.warning("generate: a generator actor died after %d restart(s); started a replacement",
+                                g.max_retries)
+        except Exception as e:  # the unit's own error, after its task retries; the actor lives on
+            fail(grp, str(e).splitlines()[0][:500])
+            settled += sum(u.count for u in grp)
+        if not live:
+            while pending:
+                grp = pending.popleft()
+                fail(grp, "no generator actor could run (every actor and replacement died)")
+                settled += sum(u.count for u in grp)
+        feed()
         progress.update(settled, f"; {finished}/{len(todo)} units" + (f", {len(failed)} failed" if failed else ""))
-    for a in actors:
+    for a in live:
         ray.kill(a)
     if failed:
         store.write_json(failed, "failed_units.json")
-        raise RuntimeError(f"{len(failed)} unit(s) failed "
-                           f"(see {store.uri('failed_units.json')}); rerun the same command to retry only those")
+    else:
+        store.rm("failed_units.json")
     el = time.time() - t0
-    return {"units": len(units), "ran": len(todo), "images": images, "dit_calls": dit_calls, "seconds": round(el, 2),
-            "images_per_s": round(images / max(el, 1e-9), 3)}
+    return {"units": len(units), "ran": len(todo), "images": images, "dit_calls": dit_calls,
+            "seconds": round(el, 2), "images_per_s": round(images / max(el, 1e-9), 3), "failed": len(failed),
+            "actors_replaced": replaced}
 
 
 # ---- evaluate -------------------------------------------------------------------------------

@@ -235,10 +235,12 @@ def guidance_params(job: JobConfig):
 class GeneratorWorker:
     """Holds the frozen DiT + VAE; turns one work unit into one committed shard."""
 
-    def __init__(self, job: dict, threads: int = 1):
+    def __init__(self, job: dict, threads: int = 1, settings_hash: str = ""):
+        from .settings import SHARD_KEY
         set_threads(threads)
         self.job = JobConfig.model_validate(job)
         self.store = Store(self.job.output.dir, self.job.output.storage_options)
+        self.shard_metadata = {SHARD_KEY: settings_hash} if settings_hash else None
         self.device = pick_device(self.job.model.device)
         self._models = None
         self._class_cache: dict[int, tuple] = {}
@@ -299,12 +301,14 @@ class GeneratorWorker:
             rows = self._generate(items, batches)
             for u in todo:
                 mine = [r for (uu, _), r in zip(items, rows) if uu is u]
-                self.store.write_table(shard_table(mine, self.class_names), "shards", u.shard)
+                self.store.write_table(shard_table(mine, self.class_names), "shards", u.shard,
+                                       metadata=self.shard_metadata)
                 n += len(mine)
         else:
             for u in todo:
                 rows = self._real_rows(u, [targets[i] for i in u.target_ids])
-                self.store.write_table(shard_table(rows, self.class_names), "shards", u.shard)
+                self.store.write_table(shard_table(rows, self.class_names), "shards", u.shard,
+                                       metadata=self.shard_metadata)
                 n += len(rows)
         return {"units": [u.name for u in units], "skipped": len(units) - len(todo), "images": n, "dit_batches": batches,
                 "seconds": time.time() - t0, "pid": os.getpid()}

@@ -8,13 +8,18 @@ a PUT to the final key is already atomic. Readers therefore never see half a sha
 from __future__ import annotations
 
 import json
+import logging
 import os
+import platform
 import posixpath
+import threading
+import time
 import uuid
 from typing import Any
 
 import fsspec
 
+log = logging.getLogger("mgd_ray")
 SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 
 
@@ -60,6 +65,7 @@ class Store:
 
     def ls(self, *parts: str, suffix: str = "") -> list[str]:
         p = self.path(*parts)
+        self.fs.invalidate_cache(p)   # object stores cache listings; other processes write here
         if not self.fs.exists(p):
             return []
         names = [posixpath.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False)]
@@ -89,13 +95,23 @@ class Store:
     def read_json(self, *parts: str) -> Any:
         return json.loads(self.read_bytes(*parts))
 
-    def write_table(self, table, *parts: str):
+    def write_table(self, table, *parts: str, metadata: dict[str, str] | None = None):
+        """One Parquet file; ``metadata`` goes into its footer (key-value metadata)."""
         import io
 
         import pyarrow.parquet as pq
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         self.write_bytes(buf.getvalue(), *parts)
+
+    def read_footer(self, *parts: str) -> dict[str, str]:
+        """A Parquet file's key-value metadata; raises when the footer is missing (e.g. truncated)."""
+        import pyarrow.parquet as pq
+        with self.fs.open(self.path(*parts), "rb") as f:
+            md = pq.read_metadata(f).metadata or {}
+        return {k.decode(): v.decode() for k, v in md.items()}
 
     def read_table(self, *parts: str, **kw):
         import pyarrow.parquet as pq
@@ -110,3 +126,125 @@ class Store:
     def mtime(self, *parts: str):
         info = self.fs.info(self.path(*parts))
         return info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+
+
+# ---------------------------------------------------------------------------------------------
+class LeaseHeld(RuntimeError):
+    """Another driver holds this output directory."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lease:
+    """``output.dir/_lease.json``: one driver per output directory.
+
+    The holder rewrites its heartbeat every ``ttl / 4`` seconds. Another driver refuses while
+    the lease is live and takes it over once it is stale: no heartbeat for ``ttl`` seconds, or
+    (on the same host) its process is gone, so a rerun after a killed driver starts at once.
+    Local files are created exclusively (O_EXCL); on object stores a read-back after the write
+    decides between two drivers that started in the same instant.
+    """
+
+    NAME = "_lease.json"
+
+    def __init__(self, store: Store, ttl: float = 120.0):
+        self.store, self.ttl = store, float(ttl)
+        self.me = {"owner": uuid.uuid4().hex, "host": platform.node(), "pid": os.getpid(),
+                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ttl": self.ttl}
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        self.acquire()
+        self._thread = threading.Thread(target=self._beat, name="mgd-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self.release()
+
+    def _record(self) -> bytes:
+        return json.dumps({**self.me, "heartbeat": time.time()}).encode()
+
+    def _read(self) -> dict | None:
+        try:
+            return self.store.read_json(self.NAME)
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _create(self) -> bool:
+        if self.store.is_local:
+            path = self.store.path(self.NAME)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._record())
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        if self.store.exists(self.NAME):
+            return False
+        self.store.write_bytes(self._record(), self.NAME)
+        time.sleep(0.5)
+        return (self._read() or {}).get("owner") == self.me["owner"]
+
+    def stale(self, cur: dict) -> str | None:
+        """Why the lease ``cur`` is stale, or None while it is live."""
+        age = time.time() - float(cur.get("heartbeat", 0))
+        if age > float(cur.get("ttl", self.ttl)):
+            return f"no heartbeat for {age:.0f}s"
+        if cur.get("host") == self.me["host"] and not _pid_alive(int(cur.get("pid", -1))):
+            return f"its driver (pid {cur.get('pid')}) is gone"
+        return None
+
+    def acquire(self):
+        for _ in range(3):
+            if self._create():
+                return
+            cur = self._read()
+            if cur is None:
+                continue  # released meanwhile
+            why = self.stale(cur)
+            if why is None:
+                age = time.time() - float(cur.get("heartbeat", 0))
+                raise LeaseHeld(
+                    f"{self.store.uri()} is in use by another driver (host {cur.get('host')}, pid {cur.get('pid')}, "
+                    f"started {cur.get('started')}, heartbeat {age:.0f}s ago). Two drivers must not write one "
+                    f"output.dir: wait for that run to finish or stop it, or use another output.dir. A lease "
+                    f"expires {cur.get('ttl', self.ttl):.0f}s after its driver stops (at once on the same host).")
+            log.warning("taking over the lease on %s: %s", self.store.uri(), why)
+            self.store.rm(self.NAME)
+        raise LeaseHeld(f"could not take the lease on {self.store.uri()}: other drivers keep taking it")
+
+    def _beat(self):
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                cur = self._read()
+                if cur and cur.get("owner") != self.me["owner"]:
+                    log.error("the lease on %s was taken over by host %s pid %s", self.store.uri(),
+                              cur.get("host"), cur.get("pid"))
+                    return
+                self.store.write_bytes(self._record(), self.NAME)
+            except Exception as e:  # an unreachable store: keep trying, the run itself will notice
+                log.warning("lease heartbeat failed: %s", e)
+
+    def release(self):
+        try:
+            if (self._read() or {}).get("owner") == self.me["owner"]:
+                self.store.rm(self.NAME)
+        except Exception as e:
+            log.warning("could not release the lease on %s: %s", self.store.uri(), e)
