@@ -92,8 +92,11 @@ class GuidanceConfig(_Model):
     lam_mode: float = Field(default=0.1, ge=0)
     manifold_scale: float | None = Field(default=None, ge=0, description="None = by method (0 for mgd3)")
     beta: float = Field(default=1.0, ge=0, le=1)
-    beta_schedule: Literal["constant", "anneal"] = "constant"
-    basis: Literal["noised", "expected", "reference"] = "expected"
+    beta_schedule: Literal["constant", "anneal", "ramp", "decay"] = Field(
+        default="constant", description="beta_t over the guided steps (mgd_ray/method/guidance.py)")
+    t_project: int | None = Field(default=None, ge=0, description="normal removal only while the respaced step "
+                                  "index t <= t_project (a later window of the guided steps); None = every guided step")
+    basis: Literal["noised", "expected", "members", "reference"] = "expected"
     d: int = Field(default=3, ge=1)
     K: int = Field(default=12, ge=2)
     ridge: float = Field(default=1e-5, ge=0)
@@ -110,6 +113,9 @@ class GuidanceConfig(_Model):
     def _dims(self):
         if self.d >= self.K:
             raise ValueError(f"d ({self.d}) must be smaller than K ({self.K}): the basis comes from K neighbours")
+        if self.t_project is not None and self.t_project <= self.t_stop:
+            raise ValueError(f"t_project ({self.t_project}) must be above t_stop ({self.t_stop}): guidance is off "
+                             f"at t <= t_stop, so the projection window would be empty")
         return self
 
 

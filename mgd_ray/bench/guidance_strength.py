@@ -83,7 +83,7 @@ def run(cell: Path) -> dict:
                 nb = pad_neighbourhoods([neighbourhood_for_target(
                     lat[r["label"]][1], lat[r["label"]][0], SimpleNamespace(member_ids=r["member_ids"],
                                                                             target=r["target"]),
-                    job.coreset.neighbourhood_max, params.K) for r in rows])
+                    job.coreset.neighbourhood_max, params.min_neighbours) for r in rows])
             guidance = _Recorder(ManifoldGuidance(c, nb, params))
         vt = "learned_range" if info.learned_sigma else "fixed_small"
         x0 = sample(dit_model_fn(dit), diff, labels, seeds, shape, null_label=info.null_label,
