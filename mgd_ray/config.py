@@ -142,7 +142,10 @@ class GenerateConfig(_Model):
 
 class EvaluateConfig(_Model):
     enabled: bool = True
-    protocol: Literal["hard-label"] = "hard-label"
+    protocol: Literal["hard-label", "soft-label"] = "hard-label"
+    teacher: str | None = Field(default=None, description="soft-label: local directory of a network trained on "
+                                "the real data (mgd_ray/eval/soft_label.py); None = the prior's classifier/")
+    temperature: float = Field(default=20.0, gt=0, description="soft-label: KL temperature (SRe2L/RDED use 20)")
     students: list[str] = Field(default_factory=lambda: ["convnet3"], min_length=1)
     train_seeds: int = Field(default=3, ge=1)
     epochs: int | None = Field(default=None, gt=0, description="None = the protocol's rule")
@@ -189,6 +192,18 @@ class JobConfig(_Model):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _teacher_known(self):
+        ev = self.evaluate
+        if ev.enabled and ev.protocol == "soft-label" and ev.teacher is None \
+                and not self.model.generator.startswith("prior:"):
+            raise ValueError(
+                f"evaluate.protocol soft-label needs evaluate.teacher: a local directory holding a network trained "
+                f"on the real data (e.g. a ResNet-18: teacher.json + teacher.safetensors, see "
+                f"mgd_ray/eval/soft_label.py); only the shipped priors (model.generator prior:<name>) bring one "
+                f"(their classifier/), and {self.model.generator!r} is not one of them")
+        return self
 
     @model_validator(mode="after")
     def _guidance_reachable(self):

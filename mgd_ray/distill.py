@@ -91,6 +91,9 @@ def preflight(job: JobConfig):
     if job.generative or True:  # the VAE encodes every method's latents
         _, _, info = load_generator(job.model.generator, job.model.vae, allow_download=job.model.allow_download)
         check_label_order(job, source, info)
+    if job.evaluate.enabled:
+        from .pipeline.evaluate import load_job_teacher
+        load_job_teacher(job)   # soft-label: the teacher must exist before hours of generation
     return source, info
 
 
