@@ -31,22 +31,39 @@ from . import REPORTS, machine, md_table
 log = logging.getLogger("mgd_ray")
 
 # the main table: every method, every ManifoldGD variant (tangent basis x target rule); the
-# ManifoldGD cells pin the paper's strict projection (beta 1) whatever the job file ships
+# ManifoldGD cells pin the paper's strict projection (beta 1) whatever the job file ships, except
+# manifoldgd-default, which runs the job file's shipped guidance settings
+STRICT = ["method=manifoldgd", "guidance.beta=1.0", "guidance.beta_schedule=constant", "guidance.basis=expected",
+          "guidance.d=3", "guidance.K=12", "guidance.t_project=null", "coreset.selection=leaves"]
 MAIN: list[tuple[str, list[str]]] = [
     ("random-real", ["method=random-real"]),
     ("dit", ["method=dit"]),
     ("mgd3", ["method=mgd3"]),
-    ("manifoldgd-expected-leaves", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=expected", "coreset.selection=leaves"]),
+    ("manifoldgd-expected-leaves", STRICT),
+    ("manifoldgd-default", ["method=manifoldgd"]),
     ("herding", ["method=herding"]),
     ("kcenter", ["method=kcenter"]),
-    ("manifoldgd-noised-leaves", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=noised", "coreset.selection=leaves"]),
-    ("manifoldgd-reference-leaves", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=reference", "coreset.selection=leaves"]),
-    ("manifoldgd-expected-levelwise", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=expected",
-                                       "coreset.selection=levelwise"]),
-    ("manifoldgd-noised-levelwise", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=noised", "coreset.selection=levelwise"]),
-    ("manifoldgd-reference-levelwise", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=reference",
-                                        "coreset.selection=levelwise"]),
+    ("manifoldgd-noised-leaves", STRICT + ["guidance.basis=noised"]),
+    ("manifoldgd-reference-leaves", STRICT + ["guidance.basis=reference"]),
+    ("manifoldgd-expected-levelwise", STRICT + ["coreset.selection=levelwise"]),
+    ("manifoldgd-noised-levelwise", STRICT + ["guidance.basis=noised", "coreset.selection=levelwise"]),
+    ("manifoldgd-reference-levelwise", STRICT + ["guidance.basis=reference", "coreset.selection=levelwise"]),
 ]
+
+# variants that keep the mode pull (issue 10 §3), each one change from the paper-strict cell
+VARIANTS: list[tuple[str, list[str]]] = [
+    ("var-d8", STRICT + ["guidance.d=8", "guidance.K=16"]),
+    ("var-d16", STRICT + ["guidance.d=16", "guidance.K=32"]),
+    ("var-d32", STRICT + ["guidance.d=32", "guidance.K=64"]),
+    ("var-d64", STRICT + ["guidance.d=64", "guidance.K=128"]),
+    ("var-ramp", STRICT + ["guidance.beta_schedule=ramp"]),
+    ("var-members", STRICT + ["guidance.basis=members", "guidance.d=8", "guidance.K=16"]),
+    ("var-window", STRICT + ["guidance.t_project=37"]),
+    ("var-members-window", STRICT + ["guidance.basis=members", "guidance.d=8", "guidance.K=16", "guidance.t_project=37"]),
+]
+# the "variant" field of a report cell (issue 10 §2): ManifoldGD cells by rule, ablations by name
+VARIANT_OF = {"manifoldgd-expected-leaves": "paper-strict", "manifoldgd-reference-leaves": "reference",
+              "manifoldgd-default": "default"}
 
 # one factor at a time around the base variant (the job file's values are the centre)
 ABLATION: list[tuple[str, str, list]] = [
@@ -89,6 +106,8 @@ def cell_overrides(args, name: str, sets: list[str], out: Path) -> list[str]:
 def cells_for(part: str, base_cell: str) -> list[tuple[str, list[str]]]:
     if part == "main":
         return MAIN
+    if part == "variants":
+        return VARIANTS
     if part == "ablation":
         base = dict(MAIN)[base_cell]
         out = [(f"{base_cell}", base)]
@@ -96,7 +115,7 @@ def cells_for(part: str, base_cell: str) -> list[tuple[str, list[str]]]:
             for v in values:
                 out.append((f"abl-{factor}={v}", base + [f"{key}={v}"]))
         return out
-    raise SystemExit(f"unknown part {part!r}; expected main or ablation")
+    raise SystemExit(f"unknown part {part!r}; expected main, variants or ablation")
 
 
 def ensure_latents(root: Path, raw: dict, args) -> Path:
@@ -236,6 +255,15 @@ DIST_KEYS = ["fid", "mean_l2", "mmd2_rbf_unbiased", "diversity", "representative
              "prior_fidelity"]
 
 
+def cell_variant(name: str, method: str) -> str:
+    """paper-strict | reference | default | the ablation's or variant's name; "" for non-ManifoldGD cells."""
+    if name.startswith(("abl-", "var-")):
+        return name[4:]
+    if method != "manifoldgd":
+        return ""
+    return VARIANT_OF.get(name, name.removeprefix("manifoldgd-"))
+
+
 def read_cell(d: Path) -> dict | None:
     if not (d / "results.json").is_file():
         return None
@@ -248,6 +276,7 @@ def read_cell(d: Path) -> dict | None:
     row = {"cell": d.name, "dir": str(d), "ipc": res["ipc"], "method": kind, "student": student,
            "basis": cfg["guidance"]["basis"] if kind == "manifoldgd" else "",
            "selection": cfg["coreset"]["selection"] if kind == "manifoldgd" else "",
+           "variant": cell_variant(d.name, kind), "protocol": res.get("protocol", "hard-label"),
            "final_mean": 100 * cell["final_acc_mean"], "final_std": 100 * cell["final_acc_std"],
            "best_mean": 100 * cell["best_acc_mean"], "best_std": 100 * cell["best_acc_std"],
            "runs": len(cell["runs"]), "seeds": sorted({r["set_seed"] for r in cell["runs"]}),
@@ -481,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (or resume) the cells of one part at one IPC")
     r.add_argument("job", help="the base job file, e.g. jobs/fashion-mnist.yaml")
-    r.add_argument("--part", default="main", choices=["main", "ablation"])
+    r.add_argument("--part", default="main", choices=["main", "variants", "ablation"])
     r.add_argument("--ipc", type=int, default=10)
     r.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     r.add_argument("--epochs", type=int, default=None, help="student epochs (default: the protocol's rule)")
