@@ -220,7 +220,26 @@ def run_synthetic(ipc: int = 10, seed: int = 0) -> dict:
     return {"source": "synthetic 4x32x32 class-structured latents, ideal class-conditional denoiser "
                       "(jobs/imagenette.yaml guidance settings; cfg 1, fixed_small variance)",
             "images": len(targets), "latent_dim": int(c.shape[1]), "per_class": int((y == 0).sum()),
-            "member_counts": [int(len(t[1])) for t in targets], "settings": res, "machine": machine()}
+            "member_counts": [int(len(t[1])) for t in targets], "settings": res, "machine": machine(),
+            "note": "The ideal denoiser ends every trajectory on a training latent, so the final-latent columns are "
+                    "quantised: settings that land on the same training points tie exactly (e.g. the reference row "
+                    "and the unprojected one). normal_share and removed_share are per-step geometry and are not."}
+
+
+def render(data: dict, cmd: str) -> str:
+    """The Markdown report of one run (``data`` as written to the JSON report)."""
+    md = ["# Guidance strength after the tangent projection", "",
+          f"`{cmd}`: {data['source']}; one image per class (target 0 of seed 0), latent dim {data['latent_dim']}; "
+          "same seeds and noise for every row, so `moved from DiT` is the guidance's whole effect on the final latent.", "",
+          md_table(data["settings"], COLS), "",
+          "`normal_share` = mean over the guided steps where a basis was computed of ‖P_N g_mode‖ / ‖g_mode‖ "
+          "(the part of the mode vector normal to the tangent space); `removed_share` = mean over ALL guided steps "
+          "of ‖g − g_mode‖ / ‖g_mode‖ (what the rule takes away: β = 1 removes the whole normal part, β = 0.5 half, "
+          "0 outside a projection window); `moved_from_dit_rel` = ‖x0 − x0_DiT‖ / ‖x0_DiT − c‖; "
+          "`dist_to_target_vs_dit` = ‖x0 − c‖ / ‖x0_DiT − c‖ (1 = no closer to the target than plain DiT)."]
+    if data.get("note"):
+        md += ["", data["note"]]
+    return "\n".join(md)
 
 
 def main(argv=None):
@@ -235,17 +254,10 @@ def main(argv=None):
     else:
         data = run_cell(Path(args.cell).resolve())
         cmd = f"python -m mgd_ray.bench.guidance_strength --cell {args.cell}" + (f" --name {args.name}" if args.name else "")
-    md = ["# Guidance strength after the tangent projection", "",
-          f"`{cmd}`: {data['source']}; one image per class (target 0 of seed 0), latent dim {data['latent_dim']}; "
-          "same seeds and noise for every row, so `moved from DiT` is the guidance's whole effect on the final latent.", "",
-          md_table(data["settings"], COLS), "",
-          "`normal_share` = mean over the guided steps where a basis was computed of ‖P_N g_mode‖ / ‖g_mode‖ "
-          "(the part of the mode vector normal to the tangent space); `removed_share` = mean over ALL guided steps "
-          "of ‖g − g_mode‖ / ‖g_mode‖ (what the rule takes away: β = 1 removes the whole normal part, β = 0.5 half, "
-          "0 outside a projection window); `moved_from_dit_rel` = ‖x0 − x0_DiT‖ / ‖x0_DiT − c‖; "
-          "`dist_to_target_vs_dit` = ‖x0 − c‖ / ‖x0_DiT − c‖ (1 = no closer to the target than plain DiT)."]
+    md = render(data, cmd)
     name = "guidance_strength" + (f"-{args.name}" if args.name else "")
-    pj, pm = write_report(name, data, "\n".join(md))
+    data["command"] = cmd
+    pj, pm = write_report(name, data, md)
     print(pm.read_text())
 
 
