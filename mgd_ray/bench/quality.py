@@ -273,7 +273,8 @@ def read_cell(d: Path) -> dict | None:
     kind, by_student = next(iter(res["results"].items()))
     student, cell = next(iter(by_student.items()))
     dist = res.get("distribution", {})
-    row = {"cell": d.name, "dir": str(d), "ipc": res["ipc"], "method": kind, "student": student,
+    row = {"cell": d.name, "dir": f"{d.parent.name}/{d.name}",  # relative to the root: no machine path in reports
+           "ipc": res["ipc"], "method": kind, "student": student,
            "basis": cfg["guidance"]["basis"] if kind == "manifoldgd" else "",
            "selection": cfg["coreset"]["selection"] if kind == "manifoldgd" else "",
            "variant": cell_variant(d.name, kind), "protocol": res.get("protocol", "hard-label"),
@@ -403,7 +404,7 @@ def make_report(root: Path, dataset: str, out_dir: Path | None = None) -> tuple[
                      for k, v in PUBLISHED_FMNIST.items()], ["method", "IPC 1", "IPC 10", "IPC 50"]), ""]
     plots = plot(rows, root, dataset, out_dir)
     md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    data = {"dataset": dataset, "root": str(root), "machine": machine(), "cells": rows,
+    data = {"dataset": dataset, "root": root.name, "machine": machine(), "cells": rows,
             "published": PUBLISHED_FMNIST}
     from . import write_report
     return write_report(f"quality-{dataset}", data, "\n".join(md), out_dir)
