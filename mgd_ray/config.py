@@ -95,8 +95,11 @@ class GuidanceConfig(_Model):
     lam_mode: float = Field(default=0.1, ge=0)
     manifold_scale: float | None = Field(default=None, ge=0, description="None = by method (0 for mgd3)")
     beta: float = Field(default=1.0, ge=0, le=1)
-    beta_schedule: Literal["constant", "anneal"] = "constant"
-    basis: Literal["noised", "expected", "reference"] = "expected"
+    beta_schedule: Literal["constant", "anneal", "ramp", "decay"] = Field(
+        default="constant", description="beta_t over the guided steps (mgd_ray/method/guidance.py)")
+    t_project: int | None = Field(default=None, ge=0, description="normal removal only while the respaced step "
+                                  "index t <= t_project (a later window of the guided steps); None = every guided step")
+    basis: Literal["noised", "expected", "members", "reference"] = "expected"
     d: int = Field(default=3, ge=1)
     K: int = Field(default=12, ge=2)
     ridge: float = Field(default=1e-5, ge=0)
@@ -114,6 +117,9 @@ class GuidanceConfig(_Model):
     def _dims(self):
         if self.d >= self.K:
             raise ValueError(f"d ({self.d}) must be smaller than K ({self.K}): the basis comes from K neighbours")
+        if self.t_project is not None and self.t_project <= self.t_stop:
+            raise ValueError(f"t_project ({self.t_project}) must be above t_stop ({self.t_stop}): guidance is off "
+                             f"at t <= t_stop, so the projection window would be empty")
         return self
 
 
@@ -140,7 +146,10 @@ class GenerateConfig(_Model):
 
 class EvaluateConfig(_Model):
     enabled: bool = True
-    protocol: Literal["hard-label"] = "hard-label"
+    protocol: Literal["hard-label", "soft-label"] = "hard-label"
+    teacher: str | None = Field(default=None, description="soft-label: local directory of a network trained on "
+                                "the real data (mgd_ray/eval/soft_label.py); None = the prior's classifier/")
+    temperature: float = Field(default=20.0, gt=0, description="soft-label: KL temperature (SRe2L/RDED use 20)")
     students: list[str] = Field(default_factory=lambda: ["convnet3"], min_length=1)
     train_seeds: int = Field(default=3, ge=1)
     epochs: int | None = Field(default=None, gt=0, description="None = the protocol's rule")
@@ -184,6 +193,18 @@ class JobConfig(_Model):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _teacher_known(self):
+        ev = self.evaluate
+        if ev.enabled and ev.protocol == "soft-label" and ev.teacher is None \
+                and not self.model.generator.startswith("prior:"):
+            raise ValueError(
+                f"evaluate.protocol soft-label needs evaluate.teacher: a local directory holding a network trained "
+                f"on the real data (e.g. a ResNet-18: teacher.json + teacher.safetensors, see "
+                f"mgd_ray/eval/soft_label.py); only the shipped priors (model.generator prior:<name>) bring one "
+                f"(their classifier/), and {self.model.generator!r} is not one of them")
+        return self
 
     @model_validator(mode="after")
     def _guidance_reachable(self):

@@ -85,10 +85,12 @@ def preflight(job: JobConfig):
     if n_train == 0:
         from .data import DataError
         raise DataError(f"data source {job.data.source!r} has no train rows for the chosen classes")
-    info = None
-    if job.generative or True:  # the VAE encodes every method's latents
-        _, _, info = load_generator(job.model.generator, job.model.vae, allow_download=job.model.allow_download)
-        check_label_order(source.classes, info)
+    # every method needs the model: the VAE encodes the latents of every method
+    _, _, info = load_generator(job.model.generator, job.model.vae, allow_download=job.model.allow_download)
+    check_label_order(source.classes, info)
+    if job.evaluate.enabled:
+        from .pipeline.evaluate import load_job_teacher
+        load_job_teacher(job)   # soft-label: the teacher must exist before hours of generation
     return source, info
 
 

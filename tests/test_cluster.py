@@ -193,8 +193,9 @@ def test_job_file_validates_with_reference_settings(name):
     assert job.encode.image_size == 256 and job.encode.preprocess == "center-crop"
     s, g, gen = job.sampler, job.guidance, job.generate
     assert (s.kind, s.steps, s.cfg_scale, s.cfg_channels) == ("ddpm", 50, 4.0, "first3")
-    assert (g.lam_mode, g.t_stop, g.d, g.K, g.ridge, g.warm, g.radius_mult, g.radius_kind) == (
-        0.1, 25, 3, 12, 1e-5, 5, 2.0, "exp")
+    assert (g.lam_mode, g.t_stop, g.ridge, g.warm, g.radius_mult, g.radius_kind) == (0.1, 25, 1e-5, 5, 2.0, "exp")
+    # the shipped ManifoldGD default (issue 10 §4), not the beta-1 / d-3 rule measured to collapse to DiT
+    assert (g.basis, g.beta, g.d, g.K, g.beta_schedule, g.t_project) == ("members", 1.0, 8, 16, "constant", None)
     assert g.radius == (0.05 if name == "imagenette" else 0.1)
     assert gen.ipc == 10 and gen.seeds == [0, 1, 2] and gen.targets_per_unit == 10
     # GPU sizing: autoscaled encode pool, a fixed generator pool, GPU evaluation

@@ -197,3 +197,16 @@ def test_guidance_defaults_agree_with_the_method_core():
     got, want = asdict(guidance_params(JobConfig())), asdict(GuidanceParams())
     assert got.keys() == want.keys()
     assert {k: (got[k], want[k]) for k in got if got[k] != want[k]} == {}
+
+
+def test_guidance_variant_keys_reach_the_guidance():
+    from mgd_ray.pipeline.stages import guidance_params
+    job = job_from_dict({}, ["guidance.basis=members", "guidance.beta_schedule=ramp", "guidance.t_project=37",
+                             "guidance.d=16", "guidance.K=32"])
+    p = guidance_params(job)
+    assert (p.basis, p.beta_schedule, p.t_project, p.d, p.K) == ("members", "ramp", 37, 16, 32)
+    assert guidance_params(job_from_dict({})).t_project is None
+    with pytest.raises(JobError, match=r"t_project \(25\) must be above t_stop \(25\)"):
+        job_from_dict({}, ["guidance.t_project=25"])
+    with pytest.raises(JobError, match="beta_schedule"):
+        job_from_dict({}, ["guidance.beta_schedule=sometimes"])

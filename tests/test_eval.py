@@ -351,3 +351,102 @@ def test_classifier_train_save_load(tmp_path):
     assert back.record["test_acc"] == acc and back.config["widths"] == [8, 16, 16]
     with pytest.raises(FileNotFoundError, match="classifier.json"):
         clf.load(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- soft-label protocol
+class _ProtoTeacher(nn.Module):
+    """A fixed 'real-data' teacher: logits = −‖x − prototype_k‖² of the toy classes (one weight to watch)."""
+
+    def __init__(self, size: int = 16):
+        super().__init__()
+        coarse = torch.randn(10, 1, 4, 4, generator=torch.Generator().manual_seed(123))
+        self.protos = nn.Parameter(F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False))
+
+    def forward(self, x):
+        return -((x.unsqueeze(1) - self.protos.unsqueeze(0)) ** 2).flatten(2).sum(-1)
+
+
+_SOFT_CFG = dict(_TOY_CFG, protocol="soft-label", epochs=20, n_evals=2)   # no augmentation: the toy teacher
+                                                                          # is only right on clean toy images
+
+
+def test_soft_label_learns_the_teacher_not_the_labels():
+    """Labels shuffled: hard-label training stays near chance (test above); soft-label training follows
+    the frozen teacher on every augmented, CutMixed batch and scores high. Fails if hard labels were used."""
+    xtr, ytr = _toy(8, seed=1)
+    xte, yte = _toy(10, seed=2)
+    ytr = ytr[torch.randperm(len(ytr), generator=torch.Generator().manual_seed(9))]
+    teacher = _ProtoTeacher()
+    teacher.train()
+    before = teacher.protos.detach().clone()
+    res = train_and_evaluate(xtr, ytr, xte, yte, 10, TrainConfig(**_SOFT_CFG), teacher=teacher)
+    assert res["final_acc"] >= 0.8, res["history"]
+    assert res["protocol"] == "soft-label" and res["optimizer"]["name"] == "AdamW"
+    assert res["optimizer"]["lr"] == 1e-3 and res["optimizer"]["weight_decay"] == 0.01
+    # frozen: eval mode, no gradients, weights unchanged
+    assert not teacher.training and not teacher.protos.requires_grad and torch.equal(teacher.protos, before)
+
+
+def test_teacher_labels_every_augmented_cutmixed_batch():
+    """The teacher sees exactly the student's training inputs (after augmentation and CutMix)."""
+    xtr, ytr = _toy(4, seed=1)
+    seen = {"student": [], "teacher": []}
+    teacher = _ProtoTeacher()
+    teacher.register_forward_pre_hook(lambda m, a: seen["teacher"].append(a[0].clone()))
+
+    def wrap(model):
+        model.register_forward_pre_hook(lambda m, a: seen["student"].append(a[0].clone()) if m.training else None)
+        return model
+    cfg = TrainConfig(**dict(_SOFT_CFG, epochs=2, augment="dsa-grey", cutmix=True))
+    train_and_evaluate(xtr, ytr, xtr, ytr, 10, cfg, teacher=teacher, model_wrapper=wrap)
+    assert len(seen["student"]) == len(seen["teacher"]) == 2 * 3                     # 40 images, batch 16
+    assert all(torch.equal(a, b) for a, b in zip(seen["student"], seen["teacher"]))
+    assert not any(torch.equal(a, xtr[:len(a)]) for a in seen["teacher"])            # augmented, not raw
+
+
+def test_soft_label_loss_schedule_and_epochs():
+    from mgd_ray.eval import soft_label
+    s, t = torch.randn(4, 10), torch.randn(4, 10)
+    T = 20.0
+    p_t = F.softmax(t / T, 1)
+    manual = (p_t * (p_t.log() - F.log_softmax(s / T, 1))).sum(1).mean()
+    assert soft_label.soft_label_loss(s, t, T) == pytest.approx(float(manual), rel=1e-5)
+    assert float(soft_label.soft_label_loss(t, t, T)) == pytest.approx(0.0, abs=1e-7)
+    assert soft_label.cosine_lr(0, 300, 1e-3) == 1e-3 and soft_label.cosine_lr(150, 300, 1e-3) == pytest.approx(5e-4)
+    assert soft_label.cosine_lr(299, 300, 1e-3) < 1e-7
+    assert protocol_epochs(10, 10, 28, "soft-label") == 300 and protocol_epochs(10, 10, 28) == 1000
+    xtr, ytr = _toy(2, seed=1)
+    with pytest.raises(soft_label.TeacherError, match="teacher"):
+        train_and_evaluate(xtr, ytr, xtr, ytr, 10, TrainConfig(**_SOFT_CFG))
+
+
+def test_teacher_loading_and_clear_errors(tmp_path):
+    from mgd_ray.config import JobError, job_from_dict
+    from mgd_ray.eval import soft_label
+    from mgd_ray.pipeline.evaluate import load_job_teacher, teacher_dir
+    with pytest.raises(soft_label.TeacherError, match="evaluate.teacher"):
+        soft_label.load_teacher(tmp_path)
+    job = job_from_dict({}, ["evaluate.protocol=soft-label", f"evaluate.teacher={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load_job_teacher(job)
+    assert load_job_teacher(job_from_dict({})) is None                      # hard-label: no teacher
+    # the shipped prior's classifier is the default teacher, frozen
+    job = job_from_dict({}, ["evaluate.protocol=soft-label"])
+    assert teacher_dir(job).endswith("classifier")
+    t = load_job_teacher(job)
+    assert not t.training and not any(p.requires_grad for p in t.parameters())
+    with pytest.raises(soft_label.TeacherError, match="im_size teacher 8 vs data 16"):
+        soft_label.check_teacher(t, 1, 10, 16)
+    # a student-architecture teacher (the ImageNet jobs' ResNet-18 format)
+    from safetensors.torch import save_file
+    net = build_student("resnet18", 3, 5, 32, width=8)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "teacher.safetensors"))
+    (tmp_path / "teacher.json").write_text('{"student": "resnet18", "channels": 3, "num_classes": 5, '
+                                           '"im_size": 32, "width": 8}')
+    t = soft_label.load_teacher(tmp_path)
+    assert t(torch.zeros(2, 3, 32, 32)).shape == (2, 5) and not t.training
+    # config: a hub generator has no shipped classifier -> the teacher must be named
+    with pytest.raises(JobError, match="needs evaluate.teacher"):
+        job_from_dict({}, ["model.generator=facebook/DiT-XL-2-256", "evaluate.protocol=soft-label"])
+    with pytest.raises(JobError, match="temperature"):
+        job_from_dict({}, ["evaluate.protocol=soft-label", "evaluate.temperature=0"])

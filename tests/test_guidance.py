@@ -8,6 +8,7 @@ import torch
 from mgd_ray.method import (GuidanceParams, ManifoldGuidance, NoGuidance, StepInfo, Target, beta_schedule,
                             mode_term, neighbourhood_for_target, pad_neighbourhoods, project_normal,
                             project_tangent, radius_schedule, tangent_basis)
+from mgd_ray.method.guidance import chord_basis
 
 
 
@@ -195,3 +196,89 @@ def test_neighbourhood_helper():
     assert N.shape == (16, 5)
     nbrs, mask = pad_neighbourhoods([np.zeros((3, 5)), np.ones((5, 5))])
     assert nbrs.shape == (2, 5, 5) and mask.sum(1).tolist() == [3, 5]
+
+
+# ---- variants that keep the pull (issue 10 §3) ------------------------------------------------
+def test_beta_ramp_and_decay_endpoints():
+    n = 24
+    ramp = [beta_schedule(i, n, 0.8, 5, "exp", "ramp") for i in range(n)]
+    decay = [beta_schedule(i, n, 0.8, 5, "exp", "decay") for i in range(n)]
+    assert ramp[0] == 0.0 and ramp[-1] == pytest.approx(0.8) and decay[0] == pytest.approx(0.8) and decay[-1] == 0.0
+    assert all(a < b for a, b in zip(ramp, ramp[1:])) and all(a > b for a, b in zip(decay, decay[1:]))
+    assert ramp[n // 2] == pytest.approx(0.8 * (n // 2) / (n - 1))
+    assert beta_schedule(0, 1, 0.5, 5, "exp", "ramp") == 0.5                # a single guided step: q = 1
+    with pytest.raises(ValueError, match="beta_schedule"):
+        beta_schedule(0, 24, 1.0, 5, "exp", "cosine")
+
+
+def test_ramp_reaches_the_guidance():
+    """β_t of the schedule is what the guidance object applies: at the first guided step of a ramp
+    nothing is removed (g = g_mode), at the last the strict projection."""
+    g = torch.Generator().manual_seed(5)
+    B, D = 2, 8
+    nbrs, c, x0 = torch.randn(B, 12, D, generator=g), torch.randn(B, D, generator=g), torch.randn(B, D, generator=g)
+    guide = ManifoldGuidance(c, nbrs, GuidanceParams(beta_schedule="ramp", d=3, K=12, t_stop=25))
+    strict = ManifoldGuidance(c, nbrs, GuidanceParams(d=3, K=12, t_stop=25))
+    first, last = _step(i=0, t_index=49, B=B, D=D), _step(i=23, t_index=26, B=B, D=D)
+    assert torch.allclose(guide(x0, x0, first), mode_term(x0, c, 1.0, 0.1))
+    assert guide.last_stats["beta_t"] == 0.0
+    assert torch.allclose(guide(x0, x0, last), strict(x0, x0, last))
+    assert not torch.allclose(strict(x0, x0, first), mode_term(x0, c, 1.0, 0.1))
+
+
+def test_projection_window():
+    g = torch.Generator().manual_seed(6)
+    B, D = 2, 8
+    nbrs, c, x0 = torch.randn(B, 12, D, generator=g), torch.randn(B, D, generator=g), torch.randn(B, D, generator=g)
+    guide = ManifoldGuidance(c, nbrs, GuidanceParams(d=3, K=12, t_stop=25, t_project=37))
+    steps = {t: _step(i=49 - t, t_index=t, B=B, D=D) for t in range(50)}
+    assert [t for t in range(50) if guide.projects(steps[t])] == list(range(26, 38))   # t_stop < t <= t_project
+    mode = mode_term(x0, c, 1.0, 0.1)
+    for t in (49, 38):                                          # guided, before the window: unprojected
+        assert torch.allclose(guide(x0, x0, steps[t]), mode) and guide.last_stats["beta_t"] == 0.0
+    for t in (37, 26):                                          # inside the window: the strict projection
+        out = guide(x0, x0, steps[t])
+        U = tangent_basis(nbrs, 3)
+        assert torch.allclose(out, project_tangent(mode, U), atol=1e-10)
+    assert torch.all(guide(x0, x0, steps[25]) == 0)             # t_stop: off
+    no_window = ManifoldGuidance(c, nbrs, GuidanceParams(d=3, K=12, t_stop=25))
+    assert all(no_window.projects(steps[t]) for t in range(26, 50))
+
+
+def test_members_basis_spans_the_cluster_members_seen_from_x0():
+    """The members basis is the span of the chords z_j − x̂0: every member is reached from x̂0 inside
+    the tangent space, so the mode vector toward their mean survives β = 1 (the expected basis of the
+    same members, centred, removes it)."""
+    g = torch.Generator().manual_seed(7)
+    B, D, n = 2, 20, 5
+    members = torch.randn(B, n, D, generator=g)
+    c = members.mean(1)                                          # the target: the cluster mean
+    x0 = torch.randn(B, D, generator=g) * 3
+    p = GuidanceParams(basis="members", d=n, K=8)
+    guide = ManifoldGuidance(c, members, p)
+    out = guide(x0, x0, _step(B=B, D=D))
+    U = chord_basis(members, x0, n)
+    for j in range(n):
+        chord = members[:, j] - x0
+        assert torch.allclose(project_tangent(chord, U), chord, atol=1e-9)
+    assert torch.allclose(out, mode_term(x0, c, 1.0, 0.1), atol=1e-9)
+    assert guide.last_stats["removed_frac"] < 1e-8
+    expected = ManifoldGuidance(c, members, GuidanceParams(basis="expected", d=n - 1, K=8))
+    expected(x0, x0, _step(B=B, D=D))
+    assert expected.last_stats["removed_frac"] > 0.5
+    # only the K members nearest x̂0 enter; padding rows (mask False) never do
+    far = torch.cat([members, 1e3 * torch.ones(B, 3, D)], 1)
+    mask = torch.tensor([[True] * n + [False] * 3] * B)
+    g2 = ManifoldGuidance(c, (far, mask), p)(x0, x0, _step(B=B, D=D))
+    assert torch.allclose(g2, out, atol=1e-9)
+
+
+def test_members_basis_drops_null_directions():
+    """Fewer members than d: the basis has rank n_members, never arbitrary extra directions."""
+    g = torch.Generator().manual_seed(8)
+    members, x0 = torch.randn(1, 2, 10, generator=g), torch.randn(1, 10, generator=g)
+    U = chord_basis(members, x0, 6)
+    assert U.shape == (1, 2, 10)                                 # d' = min(d, K)
+    U = chord_basis(torch.cat([members, members[:, :1]], 1), x0, 3)   # 3 rows, rank 2
+    assert torch.linalg.matrix_rank(_proj_matrix(U[0])) == 2
+    assert GuidanceParams(basis="members").min_neighbours == 1 and GuidanceParams().min_neighbours == 12

@@ -107,7 +107,8 @@ def test_imagenet1k_job_twin(ray_cluster, hub_models, tmp_path):
     # the job file's own settings survive the overrides
     assert job.model.vae is None and job.data.class_list == "imagenet1k"
     assert job.sampler.cfg_channels == "first3" and job.sampler.cfg_scale == 4.0
-    assert job.guidance.K == 12 and job.guidance.d == 3 and job.generate.batch_size == 2
+    assert job.guidance.K == 16 and job.guidance.d == 8 and job.generate.batch_size == 2
+    assert job.guidance.basis == "members"
 
     # the class list -> generator label mapping the pipeline uses
     source = open_source(job.data)

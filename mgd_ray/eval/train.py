@@ -1,5 +1,8 @@
-"""The `hard-label` evaluation protocol, version "1": train a student on a (distilled) set only,
-score it on the REAL test set.
+"""The evaluation protocols: train a student on a (distilled) set only, score it on the REAL test set.
+
+``hard-label`` (version "1", the default) is described here; ``soft-label`` (a frozen teacher's
+temperature-softened outputs on every augmented batch, AdamW, cosine, 300 epochs) shares the
+loop, the augmentation and the evaluations, and is described in :mod:`mgd_ray.eval.soft_label`.
 
 Recipe (IDC -> Minimax -> MGD3 -> ManifoldGD): SGD lr 0.01, momentum 0.9, weight decay 5e-4,
 batch 64, LR x 0.2 at 2/3 and 5/6 of the epochs, CutMix (Beta(1,1)) on every batch, the
@@ -29,11 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import soft_label
 from .augment import AUGMENT_CHOICES, cutmix, cutmix_loss, make_augment
 from .students import build_student
 
 PROTOCOL = "hard-label"
 PROTOCOL_VERSION = "1"
+PROTOCOLS = {PROTOCOL: PROTOCOL_VERSION, soft_label.PROTOCOL: soft_label.PROTOCOL_VERSION}
 LR_DECAY = 0.2
 LR_MILESTONE_FRACTIONS = (2 / 3, 5 / 6)
 SMALL_DATA_MAX_PX = 28  # at or below this size the small-data rule (1000 epochs) applies
@@ -41,15 +46,17 @@ SMALL_DATA_EPOCHS = 1000
 MANY_CLASSES = 100  # from this many classes the IPC epochs are multiplied by 2/3
 
 
-def protocol_epochs(ipc: int, num_classes: int, im_size: int) -> int:
+def protocol_epochs(ipc: int, num_classes: int, im_size: int, protocol: str = PROTOCOL) -> int:
     """Epochs of the protocol.
 
-    Small data (im_size <= 28 px): 1000. Otherwise by images per class: 1 -> 3000,
+    soft-label: 300. hard-label: small data (im_size <= 28 px): 1000. Otherwise by images per class: 1 -> 3000,
     <= 10 -> 2000, <= 50 -> 1500, larger -> 1000 (the "<= 200" bucket also covers IPC > 200),
     times 2/3 (rounded) when there are >= 100 classes.
     """
     if ipc < 1:
         raise ValueError(f"ipc must be >= 1, got {ipc}")
+    if protocol == soft_label.PROTOCOL:
+        return soft_label.EPOCHS
     if im_size <= SMALL_DATA_MAX_PX:
         return SMALL_DATA_EPOCHS
     if ipc == 1:
@@ -138,6 +145,9 @@ class TrainConfig:
     eval_batch_size: int = 512
     width: int | None = None         # None = protocol width; only tests/tiny twins change it
     num_threads: int | None = None   # torch.set_num_threads for this run (Ray workers: set it)
+    protocol: str = PROTOCOL         # "hard-label" | "soft-label" (then lr/momentum/weight_decay are
+                                     # unused: AdamW lr 1e-3, wd 0.01, cosine; see eval.soft_label)
+    temperature: float = soft_label.DEFAULT_TEMPERATURE   # soft-label KL temperature
 
     def resolved_augment(self, channels: int) -> str:
         if self.augment == "auto":
@@ -183,8 +193,11 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
                        y_test: torch.Tensor, num_classes: int, cfg: TrainConfig | None = None,
                        report: Callable[[dict], None] | None = None,
                        model_wrapper: Callable[[nn.Module], nn.Module] | None = None,
-                       rank: int = 0, world_size: int = 1) -> dict:
+                       rank: int = 0, world_size: int = 1, teacher: nn.Module | None = None) -> dict:
     """Train ``cfg.student`` from scratch on (x_train, y_train); evaluate on (x_test, y_test).
+
+    ``cfg.protocol == "soft-label"`` needs ``teacher`` (frozen here; see :mod:`.soft_label`): the
+    loss is the KL to its softened outputs on each augmented batch, y_train is not used for it.
 
     x_* float (N,C,H,W) in [-1,1] (x_test may be uint8 pixels, see ``evaluate``); y_* long (N,). ``report(metrics)`` is called at every
     evaluation point with ``{"epoch", "acc", "best_acc", "lr", "loss"}``. ``model_wrapper``
@@ -203,9 +216,16 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
     _check_inputs(x_test, y_test, num_classes, "x_test", uint8_ok=True)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    if cfg.protocol not in PROTOCOLS:
+        raise ValueError(f"[protocol] unknown {cfg.protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    soft = cfg.protocol == soft_label.PROTOCOL
     channels, im_size = x_train.shape[1], x_train.shape[-1]
+    if soft:
+        if teacher is None:
+            raise soft_label.TeacherError("protocol soft-label needs a teacher (a network trained on the real data)")
+        soft_label.check_teacher(teacher, channels, num_classes, im_size)
     ipc = int(torch.bincount(y_train, minlength=num_classes).max())
-    epochs = cfg.epochs if cfg.epochs is not None else protocol_epochs(ipc, num_classes, im_size)
+    epochs = cfg.epochs if cfg.epochs is not None else protocol_epochs(ipc, num_classes, im_size, cfg.protocol)
     if epochs < 1:
         raise ValueError(f"[epochs] must be >= 1, got {epochs}")
     aug_name = cfg.resolved_augment(channels)
@@ -221,8 +241,12 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
     else:
         device = torch.device(cfg.device)
         model = model.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
+    if soft:
+        teacher = soft_label.freeze(teacher).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=soft_label.LR, weight_decay=soft_label.WEIGHT_DECAY)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay)
     order_gen = torch.Generator().manual_seed(cfg.seed)               # same on every rank
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1009 + 7919 * (rank + 1))
     x_dev, y_dev = x_train.to(device), y_train.to(device)
@@ -233,7 +257,7 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
     t_train = 0.0
 
     for epoch in range(epochs):
-        lr = lr_at(epoch, epochs, cfg.lr)
+        lr = soft_label.cosine_lr(epoch, epochs, soft_label.LR) if soft else lr_at(epoch, epochs, cfg.lr)
         for g in opt.param_groups:
             g["lr"] = lr
         model.train()
@@ -246,7 +270,13 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
                 continue
             idx = glob[rank::world_size].to(device)
             xb, yb = augment(x_dev[idx], aug_gen), y_dev[idx]
-            if cfg.cutmix and len(idx) > 1:
+            if soft:
+                if cfg.cutmix and len(idx) > 1:
+                    xb = cutmix(xb, yb, aug_gen, cfg.cutmix_alpha)[0]
+                with torch.no_grad():
+                    t_logits = teacher(xb)
+                loss = soft_label.soft_label_loss(model(xb), t_logits, cfg.temperature)
+            elif cfg.cutmix and len(idx) > 1:
                 xb, ya, yb2, lam = cutmix(xb, yb, aug_gen, cfg.cutmix_alpha)
                 loss = cutmix_loss(model(xb), ya, yb2, lam)
             else:
@@ -275,8 +305,12 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
         "epochs": epochs,
         "history": history,
         "seconds": time.perf_counter() - t0,
-        "protocol": PROTOCOL,
-        "protocol_version": PROTOCOL_VERSION,
+        "protocol": cfg.protocol,
+        "protocol_version": PROTOCOLS[cfg.protocol],
+        "optimizer": ({"name": "AdamW", "lr": soft_label.LR, "weight_decay": soft_label.WEIGHT_DECAY,
+                       "schedule": "cosine", "temperature": cfg.temperature} if soft else
+                      {"name": "SGD", "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
+                       "schedule": "step x0.2 at 2/3 and 5/6"}),
         "student": cfg.student,
         "augment": aug_name,
         "config": dataclasses.asdict(cfg),

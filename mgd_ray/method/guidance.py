@@ -21,6 +21,13 @@ Where U comes from (``GuidanceParams.basis``):
              nearest x_t; top-d right singular vectors of the centred K×D matrix.
   expected   the noise-free expectation of Eq. 5: the K clean neighbours nearest x̂0
              (ᾱΣ + (1−ᾱ)I has the eigenvectors of Σ, so noise does not move the population basis).
+  members    the target's own cluster members seen from x̂0: the top-d right singular vectors of
+             the chords z_j − x̂0 to the K members nearest x̂0 (uncentred, members only; the
+             pipeline pads nothing). Σ_j (z_j − x̂0)(z_j − x̂0)ᵀ = n Σ_members + n (c̄ − x̂0)(c̄ − x̂0)ᵀ,
+             so while x̂0 is far from its cluster the direction to the cluster (≈ the mode vector)
+             is in the basis and the pull survives; near the cluster the basis is the cluster's
+             own principal directions. Directions with zero singular value (fewer members than d)
+             are dropped, not filled with arbitrary orthonormal vectors.
   reference  the published code: a synthetic isotropic cloud of ``cloud_size`` points around c
              (radii: half linspace(0.1, r_t), half uniform(0, r_t)), noised to level ᾱ_t; K nearest
              to x_t; rank-d PCA (their D×D covariance + ridge·I, eigh; here the same directions
@@ -35,8 +42,16 @@ The radius only shapes the reference cloud; noised/expected use the real neighbo
 Guidance is on only while the respaced index t_index > t_stop (t_stop itself and below: off).
 Warm window: guided step i = 0, 1, ... (i = 0 at t_index = N−1), W_eff = min(W, n_guided),
 p = (W_eff − i)/W_eff for i < W_eff else 0,  s(p) = (e^p − 1)/(e − 1) | p | (1 − cos πp)/2 | 0,
-r_t = r (1 + (m − 1) s(p));  β_t = β (constant) or β (1 − s(p)) ("anneal": no normal removal at
-the first guided step, where x̂0 is least reliable, reaching β at the end of the warm window).
+r_t = r (1 + (m − 1) s(p)).
+β_t by ``beta_schedule``, with q = i / (n_guided − 1) the fraction of the guided steps done:
+  constant  β
+  anneal    β (1 − s(p)): no normal removal at the first guided step, where x̂0 is least reliable,
+            reaching β at the end of the warm window
+  ramp      β q: 0 at the first guided step, β at the last (the early, coarse pull is MGD3's)
+  decay     β (1 − q): β at the first guided step, 0 at the last
+Projection window (``t_project``): the normal removal is applied only while t_index <= t_project,
+i.e. in the later guided steps where x̂0 is informative; earlier guided steps use the unprojected
+g_mode (β_t is reported as 0 there). None = every guided step.
 """
 from __future__ import annotations
 
@@ -47,9 +62,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-BASES = ("noised", "expected", "reference")
+BASES = ("noised", "expected", "members", "reference")
 RADIUS_KINDS = ("exp", "linear", "cosine", "none")
-BETA_SCHEDULES = ("constant", "anneal")
+BETA_SCHEDULES = ("constant", "anneal", "ramp", "decay")
 
 
 # ----------------------------------------------------------------------------------------
@@ -72,6 +87,24 @@ def tangent_basis(nbrs: torch.Tensor, d: int, mask: torch.Tensor | None = None) 
     # centredᵀ = W S Vᵀ  =>  the right singular vectors of centred are the columns of W
     W, _, _ = torch.linalg.svd(centred.transpose(1, 2), full_matrices=False)   # W (B, D, min(K,D))
     return W[:, :, :d].transpose(1, 2).contiguous()
+
+
+def chord_basis(nbrs: torch.Tensor, x0_hat: torch.Tensor, d: int, mask: torch.Tensor | None = None,
+                rel_tol: float = 1e-6) -> torch.Tensor:
+    """Top-d directions of the chords from x̂0 to each neighbour (the ``members`` basis).
+
+    nbrs (B, K, D), x0_hat (B, D), mask (B, K) bool (False rows ignored) -> U (B, d', D),
+    d' = min(d, K, D): the top-d right singular vectors of the UNCENTRED K×D matrix of rows
+    z_j − x̂0. Rows whose singular value is below rel_tol × the largest are zeroed (rank-deficient
+    sets: fewer chords than d), so P_T never contains an arbitrary direction.
+    """
+    chords = nbrs - x0_hat.unsqueeze(1)
+    if mask is not None:
+        chords = chords * mask.to(chords.dtype).unsqueeze(-1)
+    d = min(int(d), chords.shape[1], chords.shape[2])
+    W, S, _ = torch.linalg.svd(chords.transpose(1, 2), full_matrices=False)    # W (B, D, min(K,D))
+    keep = (S[:, :d] > rel_tol * S[:, :1].clamp_min(1e-30)).to(W.dtype)         # (B, d)
+    return (W[:, :, :d] * keep.unsqueeze(1)).transpose(1, 2).contiguous()
 
 
 def project_tangent(v: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -121,12 +154,19 @@ def radius_schedule(step_i: int, n_guided_total: int, r: float, m: float, warm: 
 
 def beta_schedule(step_i: int, n_guided_total: int, beta: float, warm: int, kind: str = "exp",
                   schedule: str = "constant") -> float:
-    """β_t: constant β, or "anneal" β (1 − s(p)) over the same warm window as the radius."""
+    """β_t at guided step i (0 = first) of n_guided_total (see the module docstring).
+
+    constant β; anneal β (1 − s(p)) over the radius's warm window; ramp β q and decay β (1 − q)
+    over all guided steps, q = i / (n_guided_total − 1) (q = 1 when there is one guided step).
+    """
     if schedule not in BETA_SCHEDULES:
         raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {schedule!r}")
     if schedule == "constant":
         return float(beta)
-    return float(beta) * (1.0 - warm_shape(step_i, n_guided_total, warm, kind))
+    if schedule == "anneal":
+        return float(beta) * (1.0 - warm_shape(step_i, n_guided_total, warm, kind))
+    q = min(1.0, max(0.0, step_i / (n_guided_total - 1))) if n_guided_total > 1 else 1.0
+    return float(beta) * (q if schedule == "ramp" else 1.0 - q)
 
 
 def knn_rows(points: torch.Tensor, query: torch.Tensor, K: int, mask: torch.Tensor | None = None,
@@ -218,11 +258,12 @@ class GuidanceParams:
     """All knobs of mode + manifold guidance (defaults: the ImageNet reference scripts)."""
     lam_mode: float = 0.1           # λ_mode of the mode term
     beta: float = 1.0               # β: 1 = strict tangent projection of g_mode
-    beta_schedule: str = "constant"  # "constant" | "anneal" (β(1 − s(p)) over the warm window)
+    beta_schedule: str = "constant"  # "constant" | "anneal" | "ramp" | "decay" (module docstring)
+    t_project: int | None = None    # normal removal only while t_index <= t_project (None: always)
     d: int = 3                      # tangent dimension
     K: int = 12                     # neighbours for the local PCA
     ridge: float = 1e-5             # recorded; does not change singular vectors (see module doc)
-    basis: str = "expected"         # "noised" | "expected" | "reference" (default is provisional)
+    basis: str = "expected"         # "noised" | "expected" | "members" | "reference"
     r: float = 0.1                  # radius of the reference cloud (0.05 ImageNette)
     m: float = 2.0                  # radius multiplier at the first guided step
     warm: int = 5                   # W, warm steps
@@ -242,6 +283,12 @@ class GuidanceParams:
             raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
         if self.d < 1 or self.K < 2:
             raise ValueError(f"need d >= 1 and K >= 2, got d={self.d}, K={self.K}")
+
+    @property
+    def min_neighbours(self) -> int:
+        """Neighbourhood size to pad up to with the nearest non-members (``neighbourhood_for_target``'s
+        K): K, or 1 for the ``members`` basis, whose chords go to the target's own members only."""
+        return 1 if self.basis == "members" else self.K
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -263,7 +310,8 @@ class ManifoldGuidance:
 
     neighbourhoods: None (only for basis="reference" or manifold_scale=0), a tensor (B, M, D),
     or a pair (nbrs (B, M, D), mask (B, M) bool) of REAL class latents per target.
-    ``last_stats`` holds batch means of |g_mode|, |P_N g_mode|/|g_mode|, r_t and β_t of the last call.
+    ``last_stats`` holds batch means of |g_mode|, |P_N g_mode|/|g_mode|, the removed share
+    |g − g_mode|/|g_mode|, r_t and β_t of the last call (no basis stats where nothing is removed).
     """
 
     def __init__(self, c: torch.Tensor, neighbourhoods=None, params: GuidanceParams | None = None):
@@ -290,6 +338,11 @@ class ManifoldGuidance:
         """True while t_index > t_stop."""
         return step.t_index > self.params.t_stop
 
+    def projects(self, step: StepInfo) -> bool:
+        """True where the normal removal applies: a guided step inside the window t_index <= t_project."""
+        t_p = self.params.t_project
+        return self.is_on(step) and (t_p is None or step.t_index <= t_p)
+
     def _n_guided(self, step: StepInfo) -> int:
         return max(0, step.n_steps - 1 - self.params.t_stop)
 
@@ -305,22 +358,25 @@ class ManifoldGuidance:
         sigma_t = step.sigma_t.to(x_t.device, wd) if torch.is_tensor(step.sigma_t) else step.sigma_t
         n_g = self._n_guided(step)
         r_t = radius_schedule(step.i_guided, n_g, P.r, P.m, P.warm, P.radius_kind)
-        beta_t = beta_schedule(step.i_guided, n_g, P.beta, P.warm, P.radius_kind, P.beta_schedule)
+        beta_t = beta_schedule(step.i_guided, n_g, P.beta, P.warm, P.radius_kind, P.beta_schedule) \
+            if self.projects(step) else 0.0
         g_mode = mode_term(x0_hat, c, sigma_t, P.lam_mode)
         stats = {"g_mode_norm": float(g_mode.norm(dim=1).mean()), "r_t": r_t, "beta_t": beta_t}
-        if P.manifold_scale == 0:
-            g = g_mode
+        if P.manifold_scale == 0 or (P.basis != "reference" and beta_t == 0):
+            g = g_mode                      # nothing to remove: skip the basis
         elif P.basis == "reference":
             g = g_mode + P.manifold_scale * self._reference_pull(x_t, c, step, r_t, stats)
         else:
             U = self._basis(x_t, x0_hat, step)
             normal = project_normal(g_mode, U)
-            stats["normal_frac"] = float((normal.norm(dim=1) / g_mode.norm(dim=1).clamp_min(1e-30)).mean())
             g = g_mode - P.manifold_scale * beta_t * normal
+            gn = g_mode.norm(dim=1).clamp_min(1e-30)
+            stats["normal_frac"] = float((normal.norm(dim=1) / gn).mean())
+            stats["removed_frac"] = float(((g - g_mode).norm(dim=1) / gn).mean())
         self.last_stats = stats
         return g.to(out_dtype)
 
-    # --- the three bases ------------------------------------------------------------------
+    # --- the bases ------------------------------------------------------------------
     def _neigh(self, like: torch.Tensor):
         """(nbrs (B, M, D), mask (B, M), |nbrs|² (B, M)) on like's device and dtype (cached)."""
         if self.nbrs.dtype != like.dtype or self.nbrs.device != like.device or self._sq is None:
@@ -329,9 +385,13 @@ class ManifoldGuidance:
         return self.nbrs, self.mask, self._sq
 
     def _basis(self, x_t: torch.Tensor, x0_hat: torch.Tensor, step: StepInfo) -> torch.Tensor:
-        """U (B, d, D) from the real neighbourhood (noised: Eq. 5; expected: clean, near x̂0)."""
+        """U (B, d, D) from the real neighbourhood (noised: Eq. 5; expected: clean, near x̂0;
+        members: chords from x̂0 to the nearest cluster members)."""
         P = self.params
         nbrs, mask, sq = self._neigh(x_t)
+        if P.basis == "members":
+            pts, valid, _ = knn_rows(nbrs, x0_hat, P.K, mask, sq)
+            return chord_basis(pts, x0_hat, P.d, valid)
         if P.basis == "expected":
             pts, valid, _ = knn_rows(nbrs, x0_hat, P.K, mask, sq)
         else:

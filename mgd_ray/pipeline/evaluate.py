@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -83,6 +84,22 @@ def _uint8_tensor(images: np.ndarray):
         return torch.from_numpy(np.asarray(images, dtype=np.uint8))
 
 
+def teacher_dir(job: JobConfig) -> str:
+    """The soft-label teacher's directory: ``evaluate.teacher``, else the shipped prior's ``classifier/``."""
+    if job.evaluate.teacher:
+        return job.evaluate.teacher
+    from ..models import resolve_model_path
+    return str(Path(resolve_model_path(job.model.generator)[0]) / "classifier")
+
+
+def load_job_teacher(job: JobConfig, device: str = "cpu"):
+    """The frozen teacher of a soft-label job, None for hard-label (clear TeacherError when missing)."""
+    if job.evaluate.protocol != "soft-label":
+        return None
+    from ..eval.soft_label import load_teacher
+    return load_teacher(teacher_dir(job), device)
+
+
 def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None) -> list[dict]:
     """Run this worker's share of the trials (trial i goes to worker i mod world_size).
 
@@ -102,6 +119,7 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
     y_test = torch.tensor(np.asarray(test_labels)).long()  # a copy: labels are small, the buffer read-only
     num_classes = int(cfg["num_classes"])
     ev = job.evaluate
+    teacher = load_job_teacher(job, device)
     done = []
     for i, trial in enumerate(cfg["trials"]):
         if i % world_size != rank:
@@ -116,10 +134,11 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
             imgs, labels = load_shard_set(store, trial["set_seed"])
         imgs = fit(imgs, size)
         tc = TrainConfig(student=trial["student"], epochs=ev.epochs, batch_size=ev.batch_size, n_evals=ev.n_evals,
-                         augment=ev.augment, flip=ev.flip, seed=int(trial["train_seed"]), device=device)
+                         augment=ev.augment, flip=ev.flip, seed=int(trial["train_seed"]), device=device,
+                         protocol=ev.protocol, temperature=ev.temperature)
         t0 = time.time()
         res = train_and_evaluate(to_float_images(imgs), torch.tensor(np.asarray(labels)).long(), x_test, y_test,
-                                 num_classes, tc)
+                                 num_classes, tc, teacher=teacher)
         res = {k: v for k, v in res.items() if k != "history"} | {"history": res.get("history", [])}
         rec = dict(trial, **res, images=int(len(labels)), wall_seconds=round(time.time() - t0, 2))
         store.write_json(json.loads(json.dumps(rec, default=float)), *key)
@@ -129,8 +148,9 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
 
 def summarise(job: JobConfig, records: list[dict]) -> dict:
     """Per method/baseline and student: per-seed final and best accuracy, mean and std."""
-    from ..eval import PROTOCOL_VERSION
-    out: dict = {"protocol": job.evaluate.protocol, "protocol_version": PROTOCOL_VERSION, "ipc": job.generate.ipc,
+    from ..eval.train import PROTOCOLS
+    proto = job.evaluate.protocol
+    out: dict = {"protocol": proto, "protocol_version": PROTOCOLS[proto], "ipc": job.generate.ipc,
                  "note": "best_acc is the maximum over periodic test evaluations (optimistic, as papers report); "
                          "final_acc is the last epoch.",
                  "results": {}}

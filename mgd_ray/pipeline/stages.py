@@ -225,7 +225,8 @@ def read_targets(store: Store, labels, target_ids: list[str]) -> dict[str, dict]
 def guidance_params(job: JobConfig):
     from ..method import GuidanceParams
     g = job.guidance
-    return GuidanceParams(lam_mode=job.lam_mode, beta=g.beta, beta_schedule=g.beta_schedule, d=g.d, K=g.K,
+    return GuidanceParams(lam_mode=job.lam_mode, beta=g.beta, beta_schedule=g.beta_schedule, t_project=g.t_project,
+                          d=g.d, K=g.K,
                           ridge=g.ridge, basis=g.basis, r=g.radius, m=g.radius_mult, warm=g.warm,
                           radius_kind=g.radius_kind, t_stop=g.t_stop, lam_man=g.lam_man, bandwidth=g.bandwidth,
                           cloud_size=g.cloud_size, manifold_scale=job.manifold_scale)
@@ -368,7 +369,7 @@ class GeneratorWorker:
                         ids, Z = self.class_latents(u.label)
                         lst.append(neighbourhood_for_target(
                             Z, ids, SimpleNamespace(member_ids=t["member_ids"], target=t["target"]),
-                            job.coreset.neighbourhood_max, params.K))
+                            job.coreset.neighbourhood_max, params.min_neighbours))
                     nb = pad_neighbourhoods(lst)
                 guidance = ManifoldGuidance(c, nb, params)
             x0 = sample(dit_model_fn(dit), diff, labels, seeds, shape, null_label=info.null_label,
