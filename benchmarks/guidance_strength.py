@@ -187,14 +187,14 @@ def ideal_denoiser(Z: np.ndarray, labels: np.ndarray, alphas_cumprod: np.ndarray
     return fn
 
 
-def run_synthetic(ipc: int = 10, seed: int = 0) -> dict:
+def run_synthetic(ipc: int = 10, seed: int = 0, shape=(4, 32, 32), n_classes: int = 10, per_class: int = 300) -> dict:
+    """The ``--synthetic`` measurement (the defaults are the committed report's; tests shrink them)."""
     import torch
 
     from mgd_ray.config import job_from_dict
     from mgd_ray.method import GaussianDiffusion, build_coreset, sample
     torch.set_num_threads(1)
-    shape = (4, 32, 32)
-    Z, y = synthetic_latents(shape=shape, seed=seed)
+    Z, y = synthetic_latents(n_classes=n_classes, per_class=per_class, shape=shape, seed=seed)
     ids = np.arange(len(Z))
     raw = yaml.safe_load((REPO / "jobs" / "imagenette.yaml").read_text())
     raw.pop("data", None)      # the ImageNette job's guidance and sampler settings; data and model are ours
@@ -217,7 +217,7 @@ def run_synthetic(ipc: int = 10, seed: int = 0) -> dict:
         return sample(model_fn, diff, labels, seeds, shape, null_label=len(targets), cfg_scale=1.0,
                       variance_type="fixed_small", sampler=job.sampler.kind, guidance=guidance)
     res = _measure(raw, c, [(t[0], t[1]) for t in targets], lat, run_sampler)
-    return {"source": "synthetic 4x32x32 class-structured latents, ideal class-conditional denoiser "
+    return {"source": f"synthetic {'x'.join(map(str, shape))} class-structured latents, ideal class-conditional denoiser "
                       "(jobs/imagenette.yaml guidance settings; cfg 1, fixed_small variance)",
             "images": len(targets), "latent_dim": int(c.shape[1]), "per_class": int((y == 0).sum()),
             "member_counts": [int(len(t[1])) for t in targets], "settings": res, "machine": machine(),
