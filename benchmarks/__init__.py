@@ -6,6 +6,7 @@ installed ``mgd_ray`` package, which reads none of their reports. Each writes
     python -m benchmarks.coreset_speed [--quick] [--sizes 1300,100000]
     python -m benchmarks.pipeline_throughput [--images 20000]
     python -m benchmarks.guidance_strength --cell out/bench-quality/ipc10/manifoldgd-expected-leaves
+    python -m benchmarks.guidance_strength --synthetic --name latent4096
     python -m benchmarks.quality {run,diagnose,report} ...
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ def _args(**kw):
 def test_every_cell_is_a_valid_job_that_differs_where_it_should(tmp_path):
     raw = yaml.safe_load((ROOT / "jobs" / "fashion-mnist.yaml").read_text())
     seen = {}
-    for part in ("main", "ablation"):
+    for part in ("main", "variants", "ablation"):
         for name, sets in q.cells_for(part, "manifoldgd-expected-leaves"):
             job = job_from_dict(raw, q.cell_overrides(_args(), name, sets, tmp_path / name))
             assert job.generate.ipc == 10 and job.generate.seeds == [0, 1] and job.evaluate.epochs == 300
@@ -34,9 +34,14 @@ def test_every_cell_is_a_valid_job_that_differs_where_it_should(tmp_path):
     assert seen["abl-lam_mode=0.3"].guidance.lam_mode == 0.3
     assert seen["abl-cfg_scale=4.0"].sampler.cfg_scale == 4.0
     assert seen["abl-beta=0.0"].guidance.beta == 0.0 and seen["abl-beta=0.0"].guidance.basis == "expected"
+    assert (seen["var-d16"].guidance.d, seen["var-d16"].guidance.K, seen["var-d16"].guidance.beta) == (16, 32, 1.0)
+    assert seen["var-ramp"].guidance.beta_schedule == "ramp" and seen["var-window"].guidance.t_project == 37
+    assert seen["var-members"].guidance.basis == "members"
+    for name in ("var-d8", "var-d16", "var-d32", "var-d64"):
+        assert seen[name].guidance.K >= 2 * seen[name].guidance.d
 
 
-def _cell(root: Path, name: str, kind: str, finals: dict, fid: float):
+def _cell(root: Path, name: str, kind: str, finals: dict, fid: float, protocol: str = "hard-label"):
     d = root / "ipc10" / name
     d.mkdir(parents=True)
     runs = [{"set_seed": s, "train_seed": 0, "final_acc": a, "best_acc": a + 0.01, "epochs": 300}
@@ -46,7 +51,7 @@ def _cell(root: Path, name: str, kind: str, finals: dict, fid: float):
     cell = {"runs": runs, "final_acc_mean": float(v.mean()), "final_acc_std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
             "best_acc_mean": float(v.mean() + 0.01), "best_acc_std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
     sets = {str(s): {"fid": fid + s, "coverage": 0.5} for s in finals}
-    (d / "results.json").write_text(json.dumps({"ipc": 10, "results": {kind: {"convnet3": cell}},
+    (d / "results.json").write_text(json.dumps({"ipc": 10, "protocol": protocol, "results": {kind: {"convnet3": cell}},
                                                 "distribution": {"sets": sets, "mean": {"fid": fid + 0.5}}}))
     (d / "manifest.json").write_text(json.dumps({"timings": {"generate": 60.0, "evaluate": 120.0}}))
     cfg = JobConfig().model_dump(mode="json")
@@ -59,10 +64,17 @@ def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
     _cell(root, "random-real", "random-real", {0: 0.70, 1: 0.72}, 1.0)
     _cell(root, "manifoldgd-expected-leaves", "manifoldgd", {0: 0.66, 1: 0.74}, 2.0)
     _cell(root, "abl-lam_mode=0.3", "manifoldgd", {0: 0.69}, 3.0)
+    _cell(root, "manifoldgd-reference-leaves", "manifoldgd", {0: 0.69}, 3.0)
+    _cell(root, "manifoldgd-default", "manifoldgd", {0: 0.69}, 3.0)
+    _cell(root, "mgd3", "mgd3", {0: 0.69}, 3.0, protocol="soft-label")
     pj, pm = make_report(root, "unit", tmp_path / "rep")
     data = json.loads(pj.read_text())
     by = {c["cell"]: c for c in data["cells"]}
     assert by["random-real"]["dir"] == "ipc10/random-real" and not data["root"].startswith("/")
+    assert {k: (c["variant"], c["protocol"]) for k, c in by.items()} == {
+        "random-real": ("", "hard-label"), "manifoldgd-expected-leaves": ("paper-strict", "hard-label"),
+        "abl-lam_mode=0.3": ("lam_mode=0.3", "hard-label"), "manifoldgd-reference-leaves": ("reference", "hard-label"),
+        "manifoldgd-default": ("default", "hard-label"), "mgd3": ("", "soft-label")}
     assert abs(by["manifoldgd-expected-leaves"]["gain_vs_random"] - (70.0 - 71.0)) < 1e-9
     md = pm.read_text()
     assert "| manifoldgd-expected-leaves | 70.0 ± 5.7 |" in md and "| -1.0 |" in md
@@ -74,11 +86,14 @@ def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
 
 def test_main_manifoldgd_cells_pin_the_papers_strict_projection(tmp_path):
     raw = yaml.safe_load((ROOT / "jobs" / "fashion-mnist.yaml").read_text())
-    raw.setdefault("guidance", {})["beta"] = 0.0   # whatever the shipped job says
+    raw.setdefault("guidance", {}).update(beta=0.0, d=8, K=16, beta_schedule="ramp")   # whatever the job ships
     for name, sets in q.cells_for("main", "manifoldgd-expected-leaves"):
         job = job_from_dict(raw, q.cell_overrides(_args(), name, sets, tmp_path / name))
-        if job.method == "manifoldgd":
-            assert job.guidance.beta == 1.0, name
+        g = job.guidance
+        if name == "manifoldgd-default":              # the shipped setting, as the job file says
+            assert (g.beta, g.d, g.K, g.beta_schedule) == (0.0, 8, 16, "ramp")
+        elif job.method == "manifoldgd":
+            assert (g.beta, g.d, g.K, g.beta_schedule, g.t_project) == (1.0, 3, 12, "constant", None), name
 
 
 def test_command_line_reports_missing_cells(tmp_path):

@@ -2,6 +2,7 @@
 (``mgd_ray.distill.run_job``), one job per cell, all cells sharing one latent cache.
 
     python -m benchmarks.quality run jobs/fashion-mnist.yaml --part main --ipc 10
+    python -m benchmarks.quality run jobs/fashion-mnist.yaml --part variants --ipc 10
     python -m benchmarks.quality run jobs/fashion-mnist.yaml --part ablation --ipc 10 --seeds 0
     python -m benchmarks.quality diagnose --ipc 10 --seeds 0,1
     python -m benchmarks.quality report --root out/bench-quality

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (or resume) the cells of one part at one IPC")
     r.add_argument("job", help="the base job file, e.g. jobs/fashion-mnist.yaml")
-    r.add_argument("--part", default="main", choices=["main", "ablation"])
+    r.add_argument("--part", default="main", choices=["main", "variants", "ablation"])
     r.add_argument("--ipc", type=int, default=10)
     r.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     r.add_argument("--epochs", type=int, default=None, help="student epochs (default: the protocol's rule)")

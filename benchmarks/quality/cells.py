@@ -1,7 +1,7 @@
 """The quality benchmark's catalogue: which cells exist and how each one overrides the base job.
 
 A cell = one method (or one ManifoldGD variant, or one ablation setting) at one IPC, evaluated
-with the job's hard-label protocol on every generation seed.
+with the job's protocol on every generation seed (each report row records which: ``protocol``).
 """
 
 from __future__ import annotations
@@ -9,22 +9,40 @@ from __future__ import annotations
 from pathlib import Path
 
 # the main table: every method, every ManifoldGD variant (tangent basis x target rule); the
-# ManifoldGD cells pin the paper's strict projection (beta 1) whatever the job file ships
+# ManifoldGD cells pin the paper's whole strict rule (beta 1, constant, d 3, K 12, no projection
+# window) whatever the job file ships, except manifoldgd-default, which runs the job file's shipped
+# guidance settings
+STRICT = ["method=manifoldgd", "guidance.beta=1.0", "guidance.beta_schedule=constant", "guidance.basis=expected",
+          "guidance.d=3", "guidance.K=12", "guidance.t_project=null", "coreset.selection=leaves"]
 MAIN: list[tuple[str, list[str]]] = [
     ("random-real", ["method=random-real"]),
     ("dit", ["method=dit"]),
     ("mgd3", ["method=mgd3"]),
-    ("manifoldgd-expected-leaves", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=expected", "coreset.selection=leaves"]),
+    ("manifoldgd-expected-leaves", STRICT),
+    ("manifoldgd-default", ["method=manifoldgd"]),
     ("herding", ["method=herding"]),
     ("kcenter", ["method=kcenter"]),
-    ("manifoldgd-noised-leaves", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=noised", "coreset.selection=leaves"]),
-    ("manifoldgd-reference-leaves", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=reference", "coreset.selection=leaves"]),
-    ("manifoldgd-expected-levelwise", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=expected",
-                                       "coreset.selection=levelwise"]),
-    ("manifoldgd-noised-levelwise", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=noised", "coreset.selection=levelwise"]),
-    ("manifoldgd-reference-levelwise", ["method=manifoldgd", "guidance.beta=1.0", "guidance.basis=reference",
-                                        "coreset.selection=levelwise"]),
+    ("manifoldgd-noised-leaves", STRICT + ["guidance.basis=noised"]),
+    ("manifoldgd-reference-leaves", STRICT + ["guidance.basis=reference"]),
+    ("manifoldgd-expected-levelwise", STRICT + ["coreset.selection=levelwise"]),
+    ("manifoldgd-noised-levelwise", STRICT + ["guidance.basis=noised", "coreset.selection=levelwise"]),
+    ("manifoldgd-reference-levelwise", STRICT + ["guidance.basis=reference", "coreset.selection=levelwise"]),
 ]
+
+# variants that keep the mode pull (issue 10 §3), each one change from the paper-strict cell
+VARIANTS: list[tuple[str, list[str]]] = [
+    ("var-d8", STRICT + ["guidance.d=8", "guidance.K=16"]),
+    ("var-d16", STRICT + ["guidance.d=16", "guidance.K=32"]),
+    ("var-d32", STRICT + ["guidance.d=32", "guidance.K=64"]),
+    ("var-d64", STRICT + ["guidance.d=64", "guidance.K=128"]),
+    ("var-ramp", STRICT + ["guidance.beta_schedule=ramp"]),
+    ("var-members", STRICT + ["guidance.basis=members", "guidance.d=8", "guidance.K=16"]),
+    ("var-window", STRICT + ["guidance.t_project=37"]),
+    ("var-members-window", STRICT + ["guidance.basis=members", "guidance.d=8", "guidance.K=16", "guidance.t_project=37"]),
+]
+# the "variant" field of a report cell (issue 10 §2): ManifoldGD cells by rule, ablations by name
+VARIANT_OF = {"manifoldgd-expected-leaves": "paper-strict", "manifoldgd-reference-leaves": "reference",
+              "manifoldgd-default": "default"}
 
 # one factor at a time around the base variant (the job file's values are the centre)
 ABLATION: list[tuple[str, str, list]] = [
@@ -56,6 +74,8 @@ def cell_overrides(args, name: str, sets: list[str], out: Path) -> list[str]:
 def cells_for(part: str, base_cell: str) -> list[tuple[str, list[str]]]:
     if part == "main":
         return MAIN
+    if part == "variants":
+        return VARIANTS
     if part == "ablation":
         base = dict(MAIN)[base_cell]
         out = [(f"{base_cell}", base)]
@@ -63,6 +83,15 @@ def cells_for(part: str, base_cell: str) -> list[tuple[str, list[str]]]:
             for v in values:
                 out.append((f"abl-{factor}={v}", base + [f"{key}={v}"]))
         return out
-    raise SystemExit(f"unknown part {part!r}; expected main or ablation")
+    raise SystemExit(f"unknown part {part!r}; expected main, variants or ablation")
 
 
+
+
+def cell_variant(name: str, method: str) -> str:
+    """paper-strict | reference | default | the ablation's or variant's name; "" for non-ManifoldGD cells."""
+    if name.startswith(("abl-", "var-")):
+        return name[4:]
+    if method != "manifoldgd":
+        return ""
+    return VARIANT_OF.get(name, name.removeprefix("manifoldgd-"))

@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from benchmarks import relative_to_repo
+from benchmarks.quality.cells import cell_variant
 
 DIST_KEYS = ["fid", "mean_l2", "mmd2_rbf_unbiased", "diversity", "representativeness", "recall", "coverage",
              "prior_fidelity"]
@@ -27,6 +28,7 @@ def read_cell(d: Path) -> dict | None:
     row = {"cell": d.name, "dir": relative_to_repo(d), "ipc": res["ipc"], "method": kind, "student": student,
            "basis": cfg["guidance"]["basis"] if kind == "manifoldgd" else "",
            "selection": cfg["coreset"]["selection"] if kind == "manifoldgd" else "",
+           "variant": cell_variant(d.name, kind), "protocol": res.get("protocol", "hard-label"),
            "final_mean": 100 * cell["final_acc_mean"], "final_std": 100 * cell["final_acc_std"],
            "best_mean": 100 * cell["best_acc_mean"], "best_std": 100 * cell["best_acc_std"],
            "runs": len(cell["runs"]), "seeds": sorted({r["set_seed"] for r in cell["runs"]}),

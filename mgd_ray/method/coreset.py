@@ -266,7 +266,7 @@ ENGINES = {"faiss": _two_means, "numpy": _two_means_numpy}
 def resolve_engine(engine: str) -> str:
     """``auto`` -> the fastest measured engine here: FAISS when its build sees a GPU, else numpy
     (on one CPU thread numpy beats FAISS both at an ImageNet class, 1,300 x 4,096, and at
-    100,000 x 4,096: bench/reports/coreset_speed.md). Other names pass through."""
+    100,000 x 4,096: benchmarks/reports/coreset_speed.md). Other names pass through."""
     if engine != "auto":
         return engine
     return "faiss" if _faiss_gpu() else "numpy"
