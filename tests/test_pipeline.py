@@ -282,8 +282,8 @@ def test_s3_output(ray_cluster, tiny_prior, tmp_path, moto_s3):
     assert m["counts"]["units_committed"] == 10
     import s3fs
     fs = s3fs.S3FileSystem(**so)
-    files = fs.ls(f"{bucket}/runs/twin/shards")
-    assert len([f for f in files if f.endswith(".parquet")]) == 10
+    files = [f for f in fs.ls(f"{bucket}/runs/twin/shards") if f.endswith(".parquet")]
+    assert len(files) == 10
     t = pq.read_table(files[0], filesystem=fs)
     assert t.num_rows == 2 and "image" in t.column_names
     man = json.loads(fs.cat(f"{bucket}/runs/twin/manifest.json"))
