@@ -60,6 +60,8 @@ class DiTTrain(_M):
     grad_clip: float = 1.0
     max_minutes: float | None = Field(default=None, gt=0, description="stop early at this budget (recorded)")
     checkpoint_every: int = Field(default=500, gt=0)
+    lr_schedule: str = Field(default="constant", pattern="^(constant|cosine)$",
+                             description="cosine: decay lr to 0 over `steps` (the usual way to end a run)")
 
 
 class PriorSpec(_M):
@@ -71,6 +73,8 @@ class PriorSpec(_M):
     threads: int = 2
     seed: int = 0
     vae_from: str | None = Field(default=None, description="reuse a trained VAE dir (skips VAE training)")
+    dit_from: str | None = Field(default=None, description="continue training from a trained transformer dir "
+                                 "(its EMA weights start both the online and the EMA model; fresh optimiser)")
 
 
 class PriorJob(_M):
@@ -195,8 +199,20 @@ def train_dit(z, y, num_classes: int, spec: PriorSpec, checkpoint=None):
     C, S = z.shape[1], z.shape[2]
     dit = build_dit(num_classes, C, S, patch_size=d.patch_size, num_layers=d.num_layers,
                     num_heads=d.num_heads, head_dim=d.head_dim, learned_sigma=d.learned_sigma)
+    if spec.dit_from:
+        from diffusers import DiTTransformer2DModel
+        start = DiTTransformer2DModel.from_pretrained(spec.dit_from, local_files_only=True)
+        keys = {k for k in set(start.config) | set(dit.config) if not k.startswith("_")}
+        diff = sorted(k for k in keys if start.config.get(k) != dit.config.get(k))
+        if diff:
+            raise JobError(f"prior.dit_from {spec.dit_from}: its config differs from prior.dit in {diff}; "
+                           "set the same architecture or drop dit_from")
+        dit.load_state_dict(start.state_dict())
+        _log(f"dit: continuing from {spec.dit_from}")
     ema = copy.deepcopy(dit).requires_grad_(False)
     opt = torch.optim.AdamW(dit.parameters(), lr=d.lr, weight_decay=0.0)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=d.steps) if d.lr_schedule == "cosine"
+             else None)
     sch = _Schedule()
     g = torch.Generator().manual_seed(spec.seed + 2)
     yt = torch.from_numpy(y)
@@ -214,6 +230,8 @@ def train_dit(z, y, num_classes: int, spec: PriorSpec, checkpoint=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dit.parameters(), d.grad_clip)
         opt.step()
+        if sched is not None:
+            sched.step()
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), dit.parameters()):
                 pe.mul_(d.ema).add_(pm.detach(), alpha=1 - d.ema)
@@ -263,6 +281,11 @@ def train_prior(job: PriorJob, out_dir: Path, command: str) -> dict:
         "vae": {**spec.vae.model_dump(), "seconds": round(t_vae, 1), "scaling_factor": scaling},
         "complete": False,
     }
+    if spec.dit_from:  # the steps this run continues from, so the record states the whole training
+        src = Path(spec.dit_from).parent / "prior.json"
+        before = json.loads(src.read_text())["dit"] if src.is_file() else {}
+        record["dit_from"] = {"dir": spec.dit_from, "steps_done": before.get("steps_done"),
+                              "seconds": before.get("seconds")}
 
     def save(dit, steps_done, secs, complete=False):
         save_generator(dit, vae, out_dir)

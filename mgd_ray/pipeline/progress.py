@@ -60,15 +60,19 @@ class Progress:
 @contextmanager
 def polled(progress: Progress, count, poll: float = 1.0):
     """While the body runs, a daemon thread calls ``count()`` every ``poll`` seconds and feeds
-    ``progress.update``; a failing ``count`` is logged at debug level and retried."""
+    ``progress.update``; a failing ``count`` is logged at debug level and retried. When the body
+    returns, one last count is logged, so a stage shorter than ``poll`` still shows its total."""
     stop = threading.Event()
+
+    def tick():
+        try:
+            progress.update(int(count()))
+        except Exception as e:  # noqa: BLE001  (progress must never break the stage)
+            log.debug("%s: progress count failed: %s", progress.stage, e)
 
     def run():
         while not stop.wait(poll):
-            try:
-                progress.update(int(count()))
-            except Exception as e:  # noqa: BLE001  (progress must never break the stage)
-                log.debug("%s: progress count failed: %s", progress.stage, e)
+            tick()
 
     th = threading.Thread(target=run, name=f"progress-{progress.stage}", daemon=True)
     th.start()
@@ -77,3 +81,4 @@ def polled(progress: Progress, count, poll: float = 1.0):
     finally:
         stop.set()
         th.join(timeout=10)
+    tick()  # only when the body succeeded: a failed stage has no final line

@@ -123,7 +123,8 @@ class RowCounter:
 
 
 class CountingEncoder(Encoder):
-    """The encode stage, reporting each batch's rows to a ``RowCounter`` (fire and forget)."""
+    """The encode stage, reporting each batch's rows to a ``RowCounter``. The report is awaited
+    (one small round trip per batch), so when the write returns the counter holds every row."""
 
     def __init__(self, job: dict, threads: int, counter):
         super().__init__(job, threads)
@@ -131,7 +132,8 @@ class CountingEncoder(Encoder):
 
     def __call__(self, batch):
         out = super().__call__(batch)
-        self.counter.add.remote(len(out["id"]))
+        import ray
+        ray.get(self.counter.add.remote(len(out["id"])))
         return out
 
 
