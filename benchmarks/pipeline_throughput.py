@@ -1,6 +1,7 @@
 """Pipeline throughput benchmark (issue: the distributed pipeline).
 
     python -m benchmarks.pipeline_throughput [--images 20000] [--prior fashion-mnist] [--gen-images 40]
+    python -m benchmarks.pipeline_throughput --images 60000 --encode-only   # the full train split
 
 1. Encode: the Ray Data stage (read -> encoder actor pool, 2 CPUs) vs a plain single-process
    torch loop (2 threads) over the same Fashion-MNIST images with the same VAE. Ratio.
@@ -21,7 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
 from benchmarks import REPORTS
 
@@ -79,12 +79,37 @@ def plain_encode(job, images) -> float:
     return time.time() - t0
 
 
+def measure_generate(a, base, tmp, src) -> dict:
+    """images/s with 1 and with 2 generator actors on the same units (the encode's latents)."""
+    from mgd_ray.config import job_from_dict
+    from mgd_ray.pipeline import runner
+    from mgd_ray.pipeline.stages import TARGET_INDEX_COLUMNS, merge_target_parts, write_class_targets
+    from mgd_ray.pipeline.store import Store
+    from mgd_ray.pipeline.units import make_units
+    gen = {}
+    for actors in (1, 2):
+        out = tmp / f"gen{actors}"
+        shutil.copytree(tmp / "enc" / "latents", out / "latents")
+        j = job_from_dict(base, [f"output.dir={out}", f"generate.num_actors={actors}"])
+        st = Store(str(out))
+        write_class_targets(j, st, list(range(10)), [0])
+        merge_target_parts(st, list(range(10)))
+        units = make_units([0], range(10), src.classes.names, j.generate.ipc, j.generate.targets_per_unit)
+        runner.attach_targets(units, st.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS))
+        with RSSPoller("GeneratorWorker") as poll:
+            r = runner.run_generate(j, st, units)
+        gen[actors] = {"images": r["images"], "seconds": r["seconds"], "img_s": r["images_per_s"],
+                       "actor_peak_rss_mb": poll.max_mb}
+    return gen
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--prior", default="fashion-mnist")
     ap.add_argument("--gen-images", type=int, default=40, help="images generated per actor-count setting")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--encode-only", action="store_true", help="skip the generate part (report: pipeline_encode.*)")
     a = ap.parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -92,9 +117,7 @@ def main(argv=None):
     from mgd_ray.data import open_source
     from mgd_ray.distill import setup_logging
     from mgd_ray.pipeline import runner
-    from mgd_ray.pipeline.stages import build_class_targets
     from mgd_ray.pipeline.store import Store
-    from mgd_ray.pipeline.units import make_units
     setup_logging()
     per_class = a.images // 10
     tmp = Path(tempfile.mkdtemp(prefix="mgd-bench-"))
@@ -141,41 +164,32 @@ def main(argv=None):
     rep["encode_ratio_ray_over_plain"] = round(t_plain / t_ray, 3)
     rep["encoder_actor_peak_rss_mb"] = poll.max_mb
 
-    gen = {}
-    for actors in (1, 2):
-        out = tmp / f"gen{actors}"
-        shutil.copytree(tmp / "enc" / "latents", out / "latents")
-        j = job_from_dict(base, [f"output.dir={out}", f"generate.num_actors={actors}"])
-        st = Store(str(out))
-        write_class_targets(j, st, list(range(10)), [0])
-        merge_target_parts(st, list(range(10)))
-        units = make_units([0], range(10), src.classes.names, j.generate.ipc, j.generate.targets_per_unit)
-        runner.attach_targets(units, st.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS))
-        with RSSPoller("GeneratorWorker") as poll:
-            r = runner.run_generate(j, st, units)
-        gen[actors] = {"images": r["images"], "seconds": r["seconds"], "img_s": r["images_per_s"],
-                       "actor_peak_rss_mb": poll.max_mb}
-    rep["generate"] = gen
-    rep["generate_speedup_2_over_1"] = round(gen[2]["img_s"] / gen[1]["img_s"], 3)
+    gen = {} if a.encode_only else measure_generate(a, base, tmp, src)
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
 
     rows = [("encode, plain torch loop (1 process, 2 threads)", f"{rep['encode_plain_img_s']} img/s", "-"),
             ("encode, Ray Data actor pool (2 actors x 1 CPU)", f"{rep['encode_ray_img_s']} img/s",
              f"{rep['encoder_actor_peak_rss_mb']} MB"),
-            ("encode ratio Ray / plain", f"{rep['encode_ratio_ray_over_plain']}", ""),
-            ("generate, 1 actor", f"{gen[1]['img_s']} img/s", f"{gen[1]['actor_peak_rss_mb']} MB"),
-            ("generate, 2 actors", f"{gen[2]['img_s']} img/s", f"{gen[2]['actor_peak_rss_mb']} MB"),
-            ("generate speed-up 2 / 1 actors", f"{rep['generate_speedup_2_over_1']}", "")]
-    md = ["# Pipeline throughput", "", f"`python -m benchmarks.pipeline_throughput --images {a.images}` "
-          f"({n} Fashion-MNIST images, prior `{a.prior}`, {a.steps} DDPM steps, {os.cpu_count()} CPUs)", "",
+            ("encode ratio Ray / plain", f"{rep['encode_ratio_ray_over_plain']}", "")]
+    if gen:
+        rep["generate"] = gen
+        rep["generate_speedup_2_over_1"] = round(gen[2]["img_s"] / gen[1]["img_s"], 3)
+        rows += [("generate, 1 actor", f"{gen[1]['img_s']} img/s", f"{gen[1]['actor_peak_rss_mb']} MB"),
+                 ("generate, 2 actors", f"{gen[2]['img_s']} img/s", f"{gen[2]['actor_peak_rss_mb']} MB"),
+                 ("generate speed-up 2 / 1 actors", f"{rep['generate_speedup_2_over_1']}", "")]
+    name = "pipeline_encode" if a.encode_only else "pipeline_throughput"
+    cmd = f"python -m benchmarks.pipeline_throughput --images {a.images}" + (" --encode-only" if a.encode_only else "")
+    md = [f"# Pipeline throughput{' (encode only)' if a.encode_only else ''}", "",
+          f"`{cmd}` ({n} Fashion-MNIST images, prior `{a.prior}`"
+          + ("" if a.encode_only else f", {a.steps} DDPM steps") + f", {os.cpu_count()} CPUs)", "",
           "| what | throughput | peak RSS per actor |", "|---|---|---|"]
     md += [f"| {w} | {t} | {m} |" for w, t, m in rows]
     md += ["", "Where the Ray encode's time goes (Ray Data's own per-operator statistics of that run):", "",
            "```", rep["encode_ray_data_stats"].strip(), "```"]
     REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / "pipeline_throughput.json").write_text(json.dumps(rep, indent=1))
-    (REPORTS / "pipeline_throughput.md").write_text("\n".join(md) + "\n")
+    (REPORTS / f"{name}.json").write_text(json.dumps(rep, indent=1))
+    (REPORTS / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return rep
 

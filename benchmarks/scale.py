@@ -223,7 +223,7 @@ def write_reports(rows: list[dict], extra: dict, cmd: str):
     rows = sorted(rows, key=lambda r: (r["classes"], r["ipc"]))
     (REPORTS / "scale.json").write_text(json.dumps({"rows": [{k: r[k] for k in REQUIRED} for r in rows],
                                                     "details": rows, **extra}, indent=1))
-    lines = [f"# Scaling: the ImageNet-1K twin at 10 -> 1,000 classes\n",
+    lines = ["# Scaling: the ImageNet-1K twin at 10 -> 1,000 classes\n",
              f"Command: `{cmd}` (one driver process per row, local Ray with 4 logical CPUs on a shared "
              f"2-core machine; sampler steps cut to {rows[0]['sampler_steps'] if rows else '?'}; "
              "D = 4,096, 3 generation seeds).\n",

@@ -10,7 +10,6 @@ one driver at a time holds ``output.dir`` (``_lease.json``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -18,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from .config import JobConfig, dump_job
+from .config import JobConfig
 from .pipeline.labels import check_label_order, generator_labels
 from .pipeline.settings import check_settings, check_shards, discard_from, key_hash, record_key, stage_keys
 from .pipeline.store import Lease, Store, redact
@@ -259,7 +258,6 @@ def dump_job_redacted(job: JobConfig) -> str:
 
 
 def base_manifest(job: JobConfig, source, info) -> dict:
-    from .method.guidance import GuidanceParams  # noqa: F401  (import check)
     from .pipeline.stages import coreset_kwargs, guidance_params
     return {
         "name": job.name, "status": "running",

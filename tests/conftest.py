@@ -1,7 +1,6 @@
 """Shared fixtures: one session-wide local Ray (loopback only, no auth), tiny models, moto S3."""
 
 import os
-import sys
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind 127.0.0.1 only
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

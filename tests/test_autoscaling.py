@@ -14,7 +14,6 @@ and stopped here, by PID), so the session-wide local Ray of other tests is never
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil

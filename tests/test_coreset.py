@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mgd_ray.method import build_coreset, grow_tree, image_seed, tree_sse
-from mgd_ray.method.coreset import ENGINES, _sse, _two_means
+from mgd_ray.method.coreset import ENGINES, _sse
 
 
 def _blobs(n_per=40, k=5, D=8, seed=0, spread=6.0):

@@ -12,7 +12,6 @@ import pytest
 from mgd_ray.data import (BUILTIN_LISTS, ClassList, DataError, imagenet1k, load_class_list, open_source,
                           parse_class_list, preprocess, read_idx, write_idx)
 from mgd_ray.data.sources import FASHION_DEFAULT_ROOT, digits_test_indices
-from tests.s3_fixture import moto_s3  # noqa: F401  (fixture)
 
 FASHION = Path(FASHION_DEFAULT_ROOT)
 NETTE = ("n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
@@ -237,7 +236,7 @@ def test_imagefolder_class_list_defines_labels(tmp_path):
     assert a["image"][:, 0, 0, 0].tolist() == [i * 20 for i in range(10)]
 
 
-def test_imagefolder_on_s3(moto_s3, tmp_path):  # noqa: F811
+def test_imagefolder_on_s3(moto_s3, tmp_path):
     bucket = moto_s3.create_bucket("mgd-data")
     for rel, data in imagefolder_files().items():
         moto_s3.client.put_object(Bucket=bucket, Key=f"nette/{rel}", Body=data)

@@ -18,7 +18,6 @@ import pytest
 
 from mgd_ray.config import load_job
 from mgd_ray.data.classlists import imagenet1k
-from mgd_ray.data.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "jobs" / "imagenet1k.yaml"

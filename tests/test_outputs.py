@@ -8,7 +8,6 @@ The job directory is built with the product's own writers (``shard_table``, ``su
 test_pipeline.py checks that a real job writes report.html too."""
 
 import base64
-import io
 import json
 import shutil
 import subprocess

@@ -106,7 +106,7 @@ def test_twin_job_runs_from_parquet(ray_cluster, tmp_path):
     from mgd_ray.distill import run_job
     wnids = make_twin(tmp_path / "twin", 2, 12, 1, formats=("parquet",))["wnids"]
     out = tmp_path / "out"
-    job = load_job(TWIN, [f"data.source=parquet", f"data.root={tmp_path / 'twin' / 'parquet'}",
+    job = load_job(TWIN, ["data.source=parquet", f"data.root={tmp_path / 'twin' / 'parquet'}",
                           f"model.generator={tmp_path / 'twin' / 'models'}", f"data.classes=[{', '.join(wnids)}]",
                           f"output.dir={out}", "sampler.steps=4", "guidance.t_stop=1", "guidance.warm=1",
                           "encode.num_gpus=0", "generate.num_gpus=0", "generate.num_actors=1",
