@@ -237,6 +237,10 @@ def write_reports(rows: list[dict], extra: dict, cmd: str):
                      + f" | {r['driver_peak_rss_mb']} | {r['object_store_peak_mb']} | {r['tasks']} | {r['actors']}"
                      f" | {r['shards']} | {r['files_written']} | "
                      + " / ".join(f"{spi[s]:.4f}" if spi[s] is not None else "-" for s in STAGES) + " |")
+    cmds = sorted({r.get("measured_by") or cmd for r in rows})
+    if len(cmds) > 1:
+        lines.append("\nRows measured by more than one invocation (each row's `measured_by` in the JSON): "
+                     + "; ".join(f"`{c}`" for c in cmds) + ".")
     failed = [r for r in rows if r["status"] != "complete"]
     for r in failed:
         lines.append(f"\nRow {r['classes']} classes x IPC {r['ipc']}: {r['status']} {r['error']}")
@@ -307,6 +311,7 @@ def main(argv=None):
     ap.add_argument("--ipc50-at", default="1000", help="class counts that also get an IPC 50 row")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "scale")
+    ap.add_argument("--rerun", action="store_true", help="measure rows the committed report already has")
     ap.add_argument("--row", default=None, help=argparse.SUPPRESS)   # "classes:ipc", run in this process
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
@@ -321,6 +326,9 @@ def main(argv=None):
         log = a.work / f"row-{c}x{a.images_per_class}-ipc{ipc}.log"
         if row_from_log(log):
             print(f"row {c} classes x IPC {ipc}: done before ({log}), kept")
+            continue
+        if any(_row_key(r) == (c, a.images_per_class, ipc) for r in committed_rows()) and not a.rerun:
+            print(f"row {c} classes x IPC {ipc}: in the committed report, kept (--rerun to measure it again)")
             continue
         print(f"row {c} classes x IPC {ipc} ...", flush=True)
         t0 = time.time()
@@ -348,11 +356,32 @@ def row_from_log(log: Path) -> dict | None:
     return json.loads(found[-1]) if found else None
 
 
+def _row_key(r: dict) -> tuple:
+    return r["classes"], r["images_per_class"], r["ipc"]
+
+
+def committed_rows() -> list[dict]:
+    """The rows of the committed report (``scale.json`` details): a row finished by an earlier
+    session stays in the report after its work directory is gone; each keeps the command and
+    date it was measured with."""
+    path = REPORTS / "scale.json"
+    if not path.is_file():
+        return []
+    rep = json.loads(path.read_text())
+    md = REPORTS / "scale.md"
+    first = next((ln for ln in md.read_text().splitlines() if ln.startswith("Command: `")), "") if md.is_file() else ""
+    cmd = rep.get("command") or (first.split("`")[1] if first else None)
+    return [{**r, "measured_by": r.get("measured_by") or cmd} for r in rep.get("details", [])]
+
+
 def report(work: Path, cmd: str):
-    """The reports from every row finished in ``work`` (rows of other invocations included)."""
-    rows = [r for r in (row_from_log(p) for p in sorted(work.glob("row-*.log"))) if r]
+    """The reports from every row finished in ``work`` (rows of other invocations included),
+    plus the committed report's rows that were not run again."""
+    rows = [{**r, "measured_by": cmd} for r in (row_from_log(p) for p in sorted(work.glob("row-*.log"))) if r]
+    have = {_row_key(r) for r in rows}
+    rows += [r for r in committed_rows() if _row_key(r) not in have]
     if rows:
-        write_reports(rows, {"extrapolation": extrapolate(rows)}, cmd)
+        write_reports(rows, {"extrapolation": extrapolate(rows), "command": cmd}, cmd)
 
 
 if __name__ == "__main__":
