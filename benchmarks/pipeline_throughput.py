@@ -79,7 +79,7 @@ def plain_encode(job, images) -> float:
     return time.time() - t0
 
 
-def measure_generate(a, base, tmp, src) -> dict:
+def measure_generate(base, tmp, src) -> dict:
     """images/s with 1 and with 2 generator actors on the same units (the encode's latents)."""
     from mgd_ray.config import job_from_dict
     from mgd_ray.pipeline import runner
@@ -164,7 +164,7 @@ def main(argv=None):
     rep["encode_ratio_ray_over_plain"] = round(t_plain / t_ray, 3)
     rep["encoder_actor_peak_rss_mb"] = poll.max_mb
 
-    gen = {} if a.encode_only else measure_generate(a, base, tmp, src)
+    gen = {} if a.encode_only else measure_generate(base, tmp, src)
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -322,12 +322,13 @@ def main(argv=None):
     wanted = [(int(c), 10) for c in a.classes.split(",")]
     wanted += [(int(c), 50) for c in a.ipc50_at.split(",") if c and c in a.classes.split(",")]
     cmd = "python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:])
+    committed = {_row_key(r) for r in committed_rows()}
     for c, ipc in wanted:
         log = a.work / f"row-{c}x{a.images_per_class}-ipc{ipc}.log"
         if row_from_log(log):
             print(f"row {c} classes x IPC {ipc}: done before ({log}), kept")
             continue
-        if any(_row_key(r) == (c, a.images_per_class, ipc) for r in committed_rows()) and not a.rerun:
+        if (c, a.images_per_class, ipc) in committed and not a.rerun:
             print(f"row {c} classes x IPC {ipc}: in the committed report, kept (--rerun to measure it again)")
             continue
         print(f"row {c} classes x IPC {ipc} ...", flush=True)
@@ -362,16 +363,10 @@ def _row_key(r: dict) -> tuple:
 
 def committed_rows() -> list[dict]:
     """The rows of the committed report (``scale.json`` details): a row finished by an earlier
-    session stays in the report after its work directory is gone; each keeps the command and
-    date it was measured with."""
+    session stays in the report after its work directory is gone, with the command that
+    measured it (``measured_by``)."""
     path = REPORTS / "scale.json"
-    if not path.is_file():
-        return []
-    rep = json.loads(path.read_text())
-    md = REPORTS / "scale.md"
-    first = next((ln for ln in md.read_text().splitlines() if ln.startswith("Command: `")), "") if md.is_file() else ""
-    cmd = rep.get("command") or (first.split("`")[1] if first else None)
-    return [{**r, "measured_by": r.get("measured_by") or cmd} for r in rep.get("details", [])]
+    return json.loads(path.read_text()).get("details", []) if path.is_file() else []
 
 
 def report(work: Path, cmd: str):

@@ -14,9 +14,8 @@ def test_report_merges_committed_rows_with_new_ones(tmp_path, monkeypatch):
     by_classes = {r["classes"]: r for r in details}
     reports = tmp_path / "reports"
     reports.mkdir()
-    old = [by_classes[10], by_classes[100]]
+    old = [{**by_classes[c], "measured_by": "python -m benchmarks.scale --classes 10,100"} for c in (10, 100)]
     (reports / "scale.json").write_text(json.dumps({"rows": old, "details": old}))
-    (reports / "scale.md").write_text("# x\n\nCommand: `python -m benchmarks.scale --classes 10,100` (...)\n")
     monkeypatch.setattr(scale, "REPORTS", reports)
     work = tmp_path / "work"
     work.mkdir()
