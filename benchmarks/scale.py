@@ -1,7 +1,7 @@
 """Scaling benchmark: the ImageNet-1K twin (jobs/imagenet1k-twin.yaml) at 10, 100 and 1,000
 classes, then an extrapolation to the real 1,281,167 images on cluster/aws.yaml's fleet.
 
-    python -m benchmarks.scale [--classes 10,100,1000] [--images-per-class 50] [--ipc50-at 1000]
+    python -m benchmarks.scale [--classes 10,100,1000] [--images-per-class 50] [--ipc50-at 1000] [--no-evaluate 1000:50]
                                [--steps 5] [--work out/scale]
     -> benchmarks/reports/scale.{json,md,png}
 
@@ -42,12 +42,16 @@ MB = 1024 ** 2
 
 
 # ---- one row, in its own driver process --------------------------------------------------------
-def row_overrides(twin: Path, wnids: list[str], out: Path, ipc: int, steps: int) -> list[str]:
-    """The twin job at ``len(wnids)`` classes on one machine's CPUs. Everything else is the job's."""
+def row_overrides(twin: Path, wnids: list[str], out: Path, ipc: int, steps: int,
+                  evaluate: bool = True) -> list[str]:
+    """The twin job at ``len(wnids)`` classes on one machine's CPUs. Everything else is the job's
+    (``evaluate=False``: the row stops after generation; its evaluation is not measured)."""
     ov = [f"data.root={twin / 'imagefolder'}", f"model.generator={twin / 'models'}", f"output.dir={out}",
           f"generate.ipc={ipc}", f"generate.targets_per_unit={ipc}",      # as imagenet1k.yaml's ipc50 variant
           f"sampler.steps={steps}", f"guidance.t_stop={max(0, steps // 2 - 1)}", "guidance.warm=1",
           "encode.num_gpus=0", "generate.num_gpus=0", "evaluate.gpus_per_worker=0", "output.preview=false"]
+    if not evaluate:
+        ov.append("evaluate.enabled=false")
     if len(wnids) < 1000:
         ov.append(f"data.classes=[{', '.join(wnids)}]")
     return ov
@@ -89,7 +93,8 @@ def count_ray_work(address: str, dashboard: bool) -> dict:
     return out
 
 
-def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Path) -> dict:
+def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Path,
+            evaluate: bool = True) -> dict:
     import socket
 
     import ray
@@ -105,7 +110,7 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
     out = work / f"run-{classes}-ipc{ipc}"
     if out.exists():
         shutil.rmtree(out)
-    job = load_job(JOB, row_overrides(twin, wnids, out, ipc, steps))
+    job = load_job(JOB, row_overrides(twin, wnids, out, ipc, steps, evaluate))
 
     temps = []
     for attempt in range(3):   # a busy machine can miss Ray's fixed 30 s start-up waits
@@ -154,7 +159,7 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
         "stage_seconds": stage,
         "shards": len(list((out / "shards").glob("*.parquet"))) if (out / "shards").is_dir() else 0,
         # ---- beyond the required keys ----
-        "error": error, "sampler_steps": steps, "twin_seconds": round(twin_s, 1),
+        "error": error, "sampler_steps": steps, "evaluate_measured": evaluate, "twin_seconds": round(twin_s, 1),
         "images_generated": n_gen, "targets": n_gen, "files_written": len(files),
         "bytes_written_mb": round(sum(p.stat().st_size for p in files) / MB, 1),
         "tasks": counts["tasks"], "actors": counts["actors"],
@@ -233,7 +238,7 @@ def write_reports(rows: list[dict], extra: dict, cmd: str):
     for r in rows:
         st, spi = r["stage_seconds"], r["seconds_per_item"]
         lines.append(f"| {r['classes']} | {r['images_per_class']} | {r['ipc']} | {r['status']}"
-                     + "".join(f" | {st[s] if st[s] is not None else '-'}" for s in STAGES)
+                     + "".join(f" | {_stage_cell(r, s)}" for s in STAGES)
                      + f" | {r['driver_peak_rss_mb']} | {r['object_store_peak_mb']} | {r['tasks']} | {r['actors']}"
                      f" | {r['shards']} | {r['files_written']} | "
                      + " / ".join(f"{spi[s]:.4f}" if spi[s] is not None else "-" for s in STAGES) + " |")
@@ -241,6 +246,15 @@ def write_reports(rows: list[dict], extra: dict, cmd: str):
     if len(cmds) > 1:
         lines.append("\nRows measured by more than one invocation (each row's `measured_by` in the JSON): "
                      + "; ".join(f"`{c}`" for c in cmds) + ".")
+    for r in rows:
+        if not r.get("evaluate_measured", True):
+            fit = fixed_and_per_item(rows, "evaluate")
+            est = "" if fit is None else (f" At the fit over the rows that measured it ({fit[0]:.1f} s + "
+                                          f"{fit[1]:.4f} s/item) its {r['items']['evaluate']:,} items would take "
+                                          f"~{(fit[0] + fit[1] * r['items']['evaluate']) / 3600:.1f} h on this box.")
+            lines.append(f"\nRow {r['classes']} classes x IPC {r['ipc']}: evaluation off (`evaluate.enabled=false`, "
+                         f"`--no-evaluate {r['classes']}:{r['ipc']}`); encode, coreset and generation are the "
+                         f"job's, and its driver and object-store peaks cover them.{est}")
     failed = [r for r in rows if r["status"] != "complete"]
     for r in failed:
         lines.append(f"\nRow {r['classes']} classes x IPC {r['ipc']}: {r['status']} {r['error']}")
@@ -261,6 +275,13 @@ def write_reports(rows: list[dict], extra: dict, cmd: str):
         lines += ["\n## Notes\n", *[f"- {n}" for n in extra["notes"]]]
     (REPORTS / "scale.md").write_text("\n".join(lines) + "\n")
     plot(rows)
+
+
+def _stage_cell(r: dict, stage: str) -> str:
+    v = r["stage_seconds"][stage]
+    if v is not None:
+        return str(v)
+    return "off" if stage == "evaluate" and not r.get("evaluate_measured", True) else "-"
 
 
 def dominates(ex: dict) -> str:
@@ -312,16 +333,20 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "scale")
     ap.add_argument("--rerun", action="store_true", help="measure rows the committed report already has")
-    ap.add_argument("--row", default=None, help=argparse.SUPPRESS)   # "classes:ipc", run in this process
+    ap.add_argument("--no-evaluate", default="", help="rows 'classes:ipc,...' run with evaluation off "
+                    "(reported as such; e.g. 1000:50, whose evaluation is hours of CPU on a laptop)")
+    ap.add_argument("--row", default=None, help=argparse.SUPPRESS)   # "classes:ipc[:noeval]", in this process
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     if a.row:
-        c, ipc = (int(v) for v in a.row.split(":"))
-        print("ROW " + json.dumps(run_row(c, a.images_per_class, ipc, a.steps, a.work)), flush=True)
+        c, ipc, *flag = a.row.split(":")
+        print("ROW " + json.dumps(run_row(int(c), a.images_per_class, int(ipc), a.steps, a.work,
+                                          evaluate=flag != ["noeval"])), flush=True)
         return
     wanted = [(int(c), 10) for c in a.classes.split(",")]
     wanted += [(int(c), 50) for c in a.ipc50_at.split(",") if c and c in a.classes.split(",")]
     cmd = "python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:])
+    no_eval = {tuple(int(v) for v in x.split(":")) for x in a.no_evaluate.split(",") if x}
     committed = {_row_key(r) for r in committed_rows()}
     for c, ipc in wanted:
         log = a.work / f"row-{c}x{a.images_per_class}-ipc{ipc}.log"
@@ -333,12 +358,13 @@ def main(argv=None):
             continue
         print(f"row {c} classes x IPC {ipc} ...", flush=True)
         t0 = time.time()
-        p = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--row", f"{c}:{ipc}",
+        row = f"{c}:{ipc}" + (":noeval" if (c, ipc) in no_eval else "")
+        p = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--row", row,
                             "--images-per-class", str(a.images_per_class), "--steps", str(a.steps),
                             "--work", str(a.work)], cwd=ROOT, capture_output=True, text=True,
                            env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
                                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
-        log.write_text(p.stdout + p.stderr)
+        log.write_text(f"CMD {cmd}\n" + p.stdout + p.stderr)   # the row remembers what measured it
         r = row_from_log(log)
         if r is None:
             print(f"  row process failed (exit {p.returncode}); log in {log}")
@@ -350,11 +376,17 @@ def main(argv=None):
 
 
 def row_from_log(log: Path) -> dict | None:
-    """A row's result: the ``ROW {json}`` line its process printed (kept in the work directory)."""
+    """A row's result: the ``ROW {json}`` line its process printed (kept in the work directory),
+    with ``measured_by`` from the log's ``CMD`` line when it has one."""
     if not log.is_file():
         return None
-    found = [ln[4:] for ln in log.read_text().splitlines() if ln.startswith("ROW ")]
-    return json.loads(found[-1]) if found else None
+    lines = log.read_text().splitlines()
+    found = [ln[4:] for ln in lines if ln.startswith("ROW ")]
+    if not found:
+        return None
+    row = json.loads(found[-1])
+    cmd = [ln[4:] for ln in lines if ln.startswith("CMD ")]
+    return {**row, "measured_by": cmd[0]} if cmd else row
 
 
 def _row_key(r: dict) -> tuple:
@@ -372,9 +404,12 @@ def committed_rows() -> list[dict]:
 def report(work: Path, cmd: str):
     """The reports from every row finished in ``work`` (rows of other invocations included),
     plus the committed report's rows that were not run again."""
-    rows = [{**r, "measured_by": cmd} for r in (row_from_log(p) for p in sorted(work.glob("row-*.log"))) if r]
+    committed = {_row_key(r): r for r in committed_rows()}
+    rows = [r for r in (row_from_log(p) for p in sorted(work.glob("row-*.log"))) if r]
+    for r in rows:   # a log from before logs named their command: the committed row's, else this one
+        r.setdefault("measured_by", committed.get(_row_key(r), {}).get("measured_by") or cmd)
     have = {_row_key(r) for r in rows}
-    rows += [r for r in committed_rows() if _row_key(r) not in have]
+    rows += [r for k, r in committed.items() if k not in have]
     if rows:
         write_reports(rows, {"extrapolation": extrapolate(rows), "command": cmd}, cmd)
 

@@ -21,8 +21,9 @@ def test_report_merges_committed_rows_with_new_ones(tmp_path, monkeypatch):
     work.mkdir()
     new_100 = {**by_classes[100], "driver_peak_rss_mb": 1.0}          # 100 measured again: replaces the old
     for r in (by_classes[1000], new_100):
-        (work / f"row-{r['classes']}x50-ipc10.log").write_text("noise\nROW " + json.dumps(r) + "\n")
-    scale.report(work, "python -m benchmarks.scale --classes 100,1000")
+        (work / f"row-{r['classes']}x50-ipc10.log").write_text(
+            "CMD python -m benchmarks.scale --classes 100,1000\nnoise\nROW " + json.dumps(r) + "\n")
+    scale.report(work, "python -m benchmarks.scale --classes 1000 --ipc50-at 1000")
     out = json.loads((reports / "scale.json").read_text())
     got = {r["classes"]: r for r in out["details"]}
     assert sorted(got) == [10, 100, 1000]
@@ -31,3 +32,37 @@ def test_report_merges_committed_rows_with_new_ones(tmp_path, monkeypatch):
     assert got[100]["measured_by"] == got[1000]["measured_by"] == "python -m benchmarks.scale --classes 100,1000"
     assert "more than one invocation" in (reports / "scale.md").read_text()
     shutil.rmtree(work)
+
+
+def test_a_row_keeps_the_command_that_measured_it(tmp_path, monkeypatch):
+    """A later invocation that finds a finished row in the work directory does not claim it."""
+    details = json.loads(COMMITTED.read_text())["details"]
+    row = {k: v for k, v in details[0].items() if k != "measured_by"}
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    monkeypatch.setattr(scale, "REPORTS", reports)
+    (tmp_path / f"row-{row['classes']}x50-ipc10.log").write_text(
+        "CMD python -m benchmarks.scale --classes 10\nROW " + json.dumps(row) + "\n")
+    scale.report(tmp_path, "python -m benchmarks.scale --classes 10 --ipc50-at 10")
+    got = json.loads((reports / "scale.json").read_text())["details"]
+    assert [r["measured_by"] for r in got] == ["python -m benchmarks.scale --classes 10"]
+
+
+def test_a_row_without_evaluation_says_so(tmp_path, monkeypatch):
+    assert "evaluate.enabled=false" in scale.row_overrides(tmp_path, ["n01440764"], tmp_path, 50, 5, evaluate=False)
+    assert "evaluate.enabled=false" not in scale.row_overrides(tmp_path, ["n01440764"], tmp_path, 50, 5)
+    details = json.loads(COMMITTED.read_text())["details"]
+    by_classes = {r["classes"]: r for r in details}
+    noeval = {**by_classes[1000], "ipc": 50, "evaluate_measured": False,
+              "stage_seconds": {**by_classes[1000]["stage_seconds"], "evaluate": None},
+              "items": {**by_classes[1000]["items"], "evaluate": 300000},
+              "seconds_per_item": {**by_classes[1000]["seconds_per_item"], "evaluate": None}}
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    monkeypatch.setattr(scale, "REPORTS", reports)
+    scale.write_reports([by_classes[10], by_classes[1000], noeval], {}, "cmd")
+    md = (reports / "scale.md").read_text()
+    row50 = [ln for ln in md.splitlines() if ln.startswith("| 1000 | 50 | 50 |")]
+    assert len(row50) == 1 and "| off |" in row50[0]
+    fit = scale.fixed_and_per_item([by_classes[10], by_classes[1000], noeval], "evaluate")
+    assert f"~{(fit[0] + fit[1] * 300000) / 3600:.1f} h" in md      # the estimate uses the measured rows only
