@@ -67,6 +67,7 @@ def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
     _cell(root, "manifoldgd-reference-leaves", "manifoldgd", {0: 0.69}, 3.0)
     _cell(root, "manifoldgd-default", "manifoldgd", {0: 0.69}, 3.0)
     _cell(root, "mgd3", "mgd3", {0: 0.69}, 3.0, protocol="soft-label")
+    _cell(root, "var-d16", "manifoldgd", {1: 0.71}, 3.0)
     pj, pm = make_report(root, "unit", tmp_path / "rep")
     data = json.loads(pj.read_text())
     by = {c["cell"]: c for c in data["cells"]}
@@ -74,10 +75,15 @@ def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
     assert {k: (c["variant"], c["protocol"]) for k, c in by.items()} == {
         "random-real": ("", "hard-label"), "manifoldgd-expected-leaves": ("paper-strict", "hard-label"),
         "abl-lam_mode=0.3": ("lam_mode=0.3", "hard-label"), "manifoldgd-reference-leaves": ("reference", "hard-label"),
-        "manifoldgd-default": ("default", "hard-label"), "mgd3": ("", "soft-label")}
+        "manifoldgd-default": ("default", "hard-label"), "mgd3": ("", "soft-label"), "var-d16": ("d16", "hard-label")}
     assert abs(by["manifoldgd-expected-leaves"]["gain_vs_random"] - (70.0 - 71.0)) < 1e-9
+    # paired per seed (66-70, 74-72), and against MGD3 on the seeds both have (seed 0: 66 - 69)
+    assert by["manifoldgd-expected-leaves"]["gain_vs_random_per_seed"] == {"0": -4.0, "1": 2.0}
+    assert abs(by["manifoldgd-expected-leaves"]["gain_vs_mgd3"] - (66.0 - 69.0)) < 1e-9
     md = pm.read_text()
-    assert "| manifoldgd-expected-leaves | 70.0 ± 5.7 |" in md and "| -1.0 |" in md
+    assert "| manifoldgd-expected-leaves | 70.0 ± 5.7 |" in md and "| -1.0 | -4.0 / +2.0 | -3.0 |" in md
+    assert "| var-d16 | 71.0 ± 0.0 |" in md.split("ManifoldGD variants")[1]
+    assert "Protocol: hard-label + soft-label (soft-label: the frozen" in md
     # the ablation centre is the base cell on the ablation's seeds only (seed 0: 66.0), not its 3-seed mean
     assert "centre: manifoldgd-expected-leaves (seeds [0]) | 66.0 ± 0.0" in md
     assert "lam_mode=0.3 | 69.0 ± 0.0" in md

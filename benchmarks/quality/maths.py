@@ -59,6 +59,12 @@ def seed_finals(row: dict) -> dict[int, float]:
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
+def seed_gains(row: dict, base: dict) -> dict[int, float]:
+    """{generation seed: final-accuracy gain over ``base`` on that seed}, the seeds both cells have."""
+    a, b = seed_finals(row), seed_finals(base)
+    return {k: a[k] - b[k] for k in sorted(set(a) & set(b))}
+
+
 def paired_gain(row: dict, base: dict) -> float:
     """Final-accuracy gain over random-real on the SAME generation seeds (a 2-seed cell is compared
     with random-real's seeds 0 and 1, not with its 3-seed mean)."""
