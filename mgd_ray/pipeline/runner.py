@@ -47,7 +47,11 @@ def init_ray(job: JobConfig):
         dash = job.ray.include_dashboard or job.evaluate.enabled
         kw = dict(num_cpus=n, include_dashboard=dash, log_to_driver=True)
         if dash:
-            kw.update(dashboard_host="127.0.0.1", dashboard_port=_free_port())
+            port = _free_port()
+            # workers that ask the State API with no address (Train's PlacementGroupCleaner) would
+            # otherwise look for "the" local Ray and fail when another one runs on this machine
+            kw.update(dashboard_host="127.0.0.1", dashboard_port=port,
+                      runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
         if job.ray.object_store_memory:
             kw["object_store_memory"] = job.ray.object_store_memory
         ray.init(**kw)
