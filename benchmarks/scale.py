@@ -58,16 +58,19 @@ def row_overrides(twin: Path, wnids: list[str], out: Path, ipc: int, steps: int,
 
 
 class Sampler(threading.Thread):
-    """Peak object-store bytes in use across the cluster, read from the raylet every second."""
+    """Peak object-store bytes in use across the cluster, read from the raylet every second, and
+    the machine's peak 1-minute load average (was the box shared while the row ran?)."""
 
     def __init__(self, gcs_address: str):
         super().__init__(daemon=True)
         self.gcs_address, self.peak, self.stop_flag = gcs_address, 0, threading.Event()
+        self.load_peak = 0.0   # the machine's 1-minute load average: was the box shared while measured?
 
     def run(self):
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
         state = get_state_from_address(self.gcs_address)
         while not self.stop_flag.wait(1.0):
+            self.load_peak = max(self.load_peak, os.getloadavg()[0])
             try:
                 used = get_memory_info_reply(state, timeout_seconds=10).store_stats.object_store_bytes_used
                 self.peak = max(self.peak, int(used))
@@ -159,7 +162,8 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
         "stage_seconds": stage,
         "shards": len(list((out / "shards").glob("*.parquet"))) if (out / "shards").is_dir() else 0,
         # ---- beyond the required keys ----
-        "error": error, "sampler_steps": steps, "evaluate_measured": evaluate, "twin_seconds": round(twin_s, 1),
+        "error": error, "sampler_steps": steps, "evaluate_measured": evaluate,
+        "load_average_peak": round(sampler.load_peak, 1), "machine_cpus": os.cpu_count(), "twin_seconds": round(twin_s, 1),
         "images_generated": n_gen, "targets": n_gen, "files_written": len(files),
         "bytes_written_mb": round(sum(p.stat().st_size for p in files) / MB, 1),
         "tasks": counts["tasks"], "actors": counts["actors"],
@@ -170,11 +174,12 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
 
 
 # ---- the report --------------------------------------------------------------------------------
-def fixed_and_per_item(rows: list[dict], stage: str) -> tuple[float, float] | None:
-    """Least-squares t = a + b * items over the complete rows: (a fixed seconds, b seconds/item)."""
+def fixed_and_per_item(rows: list[dict], stage: str, ipc: int = 10) -> tuple[float, float] | None:
+    """Least-squares t = a + b * items over the complete rows at ``ipc`` (the coreset's and the
+    generator's work per item depend on it): (a fixed seconds, b seconds/item)."""
     import numpy as np
     pts = [(r["items"][stage], r["stage_seconds"][stage]) for r in rows
-           if r["status"] == "complete" and r["stage_seconds"].get(stage)]
+           if r["status"] == "complete" and r["ipc"] == ipc and r["stage_seconds"].get(stage)]
     if len({n for n, _ in pts}) < 2:
         return None
     n, t = np.array(pts, dtype=float).T
@@ -262,7 +267,7 @@ def write_reports(rows: list[dict], extra: dict, cmd: str):
     if ex:
         lines += ["\n## Extrapolation to ImageNet-1K on cluster/aws.yaml's fleet\n",
                   f"{ex['train_images']:,} train images, {ex['images_to_generate']:,} generated (IPC 10 x 3 seeds); "
-                  f"twin fit t = fixed + per_item x items over the complete rows; GPU hours from the dry run's "
+                  f"twin fit t = fixed + per_item x items over the complete IPC 10 rows; GPU hours from the dry run's "
                   f"FLOP model ({ex['flop_basis']}).\n",
                   "| stage | items | workers | twin fixed s | twin s/item | pipeline h (1 worker) | GPU h (FLOPs) "
                   "| wall h on fleet |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -335,6 +340,7 @@ def main(argv=None):
     ap.add_argument("--rerun", action="store_true", help="measure rows the committed report already has")
     ap.add_argument("--no-evaluate", default="", help="rows 'classes:ipc,...' run with evaluation off "
                     "(reported as such; e.g. 1000:50, whose evaluation is hours of CPU on a laptop)")
+    ap.add_argument("--note", action="append", default=[], help="a note for the report's Notes (kept with it)")
     ap.add_argument("--row", default=None, help=argparse.SUPPRESS)   # "classes:ipc[:noeval]", in this process
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
@@ -345,7 +351,10 @@ def main(argv=None):
         return
     wanted = [(int(c), 10) for c in a.classes.split(",")]
     wanted += [(int(c), 50) for c in a.ipc50_at.split(",") if c and c in a.classes.split(",")]
-    cmd = "python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:])
+    args = list(argv if argv is not None else sys.argv[1:])
+    for i in reversed([i for i, v in enumerate(args) if v == "--note"]):   # a note measures nothing
+        del args[i:i + 2]
+    cmd = "python -m benchmarks.scale " + " ".join(args)
     no_eval = {tuple(int(v) for v in x.split(":")) for x in a.no_evaluate.split(",") if x}
     committed = {_row_key(r) for r in committed_rows()}
     for c, ipc in wanted:
@@ -371,8 +380,8 @@ def main(argv=None):
             continue
         print(f"  {r['status']} in {time.time() - t0:.0f}s: stages {r['stage_seconds']}, driver peak "
               f"{r['driver_peak_rss_mb']} MB, object store peak {r['object_store_peak_mb']} MB", flush=True)
-        report(a.work, cmd)
-    report(a.work, cmd)
+        report(a.work, cmd, a.note)
+    report(a.work, cmd, a.note)
 
 
 def row_from_log(log: Path) -> dict | None:
@@ -401,17 +410,20 @@ def committed_rows() -> list[dict]:
     return json.loads(path.read_text()).get("details", []) if path.is_file() else []
 
 
-def report(work: Path, cmd: str):
+def report(work: Path, cmd: str, notes: list[str] = ()):
     """The reports from every row finished in ``work`` (rows of other invocations included),
-    plus the committed report's rows that were not run again."""
+    plus the committed report's rows that were not run again; ``notes`` (what the person who ran
+    it says of the conditions) are added to the committed report's."""
     committed = {_row_key(r): r for r in committed_rows()}
     rows = [r for r in (row_from_log(p) for p in sorted(work.glob("row-*.log"))) if r]
     for r in rows:   # a log from before logs named their command: the committed row's, else this one
         r.setdefault("measured_by", committed.get(_row_key(r), {}).get("measured_by") or cmd)
     have = {_row_key(r) for r in rows}
     rows += [r for k, r in committed.items() if k not in have]
+    old = json.loads((REPORTS / "scale.json").read_text()).get("notes", []) if (REPORTS / "scale.json").is_file() else []
+    notes = old + [n for n in notes if n not in old]
     if rows:
-        write_reports(rows, {"extrapolation": extrapolate(rows), "command": cmd}, cmd)
+        write_reports(rows, {"extrapolation": extrapolate(rows), "command": cmd, "notes": notes}, cmd)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ COMMITTED = Path(scale.__file__).resolve().parent / "reports" / "scale.json"
 
 def test_report_merges_committed_rows_with_new_ones(tmp_path, monkeypatch):
     details = json.loads(COMMITTED.read_text())["details"]
-    by_classes = {r["classes"]: r for r in details}
+    by_classes = {r["classes"]: r for r in details if r["ipc"] == 10}
     reports = tmp_path / "reports"
     reports.mkdir()
     old = [{**by_classes[c], "measured_by": "python -m benchmarks.scale --classes 10,100"} for c in (10, 100)]
@@ -52,7 +52,7 @@ def test_a_row_without_evaluation_says_so(tmp_path, monkeypatch):
     assert "evaluate.enabled=false" in scale.row_overrides(tmp_path, ["n01440764"], tmp_path, 50, 5, evaluate=False)
     assert "evaluate.enabled=false" not in scale.row_overrides(tmp_path, ["n01440764"], tmp_path, 50, 5)
     details = json.loads(COMMITTED.read_text())["details"]
-    by_classes = {r["classes"]: r for r in details}
+    by_classes = {r["classes"]: r for r in details if r["ipc"] == 10}
     noeval = {**by_classes[1000], "ipc": 50, "evaluate_measured": False,
               "stage_seconds": {**by_classes[1000]["stage_seconds"], "evaluate": None},
               "items": {**by_classes[1000]["items"], "evaluate": 300000},
@@ -66,3 +66,18 @@ def test_a_row_without_evaluation_says_so(tmp_path, monkeypatch):
     assert len(row50) == 1 and "| off |" in row50[0]
     fit = scale.fixed_and_per_item([by_classes[10], by_classes[1000], noeval], "evaluate")
     assert f"~{(fit[0] + fit[1] * 300000) / 3600:.1f} h" in md      # the estimate uses the measured rows only
+
+
+def test_notes_are_kept_and_measure_nothing(tmp_path, monkeypatch):
+    details = json.loads(COMMITTED.read_text())["details"]
+    row = {k: v for k, v in details[0].items() if k != "measured_by"}
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    monkeypatch.setattr(scale, "REPORTS", reports)
+    (tmp_path / "row-10x50-ipc10.log").write_text("ROW " + json.dumps(row) + "\n")   # a log without CMD
+    scale.main(["--classes", "10", "--ipc50-at", "", "--work", str(tmp_path), "--note", "box shared"])
+    scale.main(["--classes", "10", "--ipc50-at", "", "--work", str(tmp_path), "--note", "second"])
+    out = json.loads((reports / "scale.json").read_text())
+    assert out["notes"] == ["box shared", "second"]
+    assert out["details"][0]["measured_by"] == "python -m benchmarks.scale --classes 10 --ipc50-at  --work " + str(tmp_path)
+    assert "- box shared" in (reports / "scale.md").read_text()
