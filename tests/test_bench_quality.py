@@ -114,3 +114,21 @@ def test_report_records_no_absolute_paths_of_the_checkout(tmp_path):
     from benchmarks import REPO, relative_to_repo
     assert relative_to_repo(REPO / "out" / "bench-quality" / "ipc10") == "out/bench-quality/ipc10"
     assert not relative_to_repo(tmp_path / "a" / "b").startswith("/")
+
+
+def test_a_diagnostic_set_is_written_as_a_shard_the_evaluation_reads(tmp_path):
+    """The diagnostic cells are scored by the product's evaluation: their shards must load as any
+    other cell's (the HF-native shard schema, all class names)."""
+    import numpy as np
+
+    from benchmarks.quality.diagnose import _write_set
+    from mgd_ray.pipeline.evaluate import load_shard_set
+    from mgd_ray.pipeline.store import Store
+    store = Store(str(tmp_path / "diag-vae-real"))
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(4, 28, 28, 1), dtype=np.uint8)
+    labels = np.array([0, 1, 1, 2])
+    _write_set(store, "diag-vae-real", 1, imgs, labels, ["a", "b", "c"])
+    got, got_labels = load_shard_set(store, 1)
+    assert np.array_equal(np.asarray(got_labels), labels)
+    assert np.array_equal(np.asarray(got).reshape(imgs.shape), imgs)

@@ -66,7 +66,7 @@ def _write_set(store, name: str, seed: int, imgs: np.ndarray, labels: np.ndarray
                  target_id=f"{name}-{i}", seed=i, gen_seed=seed, method=name, image=png_bytes(img),
                  height=img.shape[0], width=img.shape[1], channels=img.shape[2])
             for i, (img, lab) in enumerate(zip(imgs, labels))]
-    store.write_table(shard_table(rows), "shards", f"s{seed:03d}-{name}.parquet")
+    store.write_table(shard_table(rows, class_names), "shards", f"s{seed:03d}-{name}.parquet")
 
 
 def run_diagnose(args) -> None:
