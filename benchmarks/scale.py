@@ -1,8 +1,8 @@
 """Scaling benchmark: the ImageNet-1K twin (jobs/imagenet1k-twin.yaml) at 10, 100 and 1,000
 classes, then an extrapolation to the real 1,281,167 images on cluster/aws.yaml's fleet.
 
-    python -m benchmarks.scale [--classes 10,100,1000] [--images-per-class 50] [--ipc50-at 1000] [--no-evaluate 1000:50]
-                               [--steps 5] [--work out/scale]
+    python -m benchmarks.scale [--classes 10,100,1000] [--images-per-class 50] [--ipc50-at 1000]
+                               [--no-evaluate 1000:50] [--note TEXT] [--steps 5] [--work out/scale]
     -> benchmarks/reports/scale.{json,md,png}
 
 Each row is the real job (class list, levelwise/leaves coreset, IPC, 3 seeds, unit and batch
@@ -64,7 +64,7 @@ class Sampler(threading.Thread):
     def __init__(self, gcs_address: str):
         super().__init__(daemon=True)
         self.gcs_address, self.peak, self.stop_flag = gcs_address, 0, threading.Event()
-        self.load_peak = 0.0   # the machine's 1-minute load average: was the box shared while measured?
+        self.load_peak = 0.0
 
     def run(self):
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
