@@ -83,7 +83,7 @@ def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
     md = pm.read_text()
     assert "| manifoldgd-expected-leaves | 70.0 ± 5.7 |" in md and "| -1.0 | -4.0 / +2.0 | -3.0 |" in md
     assert "| var-d16 | 71.0 ± 0.0 |" in md.split("ManifoldGD variants")[1]
-    assert "Protocol: hard-label + soft-label (soft-label: the frozen" in md
+    assert "Protocol: hard-label + soft-label; in soft-label the frozen" in md
     # the ablation centre is the base cell on the ablation's seeds only (seed 0: 66.0), not its 3-seed mean
     assert "centre: manifoldgd-expected-leaves (seeds [0]) | 66.0 ± 0.0" in md
     assert "lam_mode=0.3 | 69.0 ± 0.0" in md

@@ -19,7 +19,7 @@ PUBLISHED_FMNIST = {  # evaluation.md, ConvNet-3, top-1 %: IPC 1 / 10 / 50
 }
 
 
-SOFT_NOTE = (" (soft-label: the frozen real-data teacher labels every augmented batch, KL at temperature "
+SOFT_NOTE = ("; in soft-label the frozen real-data teacher labels every augmented batch (KL at temperature "
              "T, AdamW lr 1e-3, weight decay 0.01, cosine; mgd_ray/eval/soft_label.py)")
 
 
