@@ -34,13 +34,19 @@ def test_report_merges_committed_rows_with_new_ones(tmp_path, monkeypatch):
     shutil.rmtree(work)
 
 
-def test_a_row_keeps_the_command_that_measured_it(tmp_path, monkeypatch):
-    """A later invocation that finds a finished row in the work directory does not claim it."""
-    details = json.loads(COMMITTED.read_text())["details"]
-    row = {k: v for k, v in details[0].items() if k != "measured_by"}
+def _first_row_and_reports(tmp_path, monkeypatch) -> tuple[dict, Path]:
+    """The committed report's first row (without its ``measured_by``) and an empty reports folder
+    the benchmark writes to."""
+    row = {k: v for k, v in json.loads(COMMITTED.read_text())["details"][0].items() if k != "measured_by"}
     reports = tmp_path / "reports"
     reports.mkdir()
     monkeypatch.setattr(scale, "REPORTS", reports)
+    return row, reports
+
+
+def test_a_row_keeps_the_command_that_measured_it(tmp_path, monkeypatch):
+    """A later invocation that finds a finished row in the work directory does not claim it."""
+    row, reports = _first_row_and_reports(tmp_path, monkeypatch)
     (tmp_path / f"row-{row['classes']}x50-ipc10.log").write_text(
         "CMD python -m benchmarks.scale --classes 10\nROW " + json.dumps(row) + "\n")
     scale.report(tmp_path, "python -m benchmarks.scale --classes 10 --ipc50-at 10")
@@ -69,11 +75,7 @@ def test_a_row_without_evaluation_says_so(tmp_path, monkeypatch):
 
 
 def test_notes_are_kept_and_measure_nothing(tmp_path, monkeypatch):
-    details = json.loads(COMMITTED.read_text())["details"]
-    row = {k: v for k, v in details[0].items() if k != "measured_by"}
-    reports = tmp_path / "reports"
-    reports.mkdir()
-    monkeypatch.setattr(scale, "REPORTS", reports)
+    row, reports = _first_row_and_reports(tmp_path, monkeypatch)
     (tmp_path / "row-10x50-ipc10.log").write_text("ROW " + json.dumps(row) + "\n")   # a log without CMD
     scale.main(["--classes", "10", "--ipc50-at", "", "--work", str(tmp_path), "--note", "box shared"])
     scale.main(["--classes", "10", "--ipc50-at", "", "--work", str(tmp_path), "--note", "second"])
