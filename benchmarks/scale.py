@@ -241,7 +241,7 @@ def write_reports(rows: list[dict], extra: dict, cmd: str):
              "| object store peak MB | tasks | actors | shards | files | s/item enc / cor / gen / eval |",
              "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        st, spi = r["stage_seconds"], r["seconds_per_item"]
+        spi = r["seconds_per_item"]
         lines.append(f"| {r['classes']} | {r['images_per_class']} | {r['ipc']} | {r['status']}"
                      + "".join(f" | {_stage_cell(r, s)}" for s in STAGES)
                      + f" | {r['driver_peak_rss_mb']} | {r['object_store_peak_mb']} | {r['tasks']} | {r['actors']}"
@@ -251,9 +251,9 @@ def write_reports(rows: list[dict], extra: dict, cmd: str):
     if len(cmds) > 1:
         lines.append("\nRows measured by more than one invocation (each row's `measured_by` in the JSON): "
                      + "; ".join(f"`{c}`" for c in cmds) + ".")
+    fit = fixed_and_per_item(rows, "evaluate")
     for r in rows:
         if not r.get("evaluate_measured", True):
-            fit = fixed_and_per_item(rows, "evaluate")
             est = "" if fit is None else (f" At the fit over the rows that measured it ({fit[0]:.1f} s + "
                                           f"{fit[1]:.4f} s/item) its {r['items']['evaluate']:,} items would take "
                                           f"~{(fit[0] + fit[1] * r['items']['evaluate']) / 3600:.1f} h on this box.")
@@ -402,26 +402,30 @@ def _row_key(r: dict) -> tuple:
     return r["classes"], r["images_per_class"], r["ipc"]
 
 
-def committed_rows() -> list[dict]:
-    """The rows of the committed report (``scale.json`` details): a row finished by an earlier
-    session stays in the report after its work directory is gone, with the command that
-    measured it (``measured_by``)."""
+def committed_report() -> dict:
+    """The committed ``scale.json``: its rows (``details``; a row finished by an earlier session
+    stays in the report after its work directory is gone, with the command that measured it,
+    ``measured_by``) and its ``notes``; {} before the first report."""
     path = REPORTS / "scale.json"
-    return json.loads(path.read_text()).get("details", []) if path.is_file() else []
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def committed_rows() -> list[dict]:
+    return committed_report().get("details", [])
 
 
 def report(work: Path, cmd: str, notes: list[str] = ()):
     """The reports from every row finished in ``work`` (rows of other invocations included),
     plus the committed report's rows that were not run again; ``notes`` (what the person who ran
     it says of the conditions) are added to the committed report's."""
-    committed = {_row_key(r): r for r in committed_rows()}
+    prev = committed_report()
+    committed = {_row_key(r): r for r in prev.get("details", [])}
     rows = [r for r in (row_from_log(p) for p in sorted(work.glob("row-*.log"))) if r]
     for r in rows:   # a log from before logs named their command: the committed row's, else this one
         r.setdefault("measured_by", committed.get(_row_key(r), {}).get("measured_by") or cmd)
     have = {_row_key(r) for r in rows}
     rows += [r for k, r in committed.items() if k not in have]
-    old = json.loads((REPORTS / "scale.json").read_text()).get("notes", []) if (REPORTS / "scale.json").is_file() else []
-    notes = old + [n for n in notes if n not in old]
+    notes = prev.get("notes", []) + [n for n in notes if n not in prev.get("notes", [])]
     if rows:
         write_reports(rows, {"extrapolation": extrapolate(rows), "command": cmd, "notes": notes}, cmd)
 
