@@ -37,6 +37,10 @@ def test_every_cell_is_a_valid_job_that_differs_where_it_should(tmp_path):
     assert (seen["var-d16"].guidance.d, seen["var-d16"].guidance.K, seen["var-d16"].guidance.beta) == (16, 32, 1.0)
     assert seen["var-ramp"].guidance.beta_schedule == "ramp" and seen["var-window"].guidance.t_project == 37
     assert seen["var-members"].guidance.basis == "members"
+    lam = seen["var-members-lam0.3"]   # the stronger pull and its MGD3 control differ only in the method
+    assert (lam.method, lam.guidance.basis, lam.guidance.lam_mode) == ("manifoldgd", "members", 0.3)
+    ctl = seen["var-mgd3-lam0.3"]
+    assert (ctl.method, ctl.guidance.lam_mode) == ("mgd3", 0.3)
     for name in ("var-d8", "var-d16", "var-d32", "var-d64"):
         assert seen[name].guidance.K >= 2 * seen[name].guidance.d
 

@@ -39,6 +39,12 @@ VARIANTS: list[tuple[str, list[str]]] = [
     ("var-members", STRICT + ["guidance.basis=members", "guidance.d=8", "guidance.K=16"]),
     ("var-window", STRICT + ["guidance.t_project=37"]),
     ("var-members-window", STRICT + ["guidance.basis=members", "guidance.d=8", "guidance.K=16", "guidance.t_project=37"]),
+    # a stronger mode pull (λ_mode 0.1 is MGD3's published value): the members basis keeps the pull's
+    # direction to the cluster, so a larger λ moves samples further toward their targets; MGD3 at the
+    # same λ is the control that says whether a gain is the projection's or only the larger λ's
+    ("var-members-lam0.2", STRICT + ["guidance.basis=members", "guidance.d=8", "guidance.K=16", "guidance.lam_mode=0.2"]),
+    ("var-members-lam0.3", STRICT + ["guidance.basis=members", "guidance.d=8", "guidance.K=16", "guidance.lam_mode=0.3"]),
+    ("var-mgd3-lam0.3", ["method=mgd3", "guidance.lam_mode=0.3"]),
 ]
 # the "variant" field of a report cell (issue 10 §2): ManifoldGD cells by rule, ablations by name
 VARIANT_OF = {"manifoldgd-expected-leaves": "paper-strict", "manifoldgd-reference-leaves": "reference",

@@ -50,7 +50,8 @@ def make_report(root: Path, dataset: str, out_dir: Path | None = None) -> tuple[
           "seeds of both cells, per seed in `per seed`.", ""]
     ipcs = sorted({r["ipc"] for r in rows})
     sections = (("methods", lambda r: r["cell"] in main_names, lambda r: main_names.index(r["cell"])),
-                ("ManifoldGD variants, one change each from paper-strict",
+                ("ManifoldGD variants, one change each from paper-strict "
+                 "(var-mgd3-*: MGD3 at a variant's λ, its control)",
                  lambda r: r["cell"].startswith("var-"), lambda r: r["cell"]))
     for ipc in ipcs:
         for title, keep, order in sections:
