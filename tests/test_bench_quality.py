@@ -45,8 +45,9 @@ def test_every_cell_is_a_valid_job_that_differs_where_it_should(tmp_path):
         assert seen[name].guidance.K >= 2 * seen[name].guidance.d
 
 
-def _cell(root: Path, name: str, kind: str, finals: dict, fid: float, protocol: str = "hard-label"):
-    d = root / "ipc10" / name
+def _cell(root: Path, name: str, kind: str, finals: dict, fid: float, protocol: str = "hard-label", ipc: int = 10,
+          **cfg_set):
+    d = root / f"ipc{ipc}" / name
     d.mkdir(parents=True)
     runs = [{"set_seed": s, "train_seed": 0, "final_acc": a, "best_acc": a + 0.01, "epochs": 300}
             for s, a in finals.items()]
@@ -55,11 +56,13 @@ def _cell(root: Path, name: str, kind: str, finals: dict, fid: float, protocol: 
     cell = {"runs": runs, "final_acc_mean": float(v.mean()), "final_acc_std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
             "best_acc_mean": float(v.mean() + 0.01), "best_acc_std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
     sets = {str(s): {"fid": fid + s, "coverage": 0.5} for s in finals}
-    (d / "results.json").write_text(json.dumps({"ipc": 10, "protocol": protocol, "results": {kind: {"convnet3": cell}},
+    (d / "results.json").write_text(json.dumps({"ipc": ipc, "protocol": protocol, "results": {kind: {"convnet3": cell}},
                                                 "distribution": {"sets": sets, "mean": {"fid": fid + 0.5}}}))
     (d / "manifest.json").write_text(json.dumps({"timings": {"generate": 60.0, "evaluate": 120.0}}))
     cfg = JobConfig().model_dump(mode="json")
     cfg["method"] = kind
+    for k, v in cfg_set.items():
+        cfg["guidance"][k] = v
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
@@ -69,8 +72,8 @@ def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
     _cell(root, "manifoldgd-expected-leaves", "manifoldgd", {0: 0.66, 1: 0.74}, 2.0)
     _cell(root, "abl-lam_mode=0.3", "manifoldgd", {0: 0.69}, 3.0)
     _cell(root, "manifoldgd-reference-leaves", "manifoldgd", {0: 0.69}, 3.0)
-    _cell(root, "manifoldgd-default", "manifoldgd", {0: 0.69}, 3.0)
-    _cell(root, "mgd3", "mgd3", {0: 0.69}, 3.0, protocol="soft-label")
+    _cell(root, "manifoldgd-default", "manifoldgd", {0: 0.69}, 3.0, protocol="soft-label")
+    _cell(root, "mgd3", "mgd3", {0: 0.69}, 3.0)
     _cell(root, "var-d16", "manifoldgd", {1: 0.71}, 3.0)
     pj, pm = make_report(root, "unit", tmp_path / "rep")
     data = json.loads(pj.read_text())
@@ -79,11 +82,13 @@ def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
     assert {k: (c["variant"], c["protocol"]) for k, c in by.items()} == {
         "random-real": ("", "hard-label"), "manifoldgd-expected-leaves": ("paper-strict", "hard-label"),
         "abl-lam_mode=0.3": ("lam_mode=0.3", "hard-label"), "manifoldgd-reference-leaves": ("reference", "hard-label"),
-        "manifoldgd-default": ("default", "hard-label"), "mgd3": ("", "soft-label"), "var-d16": ("d16", "hard-label")}
+        "manifoldgd-default": ("default", "soft-label"), "mgd3": ("", "hard-label"), "var-d16": ("d16", "hard-label")}
     assert abs(by["manifoldgd-expected-leaves"]["gain_vs_random"] - (70.0 - 71.0)) < 1e-9
     # paired per seed (66-70, 74-72), and against MGD3 on the seeds both have (seed 0: 66 - 69)
     assert by["manifoldgd-expected-leaves"]["gain_vs_random_per_seed"] == {"0": -4.0, "1": 2.0}
     assert abs(by["manifoldgd-expected-leaves"]["gain_vs_mgd3"] - (66.0 - 69.0)) < 1e-9
+    # a soft-label cell is never paired with hard-label baselines (there is no soft-label random real here)
+    assert by["manifoldgd-default"]["gain_vs_random"] != by["manifoldgd-default"]["gain_vs_random"]
     md = pm.read_text()
     assert "| manifoldgd-expected-leaves | 70.0 ± 5.7 |" in md and "| -1.0 | -4.0 / +2.0 | -3.0 |" in md
     assert "| var-d16 | 71.0 ± 0.0 |" in md.split("ManifoldGD variants")[1]
@@ -92,6 +97,39 @@ def test_report_reads_cells_and_computes_gain_and_centre(tmp_path):
     assert "centre: manifoldgd-expected-leaves (seeds [0]) | 66.0 ± 0.0" in md
     assert "lam_mode=0.3 | 69.0 ± 0.0" in md
     assert (tmp_path / "rep" / "quality-unit-acc-vs-ipc.png").is_file()
+
+
+def test_report_merges_committed_reports_pooling_new_seeds_and_refusing_mixed_settings(tmp_path):
+    """--include: a committed report's cells join the live root's; a cell run later on a new seed with
+    the same settings joins its row (so the gain is paired over all three seeds); the same cell with
+    other settings is refused; gains are paired within one protocol."""
+    import pytest
+    old = tmp_path / "old"
+    _cell(old, "random-real", "random-real", {0: 0.70, 1: 0.72, 2: 0.74}, 1.0, ipc=50)
+    _cell(old, "manifoldgd-default", "manifoldgd", {0: 0.66, 1: 0.70}, 2.0, ipc=50)
+    _cell(old, "mgd3", "mgd3", {0: 0.60, 1: 0.60, 2: 0.60}, 1.0, ipc=1)
+    old_json, _ = make_report(old, "unit", tmp_path / "old-rep")
+    soft = tmp_path / "soft"
+    _cell(soft, "random-real", "random-real", {0: 0.80, 1: 0.80, 2: 0.80}, 1.0, protocol="soft-label", ipc=50)
+    soft_json, _ = make_report(soft, "unit", tmp_path / "soft-rep")
+    new = tmp_path / "new"
+    _cell(new, "manifoldgd-default", "manifoldgd", {2: 0.68}, 5.0, ipc=50)
+    _cell(new, "mgd3", "mgd3", {0: 0.61}, 1.0, ipc=1)           # a rerun of seed 0: the root's row wins
+    pj, pm = make_report(new, "unit", tmp_path / "rep", [old_json, soft_json])
+    data = json.loads(pj.read_text())
+    by = {(c["cell"], c["ipc"], c["protocol"]): c for c in data["cells"]}
+    d = by[("manifoldgd-default", 50, "hard-label")]
+    assert d["seeds"] == [0, 1, 2] and len(d["run_records"]) == 3 and abs(d["final_mean"] - 68.0) < 1e-9
+    assert abs(d["fid"] - 4.0) < 1e-9                         # mean of the three sets' fid (2, 3, 7)
+    assert d["gain_vs_random_per_seed"] == {"0": -4.0, "1": -2.0, "2": -6.0}   # hard-label random real only
+    assert by[("mgd3", 1, "hard-label")]["seeds"] == [0] and by[("mgd3", 1, "hard-label")]["final_mean"] == 61.0
+    md = pm.read_text()
+    assert "mgd3 at IPC 1 (hard-label, seeds [0, 1, 2]) from" in md and "not used" in md
+    assert "| manifoldgd-default (default) | not run | 68.0 ± 2.0 (-4.0) |" in md
+    other = tmp_path / "other"
+    _cell(other, "manifoldgd-default", "manifoldgd", {2: 0.68}, 5.0, ipc=50, d=16)
+    with pytest.raises(SystemExit, match="differ in config"):
+        make_report(other, "unit", tmp_path / "rep2", [old_json])
 
 
 def test_main_manifoldgd_cells_pin_the_papers_strict_projection(tmp_path):

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="out/bench-quality")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--out-dir", default=None, help="default: benchmarks/reports/")
+    p.add_argument("--include", action="append", default=[], metavar="REPORT_JSON",
+                   help="also read the cells of a committed quality report (repeatable; the root's cells come "
+                        "first; a cell on new seeds with the same settings joins its row)")
     return ap
 
 
@@ -48,7 +51,8 @@ def main(argv=None):
     elif args.cmd == "diagnose":
         run_diagnose(args)
     else:
-        pj, pm = make_report(Path(args.root).resolve(), args.dataset, args.out_dir and Path(args.out_dir))
+        pj, pm = make_report(Path(args.root).resolve(), args.dataset, args.out_dir and Path(args.out_dir),
+                             [Path(p) for p in args.include])
         print(pm.read_text())
         print(f"wrote {pj} and {pm}")
 

@@ -34,7 +34,8 @@ def read_cell(d: Path) -> dict | None:
            "runs": len(cell["runs"]), "seeds": sorted({r["set_seed"] for r in cell["runs"]}),
            "run_records": cell["runs"], "dist_sets": dist.get("sets", {}),
            "epochs": cell["runs"][0]["epochs"], "n_evals": cfg["evaluate"]["n_evals"],
-           "timings": man.get("timings", {}), "config": {k: cfg[k] for k in ("guidance", "sampler", "coreset")}}
+           "timings": man.get("timings", {}), "config": {k: cfg[k] for k in ("guidance", "sampler", "coreset")},
+           "prior": {k: man.get("model", {}).get(k) for k in ("source", "transformer_sha256", "vae_sha256")}}
     for k in DIST_KEYS:
         v = dist.get("mean", {}).get(k)
         row[k] = float(v) if v is not None else float("nan")
@@ -49,6 +50,61 @@ def collect(root: Path) -> list[dict]:
             if r:
                 rows.append(r)
     return rows
+
+
+def _settings(row: dict) -> dict:
+    """What must agree before two rows' runs may be pooled into one cell."""
+    out = {k: row.get(k) for k in ("method", "protocol", "epochs", "n_evals", "student", "config")}
+    if row.get("prior"):   # rows of reports written before the prior was recorded do not have it
+        out["prior"] = row["prior"]
+    return out
+
+
+def _pool(a: dict, b: dict) -> dict:
+    """One cell from two rows of the same settings on disjoint generation seeds."""
+    runs = a["run_records"] + b["run_records"]
+    f = np.array([100 * r["final_acc"] for r in runs])
+    bb = np.array([100 * r["best_acc"] for r in runs])
+    dist = {**a["dist_sets"], **b["dist_sets"]}
+    out = dict(a, run_records=runs, dist_sets=dist, runs=len(runs), seeds=sorted(set(a["seeds"]) | set(b["seeds"])),
+               final_mean=float(f.mean()), final_std=float(f.std(ddof=1)) if len(f) > 1 else 0.0,
+               best_mean=float(bb.mean()), best_std=float(bb.std(ddof=1)) if len(bb) > 1 else 0.0,
+               dir=f"{a['dir']} + {b['dir']}", prior=a.get("prior") or b.get("prior"),
+               timings={k: a["timings"].get(k, 0) + b["timings"].get(k, 0)
+                        for k in set(a["timings"]) | set(b["timings"]) if k != "total_last_run"})
+    for k in DIST_KEYS:
+        v = [s[k] for s in dist.values() if k in s]
+        out[k] = float(np.mean(v)) if v else float("nan")
+    return out
+
+
+def merge_rows(sources: list[tuple[str, list[dict]]]) -> tuple[list[dict], list[str]]:
+    """Rows of several sources (a live root, then committed reports, in the order given) as one table,
+    one row per (ipc, cell, protocol). The same cell on disjoint generation seeds with the same settings
+    is pooled (a third seed run later joins the first two); on overlapping seeds the first source's row
+    is kept and the later one named in the returned notes; the same cell with different settings on
+    disjoint seeds is an error, never a silent mix."""
+    merged: dict[tuple, dict] = {}
+    notes = []
+    for src, rows in sources:
+        for r in rows:
+            r = dict(r, source=src)
+            key = (r["ipc"], r["cell"], r["protocol"])
+            have = merged.get(key)
+            if have is None:
+                merged[key] = r
+            elif set(have["seeds"]) & set(r["seeds"]):
+                notes.append(f"{r['cell']} at IPC {r['ipc']} ({r['protocol']}, seeds {r['seeds']}) from {src}: "
+                             f"not used, the same seeds come from {have['source']}")
+            elif _settings(have) != _settings(r):
+                a, b = _settings(have), _settings(r)
+                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                raise SystemExit(f"{r['cell']} at IPC {r['ipc']} ({r['protocol']}): {have['source']} and {src} "
+                                 f"differ in {', '.join(diff)}; their seeds cannot be pooled into one cell. "
+                                 "Rename one of the cells or leave one source out.")
+            else:
+                merged[key] = dict(_pool(have, r), source=f"{have['source']} + {src}")
+    return list(merged.values()), notes
 
 
 def seed_finals(row: dict) -> dict[int, float]:

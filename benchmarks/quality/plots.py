@@ -9,7 +9,7 @@ from benchmarks.quality.cells import ABLATION, MAIN, cell_dir
 from benchmarks.quality.maths import ablation_centre
 
 
-def plot(rows: list[dict], root: Path, dataset: str, out_dir: Path) -> list[Path]:
+def plot(rows: list[dict], root: Path | None, dataset: str, out_dir: Path) -> list[Path]:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -22,17 +22,20 @@ def plot(rows: list[dict], root: Path, dataset: str, out_dir: Path) -> list[Path
     by = {}
     for r in rows:
         if r["cell"] in main_names:
-            by.setdefault(r["cell"], []).append(r)
+            by.setdefault((r["cell"], r["protocol"]), []).append(r)
     if by:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name, rs in by.items():
+        colours = {n: f"C{i % 10}" for i, n in enumerate(main_names)}
+        for (name, protocol), rs in sorted(by.items(), key=lambda kv: (kv[0][1], main_names.index(kv[0][0]))):
             rs.sort(key=lambda r: r["ipc"])
+            soft = protocol == "soft-label"
             ax.errorbar([r["ipc"] for r in rs], [r["final_mean"] for r in rs], yerr=[r["final_std"] for r in rs],
-                        marker="o", capsize=3, label=name)
+                        marker="s" if soft else "o", linestyle="--" if soft else "-", capsize=3,
+                        color=colours[name], label=f"{name} (soft)" if soft else name)
         ax.set_xscale("log")
         ax.set_xlabel("images per class")
         ax.set_ylabel("final test accuracy (%)")
-        ax.set_title(f"{dataset}: ConvNet-3, hard-label")
+        ax.set_title(f"{dataset}: ConvNet-3, {' and '.join(sorted({p for _, p in by}))}")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         p = out_dir / f"quality-{dataset}-acc-vs-ipc.png"
@@ -64,19 +67,21 @@ def plot(rows: list[dict], root: Path, dataset: str, out_dir: Path) -> list[Path
         fig.savefig(p, dpi=100)
         plt.close(fig)
         out.append(p)
-    grid = sample_grid(root, rows, plt, dataset, out_dir)
+    grid = sample_grid(root, rows, plt, dataset, out_dir) if root is not None else None
     if grid:
         out.append(grid)
     return out
 
 
 def sample_grid(root: Path, rows: list[dict], plt, dataset: str, out_dir: Path) -> Path | None:
-    """Side by side: per main-table method at the middle IPC, the first image of each class (seed 0)."""
+    """Side by side: per main-table method at IPC 10 (else the smallest IPC the root holds images of), the
+    first image of each class (seed 0)."""
     import pyarrow.parquet as pq
 
     from mgd_ray.pipeline.units import decode_png
     main_names = [n for n, _ in MAIN]
-    ipcs = sorted({r["ipc"] for r in rows if r["cell"] in main_names})
+    ipcs = sorted({r["ipc"] for r in rows if r["cell"] in main_names
+                   and (cell_dir(root, r["ipc"], r["cell"]) / "shards").is_dir()})
     if not ipcs:
         return None
     ipc = 10 if 10 in ipcs else ipcs[0]
