@@ -75,7 +75,7 @@ def plot(rows: list[dict], root: Path | None, dataset: str, out_dir: Path) -> li
 
 def sample_grid(root: Path, rows: list[dict], plt, dataset: str, out_dir: Path) -> Path | None:
     """Side by side: per main-table method at IPC 10 (else the smallest IPC the root holds images of), the
-    first image of each class (seed 0)."""
+    first image of each class (of its first seed)."""
     import pyarrow.parquet as pq
 
     from mgd_ray.pipeline.units import decode_png
@@ -85,14 +85,16 @@ def sample_grid(root: Path, rows: list[dict], plt, dataset: str, out_dir: Path) 
     if not ipcs:
         return None
     ipc = 10 if 10 in ipcs else ipcs[0]
-    cells = [n for n in main_names if (cell_dir(root, ipc, n) / "shards").is_dir()]
+    shards = {n: sorted((cell_dir(root, ipc, n) / "shards").glob("s*-*.parquet")) for n in main_names}
+    cells = [n for n in main_names if shards[n]]
     if not cells:
         return None
     per = 3
     fig, axes = plt.subplots(len(cells), 10 * per // per, figsize=(10 * 0.9, len(cells) * 0.95), squeeze=False)
     for i, name in enumerate(cells):
         imgs = {}
-        for f in sorted((cell_dir(root, ipc, name) / "shards").glob("s000-*.parquet")):
+        first = shards[name][0].name.split("-")[0]        # the cell's first generation seed ("s000")
+        for f in (f for f in shards[name] if f.name.startswith(first + "-")):
             for r in pq.read_table(f, columns=["label", "image"]).to_pylist():
                 imgs.setdefault(r["label"], r["image"])
         for c in range(10):
@@ -101,7 +103,8 @@ def sample_grid(root: Path, rows: list[dict], plt, dataset: str, out_dir: Path) 
             if c in imgs:
                 a = decode_png(imgs[c])
                 ax.imshow(a.squeeze(-1) if a.shape[-1] == 1 else a, cmap="gray")
-        axes[i][0].text(-2, 14, name, ha="right", va="center", fontsize=7)
+        label = name if first == "s000" else f"{name} (seed {int(first[1:])})"
+        axes[i][0].text(-2, 14, label, ha="right", va="center", fontsize=7)
     fig.subplots_adjust(left=0.25, wspace=0.05, hspace=0.05)
     p = out_dir / f"quality-{dataset}-samples-ipc{ipc}.png"
     fig.savefig(p, dpi=100)
