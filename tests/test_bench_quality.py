@@ -46,7 +46,7 @@ def test_every_cell_is_a_valid_job_that_differs_where_it_should(tmp_path):
 
 
 def _cell(root: Path, name: str, kind: str, finals: dict, fid: float, protocol: str = "hard-label", ipc: int = 10,
-          **cfg_set):
+          prior_sha: str | None = None, **cfg_set):
     d = root / f"ipc{ipc}" / name
     d.mkdir(parents=True)
     runs = [{"set_seed": s, "train_seed": 0, "final_acc": a, "best_acc": a + 0.01, "epochs": 300}
@@ -58,7 +58,10 @@ def _cell(root: Path, name: str, kind: str, finals: dict, fid: float, protocol: 
     sets = {str(s): {"fid": fid + s, "coverage": 0.5} for s in finals}
     (d / "results.json").write_text(json.dumps({"ipc": ipc, "protocol": protocol, "results": {kind: {"convnet3": cell}},
                                                 "distribution": {"sets": sets, "mean": {"fid": fid + 0.5}}}))
-    (d / "manifest.json").write_text(json.dumps({"timings": {"generate": 60.0, "evaluate": 120.0}}))
+    man = {"timings": {"generate": 60.0, "evaluate": 120.0}}
+    if prior_sha:
+        man["model"] = {"source": "prior:unit", "transformer_sha256": prior_sha, "vae_sha256": prior_sha}
+    (d / "manifest.json").write_text(json.dumps(man))
     cfg = JobConfig().model_dump(mode="json")
     cfg["method"] = kind
     for k, v in cfg_set.items():
@@ -113,7 +116,8 @@ def test_report_merges_committed_reports_pooling_new_seeds_and_refusing_mixed_se
     _cell(soft, "random-real", "random-real", {0: 0.80, 1: 0.80, 2: 0.80}, 1.0, protocol="soft-label", ipc=50)
     soft_json, _ = make_report(soft, "unit", tmp_path / "soft-rep")
     new = tmp_path / "new"
-    _cell(new, "manifoldgd-default", "manifoldgd", {2: 0.68}, 5.0, ipc=50)
+    # the root's cell records its prior, the older report's does not (written before it was recorded): pooled
+    _cell(new, "manifoldgd-default", "manifoldgd", {2: 0.68}, 5.0, ipc=50, prior_sha="aaa")
     _cell(new, "mgd3", "mgd3", {0: 0.61}, 1.0, ipc=1)           # a rerun of seed 0: the root's row wins
     pj, pm = make_report(new, "unit", tmp_path / "rep", [old_json, soft_json])
     data = json.loads(pj.read_text())
@@ -130,6 +134,11 @@ def test_report_merges_committed_reports_pooling_new_seeds_and_refusing_mixed_se
     _cell(other, "manifoldgd-default", "manifoldgd", {2: 0.68}, 5.0, ipc=50, d=16)
     with pytest.raises(SystemExit, match="differ in config"):
         make_report(other, "unit", tmp_path / "rep2", [old_json])
+    # two cells that both record their prior, and not the same one, are never pooled
+    other_prior = tmp_path / "other-prior"
+    _cell(other_prior, "manifoldgd-default", "manifoldgd", {3: 0.68}, 5.0, ipc=50, prior_sha="bbb")
+    with pytest.raises(SystemExit, match="differ in prior"):
+        make_report(other_prior, "unit", tmp_path / "rep3", [pj])
 
 
 def test_main_manifoldgd_cells_pin_the_papers_strict_projection(tmp_path):

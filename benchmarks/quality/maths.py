@@ -35,7 +35,8 @@ def read_cell(d: Path) -> dict | None:
            "run_records": cell["runs"], "dist_sets": dist.get("sets", {}),
            "epochs": cell["runs"][0]["epochs"], "n_evals": cfg["evaluate"]["n_evals"],
            "timings": man.get("timings", {}), "config": {k: cfg[k] for k in ("guidance", "sampler", "coreset")},
-           "prior": {k: man.get("model", {}).get(k) for k in ("source", "transformer_sha256", "vae_sha256")}}
+           "prior": ({k: man["model"].get(k) for k in ("source", "transformer_sha256", "vae_sha256")}
+                     if man.get("model") else None)}
     for k in DIST_KEYS:
         v = dist.get("mean", {}).get(k)
         row[k] = float(v) if v is not None else float("nan")
@@ -52,12 +53,13 @@ def collect(root: Path) -> list[dict]:
     return rows
 
 
-def _settings(row: dict) -> dict:
-    """What must agree before two rows' runs may be pooled into one cell."""
-    out = {k: row.get(k) for k in ("method", "protocol", "epochs", "n_evals", "student", "config")}
-    if row.get("prior"):   # rows of reports written before the prior was recorded do not have it
-        out["prior"] = row["prior"]
-    return out
+def _settings(row: dict, other: dict) -> dict:
+    """What must agree before two rows' runs may be pooled into one cell; the prior's identity only where
+    both rows record it (reports written before it was recorded do not)."""
+    keys = ["method", "protocol", "epochs", "n_evals", "student", "config"]
+    if row.get("prior") and other.get("prior"):
+        keys.append("prior")
+    return {k: row.get(k) for k in keys}
 
 
 def _pool(a: dict, b: dict) -> dict:
@@ -96,8 +98,8 @@ def merge_rows(sources: list[tuple[str, list[dict]]]) -> tuple[list[dict], list[
             elif set(have["seeds"]) & set(r["seeds"]):
                 notes.append(f"{r['cell']} at IPC {r['ipc']} ({r['protocol']}, seeds {r['seeds']}) from {src}: "
                              f"not used, the same seeds come from {have['source']}")
-            elif _settings(have) != _settings(r):
-                a, b = _settings(have), _settings(r)
+            elif _settings(have, r) != _settings(r, have):
+                a, b = _settings(have, r), _settings(r, have)
                 diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
                 raise SystemExit(f"{r['cell']} at IPC {r['ipc']} ({r['protocol']}): {have['source']} and {src} "
                                  f"differ in {', '.join(diff)}; their seeds cannot be pooled into one cell. "
