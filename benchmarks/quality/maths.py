@@ -62,16 +62,22 @@ def _settings(row: dict, other: dict) -> dict:
     return {k: row.get(k) for k in keys}
 
 
+def _acc_stats(runs: list[dict]) -> dict:
+    """final/best accuracy % mean and std (ddof 1; 0 for one run) of run records."""
+    out = {}
+    for k in ("final", "best"):
+        v = np.array([100 * r[f"{k}_acc"] for r in runs])
+        out[f"{k}_mean"], out[f"{k}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return out
+
+
 def _pool(a: dict, b: dict) -> dict:
     """One cell from two rows of the same settings on disjoint generation seeds."""
     runs = a["run_records"] + b["run_records"]
-    f = np.array([100 * r["final_acc"] for r in runs])
-    bb = np.array([100 * r["best_acc"] for r in runs])
     dist = {**a["dist_sets"], **b["dist_sets"]}
-    out = dict(a, run_records=runs, dist_sets=dist, runs=len(runs), seeds=sorted(set(a["seeds"]) | set(b["seeds"])),
-               final_mean=float(f.mean()), final_std=float(f.std(ddof=1)) if len(f) > 1 else 0.0,
-               best_mean=float(bb.mean()), best_std=float(bb.std(ddof=1)) if len(bb) > 1 else 0.0,
-               dir=f"{a['dir']} + {b['dir']}", prior=a.get("prior") or b.get("prior"),
+    out = dict(a, **_acc_stats(runs), run_records=runs, dist_sets=dist, runs=len(runs),
+               seeds=sorted(set(a["seeds"]) | set(b["seeds"])), dir=f"{a['dir']} + {b['dir']}",
+               prior=a.get("prior") or b.get("prior"),
                timings={k: a["timings"].get(k, 0) + b["timings"].get(k, 0)
                         for k in set(a["timings"]) | set(b["timings"]) if k != "total_last_run"})
     for k in DIST_KEYS:
@@ -143,12 +149,8 @@ def ablation_centre(rows: list[dict], abl: list[dict], base: str = "manifoldgd-e
     runs = [r for r in c["run_records"] if r["set_seed"] in seeds]
     if not runs:
         return None
-    f = np.array([100 * r["final_acc"] for r in runs])
-    b = np.array([100 * r["best_acc"] for r in runs])
     dist = c["dist_sets"]
-    out = dict(c, cell=f"{base} (seeds {sorted(seeds)})", final_mean=float(f.mean()), best_mean=float(b.mean()),
-               final_std=float(f.std(ddof=1)) if len(f) > 1 else 0.0,
-               best_std=float(b.std(ddof=1)) if len(b) > 1 else 0.0, seeds=sorted(seeds))
+    out = dict(c, **_acc_stats(runs), cell=f"{base} (seeds {sorted(seeds)})", seeds=sorted(seeds))
     for k in DIST_KEYS:
         v = [dist[str(s)][k] for s in seeds if str(s) in dist and k in dist[str(s)]]
         out[k] = float(np.mean(v)) if v else float("nan")

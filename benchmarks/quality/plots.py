@@ -9,7 +9,7 @@ from benchmarks.quality.cells import ABLATION, MAIN, cell_dir
 from benchmarks.quality.maths import ablation_centre
 
 
-def plot(rows: list[dict], root: Path | None, dataset: str, out_dir: Path) -> list[Path]:
+def plot(rows: list[dict], root: Path, dataset: str, out_dir: Path) -> list[Path]:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -67,7 +67,7 @@ def plot(rows: list[dict], root: Path | None, dataset: str, out_dir: Path) -> li
         fig.savefig(p, dpi=100)
         plt.close(fig)
         out.append(p)
-    grid = sample_grid(root, rows, plt, dataset, out_dir) if root is not None else None
+    grid = sample_grid(root, rows, plt, dataset, out_dir)
     if grid:
         out.append(grid)
     return out

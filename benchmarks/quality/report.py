@@ -4,6 +4,7 @@ is typed in: it is all read from the cells' ``results.json``/``manifest.json``/`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from benchmarks import REPORTS, machine, md_table, relative_to_repo, write_report
@@ -27,12 +28,9 @@ def _pm(m, s):
     return f"{m:.1f} ± {s:.1f}"
 
 
-def load_rows(root: Path | None, include: list[Path]) -> tuple[list[dict], list[str], list[str]]:
+def load_rows(root: Path, include: list[Path]) -> tuple[list[dict], list[str], list[str]]:
     """The rows of the live root's finished cells and of the committed reports in ``include``."""
-    import json
-    sources = []
-    if root is not None:
-        sources.append((relative_to_repo(root), collect(root)))
+    sources = [(relative_to_repo(root), collect(root))]
     for p in include:
         p = Path(p)
         if not p.is_file():
@@ -87,7 +85,7 @@ def full_table(rows: list[dict], protocol: str) -> list[str]:
             md_table(t, ["cell"] + [f"IPC {i}" for i in ipcs]), ""]
 
 
-def make_report(root: Path | None, dataset: str, out_dir: Path | None = None,
+def make_report(root: Path, dataset: str, out_dir: Path | None = None,
                 include: list[Path] = ()) -> tuple[Path, Path]:
     out_dir = Path(out_dir) if out_dir else REPORTS
     rows, notes, sources = load_rows(root, list(include))
@@ -163,7 +161,7 @@ def make_report(root: Path | None, dataset: str, out_dir: Path | None = None,
                      for k, v in PUBLISHED_FMNIST.items()], ["method", "IPC 1", "IPC 10", "IPC 50"]), ""]
     plots = plot(rows, root, dataset, out_dir)
     md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    data = {"dataset": dataset, "root": relative_to_repo(root) if root is not None else None, "sources": sources,
+    data = {"dataset": dataset, "root": relative_to_repo(root), "sources": sources,
             "machine": machine(), "cells": rows, "published": PUBLISHED_FMNIST}
     return write_report(f"quality-{dataset}", data, "\n".join(md), out_dir)
 
