@@ -208,10 +208,12 @@ _TOY_CFG = dict(student="convnet3", width=16, epochs=8, n_evals=8, augment="none
 def test_train_reaches_high_accuracy_and_reports_schedule():
     xtr, ytr = _toy(8, seed=1)
     xte, yte = _toy(10, seed=2)
-    seen = []
+    seen, epochs = [], []
     cfg = TrainConfig(**{**_TOY_CFG, "epochs": 12, "n_evals": 12, "augment": "dsa-grey",
                          "cutmix": True})  # the protocol's augmentation and CutMix
-    res = train_and_evaluate(xtr, ytr, xte, yte, 10, cfg, report=seen.append)
+    res = train_and_evaluate(xtr, ytr, xte, yte, 10, cfg, report=seen.append,
+                             on_epoch=lambda done, total: epochs.append((done, total)))
+    assert epochs == [(e, 12) for e in range(1, 13)]  # progress after every epoch
     assert res["final_acc"] >= 0.9 and res["best_acc"] >= res["final_acc"]
     assert res["epochs"] == 12 and [e for e, _ in res["history"]] == list(range(1, 13))
     assert res["protocol"] == "hard-label" and res["protocol_version"] == "1"

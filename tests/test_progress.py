@@ -102,6 +102,44 @@ def test_polled_logs_nothing_more_when_the_body_fails():
     assert got == []
 
 
+def test_fractional_progress_line():
+    """Evaluate counts a training trial by its fraction of epochs: 1.5 of 3 trials."""
+    with Lines() as got:
+        clk = Clock()
+        p = Progress("evaluate", 3, "trials", every=0.0, clock=clk)
+        clk.t += 30
+        assert p.update(1.5)
+        assert p.update(3)
+    assert got == ["evaluate: 1.5/3 trials (50%), 0.05 trials/s, elapsed 30s, ETA 30s",
+                   "evaluate: 3/3 trials (100%), 0.1 trials/s, elapsed 30s, ETA 0s"]
+
+
+def test_trial_progress_files(tmp_path):
+    """Workers write eval/_progress/<trial>.json throttled (first epoch, then every ``every`` s,
+    never the last epoch); the driver counts committed trials as 1 and training ones by epochs."""
+    from mgd_ray.pipeline.evaluate import progress_writer, trials_progress
+    from mgd_ray.pipeline.store import Store
+    store = Store(str(tmp_path))
+    clk = Clock()
+    on_epoch = progress_writer(store, "a", every=10.0, clock=clk)
+    on_epoch(1, 4)                                   # first epoch: written
+    assert store.read_json("eval", "_progress", "a.json") == {"epoch": 1, "epochs": 4}
+    clk.t += 5
+    on_epoch(2, 4)                                   # 5 s later: throttled
+    assert store.read_json("eval", "_progress", "a.json")["epoch"] == 1
+    clk.t += 6
+    on_epoch(3, 4)
+    assert store.read_json("eval", "_progress", "a.json")["epoch"] == 3
+    clk.t += 60
+    on_epoch(4, 4)                                   # the last epoch: the trial record says it
+    assert store.read_json("eval", "_progress", "a.json")["epoch"] == 3
+    assert trials_progress(store, ["a", "b", "c"]) == 0.75   # b, c: not started
+    store.write_json({"final_acc": 0.5}, "eval", "b.json")
+    store.write_bytes(b"{not json", "eval", "_progress", "c.json")  # torn read: skipped, not fatal
+    assert trials_progress(store, ["a", "b", "c"]) == 1.75
+    assert trials_progress(store, ["b"]) == 1.0       # only the trials asked about
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(900)
@@ -118,7 +156,7 @@ def test_twin_job_logs_encode_and_evaluate_progress(ray_cluster, tiny_prior, tmp
     run_job(job_from_dict(twin_dict(out, tiny_prior)))
     log = capsys.readouterr().out
     enc = [int(m) for m in re.findall(r"encode: (\d+)/120 images", log)]
-    ev = [int(m) for m in re.findall(r"evaluate: (\d+)/2 trials", log)]
+    ev = [float(m) for m in re.findall(r"evaluate: ([\d.]+)/2 trials", log)]
     gen = [int(m) for m in re.findall(r"generate: (\d+)/20 images", log)]
     assert enc and enc[-1] == 120 and enc == sorted(enc), log   # the counter holds every row at the end
     assert ev and max(ev) >= 1 and ev == sorted(ev), log

@@ -193,7 +193,8 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
                        y_test: torch.Tensor, num_classes: int, cfg: TrainConfig | None = None,
                        report: Callable[[dict], None] | None = None,
                        model_wrapper: Callable[[nn.Module], nn.Module] | None = None,
-                       rank: int = 0, world_size: int = 1, teacher: nn.Module | None = None) -> dict:
+                       rank: int = 0, world_size: int = 1, teacher: nn.Module | None = None,
+                       on_epoch: Callable[[int, int], None] | None = None) -> dict:
     """Train ``cfg.student`` from scratch on (x_train, y_train); evaluate on (x_test, y_test).
 
     ``cfg.protocol == "soft-label"`` needs ``teacher`` (frozen here; see :mod:`.soft_label`): the
@@ -203,7 +204,7 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
     evaluation point with ``{"epoch", "acc", "best_acc", "lr", "loss"}``. ``model_wrapper``
     (e.g. Ray Train's ``prepare_model``) receives the freshly built model and returns the
     model to train (DDP-wrapped or moved to the device); without it the model is moved to
-    ``cfg.device``. Deterministic for a given seed, world size and thread count.
+    ``cfg.device``. ``on_epoch(epochs_done, epochs)`` is called after every epoch (progress). Deterministic for a given seed, world size and thread count.
 
     Returns ``{"final_acc", "best_acc", "best_epoch", "epochs", "history": [(epoch, acc)],
     "seconds", "protocol", "protocol_version", "student", "augment", "seed", "n_train",
@@ -297,6 +298,8 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
             if report is not None:
                 report({"epoch": epoch + 1, "acc": acc, "best_acc": best_acc, "lr": lr,
                         "loss": loss_val})
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epochs)
 
     return {
         "final_acc": history[-1][1],

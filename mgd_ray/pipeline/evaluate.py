@@ -3,6 +3,8 @@
 A trial = (dataset, student, training seed), where a dataset is a distilled set (one per
 generation seed) or a random-real baseline subset drawn with the same IPC. Each finished trial
 is committed as ``eval/<trial>.json``, so an interrupted evaluation resumes where it stopped.
+While a trial trains, its worker keeps ``eval/_progress/<trial>.json`` (epochs done) up to date
+every ``PROGRESS_EVERY`` seconds, so the driver's progress line moves within a trial.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import numpy as np
 from ..config import JobConfig
 from .store import Store
 from .units import decode_png
+
+
+PROGRESS_EVERY = 15.0  # seconds between a training trial's progress writes
 
 
 def trial_name(kind: str, set_seed: int, student: str, train_seed: int) -> str:
@@ -33,6 +38,39 @@ def make_trials(job: JobConfig) -> list[dict]:
                     trials.append(dict(name=trial_name(kind, s, student, t), kind=kind, set_seed=int(s),
                                        student=student, train_seed=t))
     return trials
+
+
+def progress_writer(store: Store, name: str, every: float = PROGRESS_EVERY, clock=time.monotonic):
+    """``on_epoch(done, epochs)`` for :func:`train_and_evaluate`: writes ``eval/_progress/<name>.json``
+    at most every ``every`` seconds (the first epoch always), never the last epoch (the trial's own
+    record says it is done)."""
+    last = [None]
+
+    def on_epoch(done: int, epochs: int):
+        now = clock()
+        if done >= epochs or (last[0] is not None and now - last[0] < every):
+            return
+        last[0] = now
+        store.write_json({"epoch": int(done), "epochs": int(epochs)}, "eval", "_progress", f"{name}.json")
+    return on_epoch
+
+
+def trials_progress(store: Store, names: list[str]) -> float:
+    """How many of the trials ``names`` are done, counting a training one by its fraction of
+    epochs (from its progress file): 1.5 = one finished, one half-way."""
+    done = set(store.ls("eval", suffix=".json"))
+    partial = set(store.ls("eval", "_progress", suffix=".json"))
+    total = 0.0
+    for n in names:
+        if f"{n}.json" in done:
+            total += 1.0
+        elif f"{n}.json" in partial:
+            try:
+                p = store.read_json("eval", "_progress", f"{n}.json")
+                total += min(1.0, p["epoch"] / max(1, p["epochs"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # being replaced as we read it: counted on the next poll
+    return total
 
 
 def load_shard_set(store: Store, gen_seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,10 +176,11 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
                          protocol=ev.protocol, temperature=ev.temperature)
         t0 = time.time()
         res = train_and_evaluate(to_float_images(imgs), torch.tensor(np.asarray(labels)).long(), x_test, y_test,
-                                 num_classes, tc, teacher=teacher)
+                                 num_classes, tc, teacher=teacher, on_epoch=progress_writer(store, trial["name"]))
         res = {k: v for k, v in res.items() if k != "history"} | {"history": res.get("history", [])}
         rec = dict(trial, **res, images=int(len(labels)), wall_seconds=round(time.time() - t0, 2))
         store.write_json(json.loads(json.dumps(rec, default=float)), *key)
+        store.rm("eval", "_progress", f"{trial['name']}.json")
         done.append(rec)
     return done
 

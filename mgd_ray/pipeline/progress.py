@@ -22,6 +22,11 @@ def fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def _num(x: float) -> str:
+    """3 -> "3", 1.3745 -> "1.37" (a stage counted in fractions: trials by epochs done)"""
+    return str(x) if isinstance(x, int) else f"{x:.2f}".rstrip("0").rstrip(".")
+
+
 class Progress:
     """Logs ``<stage>: done/total <unit> (pct), rate <unit>/s, ETA`` at most every ``every``
     seconds, and always when ``done`` reaches ``total``; nothing after that line."""
@@ -33,15 +38,15 @@ class Progress:
         self.logged_done = -1  # ``done`` of the last line
         self._lock = threading.Lock()
 
-    def line(self, done: int, extra: str = "") -> str:
+    def line(self, done: float, extra: str = "") -> str:
         el = max(self.clock() - self.t0, 1e-9)
         rate = done / el
         eta = (self.total - done) / rate if rate > 0 else float("nan")
         pct = f" ({100 * done / self.total:.0f}%)" if self.total else ""
-        return (f"{self.stage}: {done}/{self.total} {self.unit}{pct}, {rate:.3g} {self.unit}/s, "
+        return (f"{self.stage}: {_num(done)}/{self.total} {self.unit}{pct}, {rate:.3g} {self.unit}/s, "
                 f"elapsed {fmt_seconds(el)}, ETA {fmt_seconds(eta) if done < self.total else '0s'}{extra}")
 
-    def update(self, done: int, extra: str = "") -> bool:
+    def update(self, done: float, extra: str = "") -> bool:
         """Log a line when ``every`` seconds passed since the last line (or the start), or the work
         just finished.
         Returns whether a line was logged."""
@@ -66,7 +71,7 @@ def polled(progress: Progress, count, poll: float = 1.0):
 
     def tick():
         try:
-            progress.update(int(count()))
+            progress.update(count())
         except Exception as e:  # noqa: BLE001  (progress must never break the stage)
             log.debug("%s: progress count failed: %s", progress.stage, e)
 

@@ -342,7 +342,7 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .evaluate import make_trials, run_trials
+    from .evaluate import make_trials, run_trials, trials_progress
     trials = make_trials(job)
     todo = [t for t in trials if not store.exists("eval", f"{t['name']}.json")]
     _say(f"evaluate: {len(trials)} trials ({len(todo)} to run): {', '.join(t['name'] for t in trials[:6])}"
@@ -384,14 +384,12 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
                                                                   if ev.gpus_per_worker else {})}),
             run_config=RunConfig(name=f"eval-{job.name}", storage_path=os.path.abspath(tmp_dir)))
         t0 = time.time()
-        names = {f"{t['name']}.json" for t in todo}
-
-        def trials_done() -> int:  # the Train workers commit eval/<trial>.json; list afresh (s3fs caches)
-            store.fs.invalidate_cache(store.path("eval"))
-            return len(names.intersection(store.ls("eval", suffix=".json")))
-
-        with polled(Progress("evaluate", len(todo), "trials", every=10.0), trials_done, poll=5.0):
+        names = [t["name"] for t in todo]
+        # the Train workers commit eval/<trial>.json and, while training, eval/_progress/<trial>.json
+        with polled(Progress("evaluate", len(todo), "trials", every=10.0), lambda: trials_progress(store, names),
+                    poll=5.0):
             trainer.fit()
+        store.rm("eval", "_progress")
         _say(f"evaluate: {len(todo)} trials on {W} Train worker(s) in {time.time() - t0:.1f}s")
     return [store.read_json("eval", f"{t['name']}.json") for t in trials]
 
