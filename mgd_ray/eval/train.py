@@ -204,7 +204,8 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
     evaluation point with ``{"epoch", "acc", "best_acc", "lr", "loss"}``. ``model_wrapper``
     (e.g. Ray Train's ``prepare_model``) receives the freshly built model and returns the
     model to train (DDP-wrapped or moved to the device); without it the model is moved to
-    ``cfg.device``. ``on_epoch(epochs_done, epochs)`` is called after every epoch (progress). Deterministic for a given seed, world size and thread count.
+    ``cfg.device``. ``on_epoch(epochs_done, epochs)`` is called after every epoch (progress).
+    Deterministic for a given seed, world size and thread count.
 
     Returns ``{"final_acc", "best_acc", "best_epoch", "epochs", "history": [(epoch, acc)],
     "seconds", "protocol", "protocol_version", "student", "augment", "seed", "n_train",
