@@ -83,9 +83,17 @@ def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path, monkeypatch):
     again = job_from_dict(twin_dict(tmp_path / "again", tiny_prior))
     cfg = dict(configs[0], job=again.model_dump(mode="json"), test=(test["image"], test["label"]),
                baseline_sets={"0": (np.array(base[0]), np.array(base[1]))})
+    from mgd_ray.pipeline import evaluate as evaluate_mod
+    progress = []   # each trial reports its epochs to its own progress file
+    real_writer = evaluate_mod.progress_writer
+    monkeypatch.setattr(evaluate_mod, "progress_writer", lambda store, name: (
+        lambda done, total: (progress.append((name, done, total)), real_writer(store, name)(done, total))))
     for rec in run_trials(cfg):
         old = json.loads((out / "eval" / f"{rec['name']}.json").read_text())
         assert json.loads(json.dumps(rec["history"])) == old["history"], rec["name"]
+        assert [d for n, d, _ in progress if n == rec["name"]] == list(range(1, rec["epochs"] + 1))
+    assert (tmp_path / "again" / "eval" / "_progress").is_dir()
+    assert not (out / "eval" / "_progress").exists()   # the job's evaluate stage removes them at the end
     man = json.loads((out / "manifest.json").read_text())
     assert man["status"] == "complete" and man["counts"]["images"] == 20
     assert man["model"]["null_label"] == 10 and man["model"]["transformer_sha256"] != "unknown"

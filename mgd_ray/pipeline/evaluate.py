@@ -4,7 +4,8 @@ A trial = (dataset, student, training seed), where a dataset is a distilled set 
 generation seed) or a random-real baseline subset drawn with the same IPC. Each finished trial
 is committed as ``eval/<trial>.json``, so an interrupted evaluation resumes where it stopped.
 While a trial trains, its worker keeps ``eval/_progress/<trial>.json`` (epochs done) up to date
-every ``PROGRESS_EVERY`` seconds, so the driver's progress line moves within a trial.
+every ``PROGRESS_EVERY`` seconds, so the driver's progress line moves within a trial; the driver
+removes ``eval/_progress`` once every trial is committed.
 """
 
 from __future__ import annotations
@@ -180,7 +181,6 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
         res = {k: v for k, v in res.items() if k != "history"} | {"history": res.get("history", [])}
         rec = dict(trial, **res, images=int(len(labels)), wall_seconds=round(time.time() - t0, 2))
         store.write_json(json.loads(json.dumps(rec, default=float)), *key)
-        store.rm("eval", "_progress", f"{trial['name']}.json")
         done.append(rec)
     return done
 
