@@ -85,6 +85,7 @@ def measure_generate(base, tmp, src) -> dict:
     from mgd_ray.pipeline import runner
     from mgd_ray.pipeline.stages import TARGET_INDEX_COLUMNS, merge_target_parts, write_class_targets
     from mgd_ray.pipeline.store import Store
+    from mgd_ray.models import load_generator
     from mgd_ray.pipeline.units import make_units
     gen = {}
     for actors in (1, 2):
@@ -97,7 +98,7 @@ def measure_generate(base, tmp, src) -> dict:
         units = make_units([0], range(10), src.classes.names, j.generate.ipc, j.generate.targets_per_unit)
         runner.attach_targets(units, st.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS))
         with RSSPoller("GeneratorWorker") as poll:
-            r = runner.run_generate(j, st, units)
+            r = runner.run_generate(j, st, units, source=src, info=load_generator(j.model.generator, j.model.vae)[2])
         gen[actors] = {"images": r["images"], "seconds": r["seconds"], "img_s": r["images_per_s"],
                        "actor_peak_rss_mb": poll.max_mb}
     return gen
@@ -115,7 +116,7 @@ def main(argv=None):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from mgd_ray.config import job_from_dict
     from mgd_ray.data import open_source
-    from mgd_ray.distill import setup_logging
+    from mgd_ray.pipeline.driver import setup_logging
     from mgd_ray.pipeline import runner
     from mgd_ray.pipeline.store import Store
     setup_logging()
@@ -154,7 +155,7 @@ def main(argv=None):
     try:
         with RSSPoller("MapWorker") as poll:
             t0 = time.time()
-            runner.run_encode(job, store, src, {"bench": 1}, info.image_size)
+            runner.run_encode(job, store, src, info.image_size)
             t_ray = time.time() - t0
     finally:
         ray.data.Dataset.write_parquet = write_parquet

@@ -104,7 +104,7 @@ def run_row(classes: int, images_per_class: int, ipc: int, steps: int, work: Pat
 
     from benchmarks.imagenet_twin import make_twin
     from mgd_ray.config import load_job
-    from mgd_ray.distill import run_job
+    from mgd_ray.pipeline.driver import run_job
 
     twin = work / f"twin-{classes}x{images_per_class}"
     t0 = time.time()

@@ -57,12 +57,13 @@ def distill(job: str = typer.Argument(..., help="job file (YAML)"),
     signal.signal(signal.SIGTERM, _term)   # `ray job stop`: end with a final status, like Ctrl-C
     try:
         from .config import load_job
-        from .distill import parse_stages, run_job, setup_logging
+        from .pipeline.driver import run_job, setup_logging
+        from .pipeline.stage import STAGE_NAMES, parse_stages
         setup_logging()
         cfg = load_job(job, set_)
-        if fresh is not None and len(parse_stages(fresh)) != 1:
+        if fresh is not None and (fresh not in STAGE_NAMES):
             from .config import JobError
-            raise JobError("--fresh takes one stage: encode, coreset, generate or evaluate")
+            raise JobError(f"--fresh takes one stage: {', '.join(STAGE_NAMES)} (got {fresh!r})")
         out = run_job(cfg, parse_stages(stages), dry_run=dry_run, fresh=fresh)
     except _user_errors() as e:
         _fail(e)
@@ -146,6 +147,31 @@ def prior_evaluate(job: str, set_: Optional[List[str]] = typer.Option(None, "--s
     from .prior_eval import main_evaluate
     try:
         main_evaluate(job, prior_dir, set_, samples, cfg_scale, classifier_epochs, classifier)
+    except _user_errors() as e:
+        _fail(e)
+
+
+models_app = typer.Typer(no_args_is_help=True, help="Fetch the Hugging Face models a job loads, and prove them.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("fetch", epilog="Exit status: 0 = every model the jobs load is in the cache and loads offline; "
+                    "2 = something is missing, differs from the hub, or does not load (the message names it).")
+def models_fetch(jobs: List[str] = typer.Argument(..., help="job file(s) (YAML); their models are fetched together"),
+                 set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+                 dry_run: bool = typer.Option(False, "--dry-run", help="print what would be fetched (JSON) and exit"),
+                 check_only: bool = typer.Option(False, "--check-only", help="download nothing; check the cache")):
+    """Download exactly the files the job's loader opens (huggingface_hub snapshot_download with
+    allow_patterns; safetensors only), then check them offline: files, sizes, sha256, a load
+    through mgd_ray.models.load_generator."""
+    from .config import load_job
+    from .hub import fetch_models, plan
+    try:
+        cfgs = [load_job(j, set_) for j in jobs]
+        if dry_run:
+            typer.echo(json.dumps(plan(cfgs), indent=1))
+            return
+        fetch_models(cfgs, download=not check_only, echo=typer.echo)
     except _user_errors() as e:
         _fail(e)
 

@@ -9,7 +9,8 @@ was given::
 
 ``load_job(path, overrides)`` applies ``--set dotted.key=value`` overrides (values parsed as
 YAML scalars with ``yaml.safe_load``) before validation, so an override error reads exactly
-like a file error. ``dump_job`` writes the resolved config that is stored beside every output.
+like a file error. The resolved config stored beside every output (``config.yaml``, credentials
+redacted) is written by ``pipeline.driver.dump_job_redacted`` and loads back to the same job.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .methods import METHODS, Method
 
 
 class JobError(ValueError):
@@ -28,10 +31,6 @@ class JobError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-METHODS = ("manifoldgd", "mgd3", "dit", "random-real", "herding", "kcenter")
-GENERATIVE_METHODS = ("manifoldgd", "mgd3", "dit")
 
 
 class DataConfig(_Model):
@@ -141,7 +140,19 @@ class GenerateConfig(_Model):
     num_cpus: float = Field(default=1.0, gt=0)
     num_gpus: float = Field(default=0.0, ge=0)
     max_retries: int = Field(default=3, ge=0)
+    start_timeout_s: float = Field(default=900.0, gt=0, description="placement: how long to wait for a first "
+                                   "generator actor to start (node launch + model load) before failing")
     fault_inject: str | None = Field(default=None, description="testing only: 'unit=<name>' kills the actor once")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        dup = sorted({s for s in seeds if seeds.count(s) > 1})
+        if dup:
+            raise ValueError(f"lists seed(s) {dup} more than once; each seed names one distilled set and its "
+                             f"shards (s<seed>-...), so a repeated seed would write the same shards twice. List "
+                             f"each seed once, e.g. {sorted(set(seeds))}")
+        return seeds
 
 
 class EvaluateConfig(_Model):
@@ -179,10 +190,20 @@ class OutputConfig(_Model):
     storage_options: dict[str, Any] = Field(default_factory=dict)
     preview: bool = True
 
+    @field_validator("dir")
+    @classmethod
+    def _dir_given(cls, d: str) -> str:
+        if not d.strip():
+            raise ValueError("is empty: the job would write into the current directory. Name a directory of its "
+                             "own, e.g. --set output.dir=out/myjob, or s3://bucket/prefix")
+        if d != d.strip():
+            raise ValueError(f"has leading or trailing spaces ({d!r}); write the path without them")
+        return d
+
 
 class JobConfig(_Model):
     name: str = "job"
-    method: Literal["manifoldgd", "mgd3", "dit", "random-real", "herding", "kcenter"] = "manifoldgd"
+    method: str = Field(default="manifoldgd", description="one of mgd_ray/methods.py METHODS")
     data: DataConfig = Field(default_factory=DataConfig)
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -193,6 +214,13 @@ class JobConfig(_Model):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("method")
+    @classmethod
+    def _method_known(cls, m: str) -> str:
+        if m not in METHODS:
+            raise ValueError(f"must be one of {', '.join(METHODS)}")
+        return m
 
     @model_validator(mode="after")
     def _teacher_known(self):
@@ -208,34 +236,39 @@ class JobConfig(_Model):
 
     @model_validator(mode="after")
     def _guidance_reachable(self):
-        if self.method in ("manifoldgd", "mgd3") and self.guidance.t_stop >= self.sampler.steps - 1:
+        steps = self.sampler.steps
+        if self.spec.guides and self.guidance.t_stop >= steps - 1:
             raise ValueError(
                 f"guidance.t_stop ({self.guidance.t_stop}) is counted in sampler steps and must be below "
-                f"sampler.steps - 1 ({self.sampler.steps - 1}), or {self.method} guidance is never applied; "
-                f"with {self.sampler.steps} steps use e.g. guidance.t_stop={self.sampler.steps // 2}")
+                f"sampler.steps - 1 ({steps - 1}), or {self.method} guidance is never applied; "
+                f"with {steps} steps use e.g. guidance.t_stop={max(-1, min(steps // 2, steps - 2))}")
         return self
 
     # ---- resolved choices (the method decides what "auto" means) --------------------
     @property
+    def spec(self) -> Method:
+        """The method's entry in the registry (``mgd_ray/methods.py``)."""
+        return METHODS[self.method]
+
+    @property
     def generative(self) -> bool:
-        return self.method in GENERATIVE_METHODS
+        return self.spec.generates
 
     @property
     def coreset_method(self) -> str | None:
         if self.coreset.method != "auto":
             return self.coreset.method
-        return {"manifoldgd": "divisive", "mgd3": "kmeans", "dit": None, "random-real": "random",
-                "herding": "herding", "kcenter": "kcenter"}[self.method]
+        return self.spec.coreset
 
     @property
     def manifold_scale(self) -> float:
         if self.guidance.manifold_scale is not None:
             return self.guidance.manifold_scale
-        return 1.0 if self.method == "manifoldgd" else 0.0
+        return self.spec.manifold_scale
 
     @property
     def lam_mode(self) -> float:
-        return 0.0 if self.method == "dit" else self.guidance.lam_mode
+        return self.guidance.lam_mode if self.spec.guides else 0.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,6 +293,72 @@ def format_validation_error(err: ValidationError, origin: str = "job") -> str:
     return "\n".join(lines)
 
 
+MAX_JOB_FILE_BYTES = 1 << 20      # job files are a few KB; an ImageNet class list inline is ~20 KB
+MAX_YAML_VALUES = 100_000         # values (scalars, lists, mappings) a document may expand to through aliases
+
+
+def _yaml_children(node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [x for kv in node.value for x in kv]
+    return []
+
+
+def _check_expansion(root, origin: str, limit: int = MAX_YAML_VALUES) -> int:
+    """The number of values the composed node graph ``root`` expands to once every alias is
+    replaced by a copy of its anchored value (what the overrides' deep copy, and pydantic, walk).
+    Counted on the graph, before any Python object exists: shared nodes are counted once per use
+    from memoised sizes, so a billion-laughs document is refused after a few thousand steps.
+    Raises JobError for an expansion over ``limit`` and for an anchored value that contains an alias
+    to itself (``a: &a [*a]``), which no job can hold."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        key = id(node)
+        if closing:
+            open_.discard(key)
+            size[key] = n = 1 + sum(size[id(c)] for c in _yaml_children(node))
+            if n > limit:
+                raise JobError(
+                    f"{origin}: its aliases (*name) would expand it to more than {limit:,} values (the value "
+                    f"anchored at line {node.start_mark.line + 1} alone expands to {n:,}), a YAML alias bomb. "
+                    f"A job needs a few hundred values: write the values out, or share settings with "
+                    f"'extends: other.yaml' instead of nested aliases")
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise JobError(
+                f"{origin}: the value anchored at line {node.start_mark.line + 1} contains an alias to itself "
+                f"(like 'a: &a [*a]'), an endless value no job can hold; remove that alias")
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _yaml_children(node))
+    return size[id(root)]
+
+
+def safe_load_bounded(text: str, origin: str) -> Any:
+    """``yaml.safe_load`` (the SafeLoader: plain data only) with the expansion through aliases
+    bounded and self-containing aliases refused before any value is built (``_check_expansion``)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, origin)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise JobError(f"{origin} is not valid YAML: {e}") from None
+    except RecursionError:
+        raise JobError(f"{origin} nests sections too deeply to read; a job is a few levels deep "
+                       f"(section -> key -> value)") from None
+    finally:
+        loader.dispose()
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"a.b.c=value"`` -> (["a","b","c"], yaml scalar). Raises JobError when malformed."""
     if "=" not in item:
@@ -268,15 +367,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".")]
     if not all(path):
         raise JobError(f"override {item!r}: empty key segment in {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    except yaml.YAMLError as e:
-        raise JobError(f"override {item!r}: value is not valid YAML ({e})") from None
+    value = safe_load_bounded(raw, f"override {item!r}") if raw.strip() != "" else ""
     return path, value
 
 
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
-    raw = json.loads(json.dumps(raw))  # deep copy, plain types
+    try:   # deep copy, plain types (a YAML date or !!binary becomes its text; pydantic judges it)
+        raw = json.loads(json.dumps(raw, default=str))
+    except ValueError as e:   # a self-containing value built in Python (files are checked at read time)
+        raise JobError(f"the job holds a value that contains itself ({e}); remove that reference") from None
     for item in overrides or []:
         path, value = parse_override(item)
         node = raw
@@ -317,10 +416,20 @@ def read_job_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     p = Path(path)
     if not p.is_file():
         raise JobError(f"job file {str(p)!r} not found (expected a YAML file, e.g. jobs/digits.yaml)")
+    size = p.stat().st_size
+    if size > MAX_JOB_FILE_BYTES:
+        raise JobError(f"job file {str(p)!r} is {size:,} bytes; a job file is a few KB (at most "
+                       f"{MAX_JOB_FILE_BYTES:,} bytes are read). Is this the right file? Put long class lists in "
+                       f"a class-list file (data.class_list)")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise JobError(f"job file {str(p)!r} is not valid YAML: {e}") from None
+        text = p.read_text()
+    except UnicodeDecodeError as e:
+        raise JobError(f"job file {str(p)!r} is not UTF-8 text ({e}); a job file is YAML text") from None
+    raw = safe_load_bounded(text, f"job file {str(p)!r}")
+    if raw is None or raw == {}:
+        raise JobError(f"job file {str(p)!r} is empty (or holds only comments): there is no job in it, and the "
+                       f"built-in defaults are not run in its place. Write the job's sections (data, model, "
+                       f"generate, output, ...), e.g. start from a copy of jobs/digits.yaml")
     if not isinstance(raw, dict) or "extends" not in raw:
         return raw
     parent = raw.pop("extends")
@@ -338,8 +447,3 @@ def read_job_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     """Read a YAML job file (safe_load only; ``extends`` resolved), apply overrides, validate."""
     return job_from_dict(read_job_file(path), overrides, origin=f"job file {Path(path)}")
-
-
-def dump_job(job: JobConfig) -> str:
-    """The resolved config as YAML (written beside every output)."""
-    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)

@@ -126,17 +126,7 @@ STUDENT_UTILISATION = 0.20        # evaluation students: fp32 training, TF32 con
 CPU_FLOPS = 50e9                  # a 2-core CPU, order of magnitude
 
 
-def known_model(generator: str, vae: str | None):
-    """ModelInfo for a hub id pair from the tables above, or None when either is not known."""
-    from .models import info_from_configs
-    t = TRANSFORMER_CONFIGS.get(generator)
-    v = VAE_CONFIGS.get(vae or generator)
-    if t is None or v is None:
-        return None
-    return info_from_configs(t, v, source=generator if not vae else f"{generator} + {vae}", path=generator,
-                             facts_from="known table (mgd_ray/known.py): the published hub configs")
-
-
 def is_sd_vae(info) -> bool:
     """The Stable Diffusion VAE architecture, whose FLOPs are in the table above."""
-    return tuple(info.vae_block_out_channels) == (128, 256, 512, 512) and info.vae_layers_per_block == 2
+    return (tuple(getattr(info, "vae_block_out_channels", ()) or ()) == (128, 256, 512, 512)
+            and getattr(info, "vae_layers_per_block", 0) == 2)

@@ -118,6 +118,7 @@ def resolve_model_path(spec: str, allow_download: bool = False) -> tuple[str, bo
 
 
 def _sha256_dir(path: Path) -> str:
+    """Hash of a model folder's weight files (the weights' identity)."""
     h = hashlib.sha256()
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
     for f in files:
@@ -125,6 +126,39 @@ def _sha256_dir(path: Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16] if files else "unknown"
+
+
+def config_sha256(config: dict) -> str:
+    """Hash of a model's settings (its ``config.json`` as loaded, keys starting with ``_`` — the
+    diffusers version that saved it, the class name — left out). Settings that change outputs
+    live there and not in the weights: the VAE's ``scaling_factor``, the DiT's ``out_channels``."""
+    import json
+    settings = {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_safetensors(folder: str | Path) -> None:
+    """Every ``*.safetensors`` file in ``folder`` must have a readable header that covers the whole
+    file (``safe_open`` reads only the header: cheap). A truncated or damaged file is a user error
+    (ModelError, exit 2) that names the file and the fix, not an unexpected error deep in diffusers."""
+    from safetensors import safe_open
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="np"):
+                pass
+        except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError, OSError: any unreadable file
+            with open(f, "rb") as fh:
+                head = fh.read(64)
+            what = ("a Git LFS pointer, not the weights: fetch them with `git lfs pull` in that repository"
+                    if head.startswith(b"version https://git-lfs") else
+                    "corrupt or incomplete (an interrupted copy or download leaves such a file): copy it again "
+                    "from its source (compare its size and sha256), or point model.generator / model.vae at an "
+                    "intact copy; a shipped prior: reinstall mgd_ray, or retrain it with `mgd-ray prior train`")
+            raise ModelError(f"model weights file {str(f)!r} ({f.stat().st_size:,} bytes) cannot be read: "
+                             f"{str(e).splitlines()[0][:200]}. The file is {what}") from None
 
 
 def _load(cls, spec: str, subfolder: str | None, allow_download: bool, dtype):
@@ -137,9 +171,14 @@ def _load(cls, spec: str, subfolder: str | None, allow_download: bool, dtype):
             subfolder = None  # a bare model directory
         else:
             raise ModelError(f"{path!r} has no {subfolder}/ subfolder (expected the diffusers DiT pipeline layout)")
+    if local:
+        check_safetensors(Path(path) / (subfolder or ""))
     try:
         model = cls.from_pretrained(path, subfolder=subfolder, **kwargs)
     except (OSError, EnvironmentError, ValueError) as e:
+        import re
+        for named in re.findall(r"'([^']+\.safetensors)'", str(e))[:1]:   # a cached hub file diffusers could not read
+            check_safetensors(Path(named).parent)
         how = ("set model.allow_download=true to fetch it, or point model.generator at a local "
                "directory in the diffusers layout" if not allow_download else "check the id and your network")
         raise ModelError(f"cannot load {cls.__name__} from {spec!r}"
@@ -160,6 +199,17 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+def generator_parts(generator: str, vae: str | None = None) -> list[tuple[str, str, str | None]]:
+    """(role, spec, subfolder) of each model :func:`load_generator` loads: the transformer from the
+    generator's ``transformer/``; the VAE from ``vae`` (its root, or its ``vae/`` where a local
+    directory has one), else from the generator's ``vae/``. ``mgd_ray.hub`` derives what to download
+    from this, so fetching and loading cannot drift apart."""
+    vae_spec, vae_sub = (vae, None) if vae else (generator, "vae")
+    if vae and resolve_model_path(vae)[1] and (Path(resolve_model_path(vae)[0]) / "vae").is_dir():
+        vae_sub = "vae"
+    return [("transformer", generator, "transformer"), ("vae", vae_spec, vae_sub)]
+
+
 def load_generator(generator: str, vae: str | None = None, *, allow_download: bool = False,
                    dtype: str = "float32", device: str = "cpu"):
     """-> (transformer, vae, ModelInfo); both models frozen in eval mode on ``device``."""
@@ -169,11 +219,8 @@ def load_generator(generator: str, vae: str | None = None, *, allow_download: bo
     if not allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     td = torch_dtype(dtype)
-    transformer, path, tfolder = _load(diffusers.DiTTransformer2DModel, generator, "transformer",
-                                       allow_download, td)
-    vae_spec, vae_sub = (vae, None) if vae else (generator, "vae")
-    if vae and resolve_model_path(vae)[1] and (Path(resolve_model_path(vae)[0]) / "vae").is_dir():
-        vae_sub = "vae"
+    (_, t_spec, t_sub), (_, vae_spec, vae_sub) = generator_parts(generator, vae)
+    transformer, path, tfolder = _load(diffusers.DiTTransformer2DModel, t_spec, t_sub, allow_download, td)
     vae_model, _, vfolder = _load(AutoencoderKL, vae_spec, vae_sub, allow_download, td)
     for m in (transformer, vae_model):
         m.requires_grad_(False)

@@ -66,3 +66,60 @@ def moto_s3():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# ---- a server whose conditional writes are atomic, as S3's are (lease / compare-and-swap tests) ----
+class _OneWriteAtATime:
+    """WSGI middleware: one PUT/POST/DELETE at a time (reads run freely).
+
+    moto 5.2.5 checks a conditional PUT's ``If-None-Match`` / ``If-Match`` and then stores the
+    object without a lock (``moto/s3/responses.py`` ``put_object``), so two conditional PUTs in
+    the same instant could in principle both pass, where S3 decides them atomically. Tests of code
+    that relies on S3's guarantee run against this, so that they test that code and not moto.
+    """
+
+    def __init__(self, app):
+        import threading
+        self.app, self.lock = app, threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") not in ("PUT", "POST", "DELETE"):
+            return self.app(environ, start_response)
+        with self.lock:
+            return list(self.app(environ, start_response))
+
+
+@pytest.fixture(scope="session")
+def moto_s3_atomic():
+    """Like ``moto_s3`` (its own loopback server; buckets are shared with it, moto keeps them per
+    process) but with atomic conditional writes (``_OneWriteAtATime``). Fake credentials only."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (dev extra)")
+    boto3 = pytest.importorskip("boto3")
+    import threading
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    saved = {k: os.environ.get(k) for k in (*_ENV, *_DROP)}
+    os.environ.update(_ENV)
+    for k in _DROP:
+        os.environ.pop(k, None)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    srv = make_server("127.0.0.1", 0, _OneWriteAtATime(DomainDispatcherApplication(create_backend_app)), True,
+                      request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=srv.serve_forever, name="moto-atomic", daemon=True)
+    thread.start()
+    try:
+        port = srv.server_address[1]
+        ep = f"http://127.0.0.1:{port}"
+        client = boto3.client("s3", endpoint_url=ep, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        yield S3Server(endpoint_url=ep, port=port, client=client)
+    finally:
+        srv.shutdown()
+        thread.join(timeout=10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

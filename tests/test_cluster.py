@@ -13,11 +13,13 @@ import pytest
 import yaml
 
 from mgd_ray.config import load_job
+from mgd_ray.pipeline.stage import STAGE_NAMES
+from tests.test_models import known_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 JOBS = {"imagenet1k": 1000, "imagenette": 10, "imagewoof": 10, "imagenet100": 100}
-STAGES = ["encode", "coreset", "generate", "evaluate"]
+STAGES = list(STAGE_NAMES)
 
 
 def ray_schema() -> dict:
@@ -242,7 +244,7 @@ def test_job_label_order_preflight(name):
 
 def known_info():
     from mgd_ray import known
-    return known.known_model(known.DIT_XL_2_256, known.SD_VAE_FT_MSE)
+    return known_model(known.DIT_XL_2_256, known.SD_VAE_FT_MSE)
 
 
 def test_wrong_class_list_fails_the_preflight():
@@ -413,7 +415,7 @@ def test_dit_xl_flop_table_matches_a_count():
 
     from mgd_ray import known
     from mgd_ray.pipeline.plan.flops import dit_forward_flops
-    info = known.known_model(known.DIT_XL_2_256, known.SD_VAE_FT_MSE)
+    info = known_model(known.DIT_XL_2_256, known.SD_VAE_FT_MSE)
     table, src = dit_forward_flops(info)
     assert table == known.DIT_XL_2_256_FLOPS and "Table 4" in src
     cfg = dict(info.transformer_config, _class_name="DiTTransformer2DModel")   # another dict: counted, not looked up

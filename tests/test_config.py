@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mgd_ray.config import JobConfig, JobError, dump_job, job_from_dict, load_job, parse_override
+from mgd_ray.config import JobConfig, JobError, job_from_dict, load_job, parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,8 @@ def test_frozen():
 def test_roundtrip_dump(tmp_path):
     j = job_from_dict({}, ["generate.ipc=3"])
     p = tmp_path / "job.yaml"
-    p.write_text(dump_job(j))
+    from mgd_ray.pipeline.driver import dump_job_redacted
+    p.write_text(dump_job_redacted(j))   # what every run stores as config.yaml
     assert load_job(p) == j
 
 
@@ -154,37 +155,82 @@ def _schema_keys(model=None, prefix=()):
             yield prefix + (name,)
 
 
-def _package_reads() -> set[tuple[str, str]]:
-    """(qualifier, attribute) of every attribute read in the package: ``job.encode.batch_size`` and
-    ``e.batch_size`` after ``e = job.encode`` both give ("encode", "batch_size"); ``cfg_get(cfg, "k")``
-    gives ("data", "k"). In config.py only function bodies count (not the field declarations)."""
+JOB_FACTORIES = {"model_validate", "job_from_dict", "load_job", "absolute_output", "model_copy"}
+
+
+def _reads_in(source: str, config_module: bool = False) -> set[tuple[str, str]]:
+    """(section, key) of every job-config read in ``source``, resolved on the config types: a
+    read counts only when its chain starts at a job — a parameter annotated ``JobConfig``, a name
+    bound to ``JobConfig.model_validate(...)`` / ``job_from_dict`` / ``load_job``, ``job`` / ``j``,
+    or any ``<x>.job`` — directly (``job.encode.batch_size``) or through a section alias
+    (``e = job.encode`` then ``e.batch_size``); ``cfg_get(cfg, "k")`` reads data key k. A same-named
+    attribute of anything else (``self.model.device`` on a torch module) does not count. In
+    config.py only function bodies count (not the field declarations)."""
     import ast
+    tree = ast.parse(source)
+    scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not config_module:
+        scopes.append(tree)
+    found = set()
+    job_methods = {id(f) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name == "JobConfig"
+                   for f in c.body if isinstance(f, ast.FunctionDef)}
+    for scope in scopes:
+        jobs = {"job", "j"} | ({"self"} if id(scope) in job_methods else set())
+        if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            jobs |= {a.arg for a in scope.args.args + scope.args.kwonlyargs
+                     if a.annotation is not None and "JobConfig" in ast.unparse(a.annotation)}
+        for n in ast.walk(scope):
+            if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name) \
+                    and isinstance(n.value, ast.Call):
+                fn = n.value.func
+                if (getattr(fn, "attr", None) or getattr(fn, "id", None)) in JOB_FACTORIES:
+                    jobs.add(n.targets[0].id)
+
+        def is_job(node) -> bool:
+            return (isinstance(node, ast.Name) and node.id in jobs) or \
+                (isinstance(node, ast.Attribute) and node.attr == "job")
+
+        sections = {n.targets[0].id: n.value.attr for n in ast.walk(scope)
+                    if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
+                    and isinstance(n.value, ast.Attribute) and is_job(n.value.value)}
+        for n in ast.walk(scope):
+            if isinstance(n, ast.Attribute) and is_job(n.value):
+                found.add(("job", n.attr))
+            elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute) and is_job(n.value.value):
+                found.add((n.value.attr, n.attr))
+            elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in sections:
+                found.add((sections[n.value.id], n.attr))
+            elif isinstance(n, ast.Call) and getattr(n.func, "id", None) == "cfg_get" and len(n.args) >= 2 \
+                    and isinstance(n.args[1], ast.Constant):
+                found.add(("data", n.args[1].value))
+            elif isinstance(n, ast.Call) and getattr(n.func, "id", None) == "section" and len(n.args) >= 2 \
+                    and isinstance(n.args[1], ast.Constant) and len(n.args) == 2:
+                found.add((n.args[1].value, "*"))       # a settings key reads every key of the section
+    return found
+
+
+def _package_reads() -> set[tuple[str, str]]:
     found = set()
     for path in (ROOT / "mgd_ray").rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        if path.name != "config.py":
-            scopes.append(tree)
-        for scope in scopes:
-            alias = {n.targets[0].id: n.value.attr for n in ast.walk(scope)
-                     if isinstance(n, ast.Assign) and isinstance(n.value, ast.Attribute) and len(n.targets) == 1
-                     and isinstance(n.targets[0], ast.Name)}
-            for n in ast.walk(scope):
-                if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute):
-                    found.add((n.value.attr, n.attr))
-                elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name):
-                    found.add((alias.get(n.value.id, n.value.id), n.attr))
-                elif isinstance(n, ast.Call) and getattr(n.func, "id", None) == "cfg_get" and len(n.args) >= 2 \
-                        and isinstance(n.args[1], ast.Constant):
-                    found.add(("data", n.args[1].value))
+        found |= _reads_in(path.read_text(), config_module=path.name == "config.py")
     return found
+
+
+def test_the_read_scan_resolves_reads_on_the_config_types():
+    src = ("def a(m):\n    return m.model.device, m.generate.num_actors\n"
+           "def b(job: JobConfig):\n    e = job.encode\n    return job.model.dtype, e.batch_size, job.name\n"
+           "def c(jd):\n    j2 = JobConfig.model_validate(jd)\n    return j2.sampler.steps\n")
+    assert _reads_in(src) == {("model", "dtype"), ("encode", "batch_size"), ("job", "name"), ("job", "encode"),
+                              ("job", "model"), ("sampler", "steps"), ("job", "sampler")}
 
 
 def test_every_schema_key_is_read_somewhere_in_the_package():
     reads = _package_reads()
     assert ("encode", "batch_size") in reads and ("data", "image_column") in reads   # the scan sees both forms
+    # a key the settings key reads only as part of its section ("section(job, name)") is not "read":
+    # the key must also be used where it acts
     unread = [".".join(k) for k in _schema_keys()
-              if not ((len(k) == 1 and {("job", k[0]), ("j", k[0])} & reads) or (len(k) > 1 and k[-2:] in reads))]
+              if not ((len(k) == 1 and ("job", k[0]) in reads) or (len(k) > 1 and k[-2:] in reads))]
     assert not unread, f"job keys that nothing reads (wire them or remove them): {unread}"
 
 

@@ -395,3 +395,15 @@ def test_preprocess_pad_crop_and_channels():
         preprocess(grey, 16, mode="pad")
     with pytest.raises(DataError, match="unknown preprocess mode 'zoom'"):
         preprocess(grey, 32, mode="zoom")
+
+
+def test_arrays_at_reads_only_the_chosen_rows():
+    from mgd_ray.data import open_source
+    from mgd_ray.pipeline.evaluate import random_real_subset
+    src = open_source({"source": "sklearn-digits"})
+    full = src.arrays("train")
+    idx = random_real_subset(full["label"], 3, seed=1)
+    sub = src.arrays_at("train", idx)
+    assert len(idx) == 30 and np.array_equal(sub["id"], full["id"][idx])
+    assert np.array_equal(sub["image"], full["image"][idx]) and np.bincount(sub["label"]).tolist() == [3] * 10
+    assert not np.array_equal(idx, random_real_subset(full["label"], 3, seed=2))

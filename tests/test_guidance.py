@@ -282,3 +282,193 @@ def test_members_basis_drops_null_directions():
     U = chord_basis(torch.cat([members, members[:, :1]], 1), x0, 3)   # 3 rows, rank 2
     assert torch.linalg.matrix_rank(_proj_matrix(U[0])) == 2
     assert GuidanceParams(basis="members").min_neighbours == 1 and GuidanceParams().min_neighbours == 12
+
+
+# ---- the K×K Gram path of the bases vs the thin SVD (issue 20 item 4) --------------------------
+def _orthonormal(n, r, g, dtype, against_ones=False):
+    """(n, r) orthonormal columns; orthogonal to the ones vector too when ``against_ones``."""
+    M = torch.randn(n, r, generator=g, dtype=torch.float64)
+    if against_ones:
+        M = M - M.mean(0, keepdim=True)
+    return torch.linalg.qr(M)[0].to(dtype)
+
+
+def _spectrum(r, dtype, g):
+    """r singular values, 1 first, descending with equal log steps: down to 10^-a, a in [0.5, 4]
+    (float64; its null rule is 1e-6) or to 0.1 (float32; 30x above its rule, 3e-3)."""
+    a = float(torch.empty(1).uniform_(0.5, 4.0, generator=g)) if dtype == torch.float64 else 1.0
+    return (10.0 ** (-a * torch.arange(r, dtype=torch.float64) / max(r - 1, 1))).to(dtype)
+
+
+def _random_set(g, dtype, centred_rule, D):
+    """One neighbourhood in R^D with a known rank-r K-row matrix A = L diag(s) R (R orthonormal
+    rows), offset by a random point, plus garbage rows behind the mask.
+    -> (rows (M, D), mask (M,), d, x0 (D,), R (r, D))."""
+    K = int(torch.randint(2, 18, (1,), generator=g))
+    r_max = min(K - 1 if centred_rule else K, D - 1)
+    r = int(torch.randint(0, r_max + 1, (1,), generator=g))          # 0: all points equal / all chords 0
+    d = int(torch.randint(1, K + 3, (1,), generator=g))
+    lo = -2 if dtype == torch.float64 else 0                          # float32: smallest σ >= 0.1, data ~5
+    s = _spectrum(r, dtype, g) * 10 ** float(torch.empty(1).uniform_(lo, 2, generator=g))
+    L = _orthonormal(K, r, g, dtype, against_ones=centred_rule)
+    R = _orthonormal(D, r, g, dtype).T                               # (r, D) orthonormal rows
+    A = L @ (s.unsqueeze(1) * R) if r else torch.zeros(K, D, dtype=dtype)
+    x0 = 3 * torch.randn(D, generator=g, dtype=torch.float64).to(dtype)
+    base = x0 if not centred_rule else 5 * torch.randn(D, generator=g, dtype=torch.float64).to(dtype)
+    n_pad = int(torch.randint(0, 4, (1,), generator=g))
+    rows = torch.cat([base + A, 50 * torch.randn(n_pad, D, generator=g, dtype=torch.float64).to(dtype)])
+    mask = torch.tensor([True] * K + [False] * n_pad)
+    perm = torch.randperm(K + n_pad, generator=g)
+    return rows[perm], mask[perm], d, x0, R
+
+
+def _projector(U):
+    """P = UᵀU per item: (B, d, D) -> (B, D, D)."""
+    return U.transpose(1, 2) @ U
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rule", ["tangent", "chord"])
+def test_gram_basis_spans_the_svd_subspace(dtype, rule):
+    """Across random shapes, ranks (0 .. K, including fewer than d), spectra, per-item neighbourhood
+    sizes and garbage padding behind the mask (pad_neighbourhoods), the Gram path's projector UᵀU
+    equals the thin SVD's and the known top-min(d, r) subspace; rows beyond the rank are zero on
+    both paths (never arbitrary directions)."""
+    g = torch.Generator().manual_seed(20 + (dtype == torch.float32))
+    atol = 1e-8 if dtype == torch.float64 else 2e-5                  # measured worst: 4e-11 / 2.4e-6
+    worst = {"gram-svd": 0.0, "truth": 0.0}
+    n_cases, rank_deficient = 0, 0
+    for _ in range(12):                                              # 12 batches of 1..4 sets
+        B = int(torch.randint(1, 5, (1,), generator=g))
+        D = int(torch.randint(6, 48, (1,), generator=g))
+        sets = [_random_set(g, dtype, rule == "tangent", D) for _ in range(B)]
+        d = min(x[2] for x in sets)
+        nbrs, pad_mask = pad_neighbourhoods([x[0].numpy() for x in sets])
+        nbrs = nbrs.to(dtype)
+        mask = torch.zeros_like(pad_mask)
+        for b, x in enumerate(sets):
+            assert torch.allclose(nbrs[b, : len(x[0])], x[0], rtol=1e-6, atol=1e-5)   # (float32 copy)
+            nbrs[b, : len(x[0])] = x[0]                              # the exact rows, in dtype
+            mask[b, : len(x[1])] = x[1]
+            nbrs[b, len(x[1]):] = 1e3                                # pad_neighbourhoods' rows: garbage too
+        x0 = torch.stack([x[3] for x in sets])
+        U = {}
+        for method in ("gram", "svd"):
+            if rule == "tangent":
+                U[method] = tangent_basis(nbrs, d, mask, method=method)
+            else:
+                U[method] = chord_basis(nbrs, x0, d, mask, method=method)
+        Pg, Ps = _projector(U["gram"]), _projector(U["svd"])
+        assert U["gram"].shape == U["svd"].shape == (B, min(d, nbrs.shape[1], D), D)
+        worst["gram-svd"] = max(worst["gram-svd"], float((Pg - Ps).abs().max()))
+        for b, x in enumerate(sets):
+            R = x[4]
+            m = min(d, R.shape[0])
+            truth = R[:m].T @ R[:m]
+            worst["truth"] = max(worst["truth"], float((Pg[b] - truth).abs().max()),
+                                 float((Ps[b] - truth).abs().max()))
+            for method in ("gram", "svd"):
+                Ub = U[method][b]
+                nonzero = Ub.norm(dim=1) > 0.5
+                assert int(nonzero.sum()) == m                        # rank min(d, r), zero rows beyond
+                assert torch.all(Ub[~nonzero] == 0)
+                eye = Ub[nonzero] @ Ub[nonzero].T
+                assert m == 0 or (eye - torch.eye(m, dtype=dtype)).abs().max() < atol   # orthonormal rows
+            n_cases += 1
+            rank_deficient += R.shape[0] < d
+    assert worst["gram-svd"] < atol and worst["truth"] < atol, worst
+    assert n_cases >= 20 and rank_deficient >= 3                      # the draw covers both regimes
+
+
+def test_gram_and_svd_guidance_agree_for_every_basis():
+    """Each basis rule that computes a basis (expected, noised, members, reference) gives the same
+    guidance with basis_method gram and svd, on padded neighbourhoods, one of them rank-deficient."""
+    g = torch.Generator().manual_seed(21)
+    B, D = 3, 24
+    c, x0, xt = (torch.randn(B, D, generator=g) for _ in range(3))
+    lists = [(c[0] + 0.3 * torch.randn(14, D, generator=g)).numpy(),
+             (c[1] + 0.3 * torch.randn(9, D, generator=g)).numpy(),
+             np.repeat((c[2] + 0.3 * torch.randn(2, D, generator=g)).numpy(), 3, axis=0)]   # 2 distinct points
+    nbrs, mask = pad_neighbourhoods(lists)
+    for basis in BASES_WITH_A_BASIS:
+        outs, stats = {}, {}
+        for method in ("gram", "svd"):
+            gens = [torch.Generator().manual_seed(30 + b) for b in range(B)]
+            guide = ManifoldGuidance(c, (nbrs.double(), mask), GuidanceParams(basis=basis, d=5, K=8),
+                                     basis_method=method)
+            outs[method] = guide(xt, x0, _step(B=B, D=D, gens=gens))
+            stats[method] = guide.last_stats
+        assert torch.allclose(outs["gram"], outs["svd"], atol=1e-10), basis
+        assert stats["gram"] == pytest.approx(stats["svd"], abs=1e-9)
+        assert not torch.allclose(outs["gram"], mode_term(x0, c, 1.0, 0.1))      # something is removed
+    with pytest.raises(ValueError, match="basis_method"):
+        ManifoldGuidance(c, nbrs, GuidanceParams(), basis_method="qr")
+    with pytest.raises(ValueError, match="method"):
+        tangent_basis(nbrs, 2, method="qr")
+
+
+BASES_WITH_A_BASIS = ("expected", "noised", "members", "reference")
+
+
+def test_degenerate_sets_give_a_lower_rank_tangent_space():
+    """Fewer than d + 1 distinct valid points: the tangent space is the points' span (lower rank),
+    not filled with arbitrary directions; all points equal: no tangent space, the strict projection
+    removes the whole mode vector (g = 0)."""
+    g = torch.Generator().manual_seed(22)
+    D = 12
+    two = torch.randn(2, D, generator=g)
+    nbrs = torch.cat([two, two, two]).unsqueeze(0)                    # 6 rows, 2 distinct: rank 1
+    for method in ("gram", "svd"):
+        U = tangent_basis(nbrs, 3, method=method)[0]
+        assert int((U.norm(dim=1) > 0.5).sum()) == 1 and torch.all(U[1:] == 0)
+        chord = (two[1] - two[0]) / (two[1] - two[0]).norm()
+        assert torch.allclose(_proj_matrix(U), torch.outer(chord, chord), atol=1e-10)
+        assert torch.all(tangent_basis(two[:1].expand(1, 5, D), 3, method=method) == 0)
+    c, x0 = torch.randn(1, D, generator=g), torch.randn(1, D, generator=g)
+    same = ManifoldGuidance(c, two[:1].expand(1, 5, D), GuidanceParams(d=3, K=5))
+    assert torch.all(same(x0, x0, _step(B=1, D=D)) == 0)
+    assert same.last_stats["removed_frac"] == pytest.approx(1.0)
+
+
+# ---- no host synchronisation in the step path (issue 20 item 4) -------------------------------
+_HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+
+@pytest.fixture
+def no_host_reads(monkeypatch):
+    """Make every tensor -> Python read (what synchronises with a GPU) raise, except reads of the
+    tensors registered in the returned set (host-resident tables), by storage."""
+    allowed: set[int] = set()
+    for name in _HOST_READS:
+        orig = getattr(torch.Tensor, name)
+
+        def guard(self, *a, _orig=orig, _name=name, **k):
+            if self.untyped_storage().data_ptr() not in allowed:
+                raise AssertionError(f"host read Tensor.{_name} in the step path")
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, guard)
+    return allowed
+
+
+def test_guidance_call_reads_nothing_back(no_host_reads, monkeypatch):
+    g = torch.Generator().manual_seed(23)
+    B, D = 2, 16
+    c, x0, xt = (torch.randn(B, D, generator=g) for _ in range(3))
+    nbrs, mask = pad_neighbourhoods([torch.randn(12, D, generator=g).numpy(), torch.randn(7, D, generator=g).numpy()])
+    nbrs = nbrs.double()
+    guides, outs = {}, {}
+    for basis in BASES_WITH_A_BASIS:
+        guides[basis] = ManifoldGuidance(c, (nbrs, mask), GuidanceParams(basis=basis, d=3, K=6))
+        gens = [torch.Generator().manual_seed(40 + b) for b in range(B)]
+        outs[basis] = guides[basis](xt, x0, _step(B=B, D=D, gens=gens))      # would raise on a host read
+    with pytest.raises(AssertionError, match="host read"):                    # the guard does bite
+        float(outs["expected"].sum())
+    monkeypatch.undo()
+    mode = mode_term(x0, c, 1.0, 0.1)
+    for basis, guide in guides.items():                                       # the stats, read afterwards
+        st = guide.last_stats
+        assert all(isinstance(v, float) for v in st.values())
+        assert st["g_mode_norm"] == pytest.approx(float(mode.norm(dim=1).mean()))
+        if basis != "reference":
+            removed = ((outs[basis] - mode).norm(dim=1) / mode.norm(dim=1)).mean()
+            assert st["removed_frac"] == pytest.approx(float(removed))

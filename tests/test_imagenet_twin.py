@@ -96,7 +96,7 @@ def test_imagenet1k_job_twin(ray_cluster, hub_models, tmp_path):
     from PIL import Image
 
     from mgd_ray.data import open_source
-    from mgd_ray.distill import run_job
+    from mgd_ray.pipeline.driver import run_job
     from mgd_ray.pipeline.labels import generator_labels
     from mgd_ray.models import load_generator
 
@@ -140,20 +140,29 @@ def test_imagenet1k_job_twin(ray_cluster, hub_models, tmp_path):
     # same code and compare with what the actor committed, for the right ids and for the wrong ones
     import torch
 
-    from mgd_ray.pipeline.runner import attach_targets
-    from mgd_ray.pipeline.stages import GeneratorWorker, read_targets
-    from mgd_ray.pipeline.units import decode_png, make_units
+    from mgd_ray.method import neighbourhood_for_target
+    from mgd_ray.pipeline.generate import attach_targets
+    from mgd_ray.pipeline.generation import GenerationPipeline
+    from mgd_ray.pipeline.generator import target_of
+    from mgd_ray.pipeline.stages import load_models, read_class_latents, read_targets
+    from mgd_ray.pipeline.store import Store
+    from mgd_ray.pipeline.units import decode_png, make_units, sample_id
     torch.set_num_threads(1)
     targets = pq.read_table(out / "coreset" / "targets.parquet", columns=["gen_seed", "label", "index"])
-    worker = GeneratorWorker(job.model_dump(mode="json"), threads=1)
+    store = Store(str(out))
+    pipe = GenerationPipeline.from_job(job, *load_models(job, "cpu"))     # the actor's pipeline, no Ray
     by_id = {r["sample_id"]: decode_png(r["image"]).astype(int) for r in rows}
 
     def regenerate(gen_labels):
         units = make_units([0], [0, 1, 2], WNIDS, 2, 2, gen_labels)
         attach_targets(units, targets)
-        tg = read_targets(worker.store, [0, 1, 2], [i for u in units for i in u.target_ids])
-        return {r["sample_id"]: decode_png(r["image"]).astype(int)
-                for r in worker._generate([(u, tg[i]) for u in units for i in u.target_ids], [])}
+        tg = read_targets(store, [0, 1, 2], [i for u in units for i in u.target_ids])
+        items = [(u, tg[i]) for u in units for i in u.target_ids]
+        nbrs = [neighbourhood_for_target(*read_class_latents(store, u.label), target_of(t),
+                                         job.coreset.neighbourhood_max, pipe.min_neighbours) for u, t in items]
+        imgs = pipe([u.model_label for u, _ in items], [t["seed"] for _, t in items], [t["target"] for _, t in items],
+                    nbrs)
+        return {sample_id(u.gen_seed, u.label, t["index"]): img.astype(int) for (u, t), img in zip(items, imgs)}
 
     right, wrong = regenerate(IMAGENET_IDS), regenerate([0, 1, 2])
     for sid, img in by_id.items():
@@ -163,7 +172,7 @@ def test_imagenet1k_job_twin(ray_cluster, hub_models, tmp_path):
 
 def test_imagenet_twin_encode_variable_sizes(ray_cluster, hub_models, tmp_path):
     """Real ImageNet JPEGs come in many sizes: the encode stage brings them to encode.image_size."""
-    from mgd_ray.distill import run_job
+    from mgd_ray.pipeline.driver import run_job
     data = make_imagefolder(tmp_path / "imagenet", n_train=4, n_test=1, sizes=[(40, 48), (36, 32), (57, 64)])
     out = tmp_path / "out"
     m = run_job(load_job(JOB, twin_overrides(data, hub_models, out)), stages=["encode"])
@@ -177,7 +186,7 @@ def test_imagenet_twin_encode_variable_sizes(ray_cluster, hub_models, tmp_path):
 
 @pytest.mark.slow
 def test_imagenet_twin_full_run_variable_sizes(ray_cluster, hub_models, tmp_path):
-    from mgd_ray.distill import run_job
+    from mgd_ray.pipeline.driver import run_job
     data = make_imagefolder(tmp_path / "imagenet", n_train=4, n_test=2, sizes=[(40, 48), (36, 32), (57, 64)])
     m = run_job(load_job(JOB, twin_overrides(data, hub_models, tmp_path / "out")))
     assert m["status"] == "complete"

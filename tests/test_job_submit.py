@@ -102,6 +102,30 @@ def test_ray_job_submit(tiny_prior, tmp_path):
                            env=env, capture_output=True, text=True, timeout=700, cwd=ROOT)
         assert r.returncode != 0 and "failed" in (r.stdout + r.stderr).lower()
         assert "sampler.cfg_scale: 2.0 -> 3.0" in r.stdout + r.stderr
+        # `ray job stop` (SIGTERM, SIGKILL 3 s later) mid-generate: the manifest says failed, not running
+        slow = tmp_path / "slow.yaml"
+        out2 = tmp_path / "out2"
+        slow.write_text(yaml.safe_dump(twin_dict(out2, tiny_prior, evaluate={"enabled": False},
+                                                 generate={"ipc": 6, "seeds": [0, 1, 2, 3]}, sampler={"steps": 20})))
+        sid = f"mgd-stop-{os.getpid()}"
+        r = subprocess.run([ray_bin, "job", "submit", "--address", address, "--no-wait", "--submission-id", sid,
+                            "--", sys.executable, "-m", "mgd_ray.distill", str(slow)],
+                           env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        deadline = time.time() + 400
+        while time.time() < deadline:   # until the driver is generating and a shard is committed
+            man = json.loads((out2 / "manifest.json").read_text()) if (out2 / "manifest.json").is_file() else {}
+            if man.get("stage") == "generate" and list((out2 / "shards").glob("*.parquet")):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the job never reached the generate stage: {man}")
+        r = subprocess.run([ray_bin, "job", "stop", "--address", address, sid], env=env, capture_output=True,
+                           text=True, timeout=120, cwd=ROOT)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        man = json.loads((out2 / "manifest.json").read_text())
+        assert man["status"] == "failed", man.get("status")
+        assert "SIGTERM" in man["reason"] and "generate" in man["reason"], man["reason"]
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # --block: stopping the head process stops its cluster
         try:

@@ -44,6 +44,17 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
+def known_model(generator: str, vae: str | None):
+    """ModelInfo of a known hub id pair from the published configs in ``mgd_ray.known`` (what the
+    dry run falls back to), or None when either is not known."""
+    from mgd_ray.models import info_from_configs
+    t, v = known.TRANSFORMER_CONFIGS.get(generator), known.VAE_CONFIGS.get(vae or generator)
+    if t is None or v is None:
+        return None
+    return info_from_configs(t, v, source=generator if not vae else f"{generator} + {vae}", path=generator,
+                             facts_from="known table (mgd_ray/known.py): the published hub configs")
+
+
 def test_legacy_class_name_loads_as_dit(legacy_dir, no_network):
     d, dit, vae = legacy_dir
     cfg = json.loads((d / "transformer" / "config.json").read_text())
@@ -127,8 +138,8 @@ def test_missing_local_dir():
 
 
 def test_known_facts_match_the_published_configs():
-    f = known.known_model(known.DIT_XL_2_256, known.SD_VAE_FT_MSE)
+    f = known_model(known.DIT_XL_2_256, known.SD_VAE_FT_MSE)
     assert (f.latent_channels, f.latent_size, f.num_classes, f.null_label) == (4, 32, 1000, 1000)
     assert f.learned_sigma and f.image_size == 256 and f.scaling_factor == pytest.approx(0.18215)
     assert f.latent_dim == 4096 and known.is_sd_vae(f)
-    assert known.known_model("someone/else", None) is None
+    assert known_model("someone/else", None) is None

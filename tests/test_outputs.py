@@ -38,7 +38,7 @@ def _job(out):
 
 def _write_job(out: Path):
     """A finished job's files: shards, manifest.json, config.yaml, results.json (eval + metrics)."""
-    from mgd_ray.distill import dump_job_redacted
+    from mgd_ray.pipeline.driver import dump_job_redacted
     from mgd_ray.eval import distribution_report
     from mgd_ray.pipeline.evaluate import make_trials, summarise
     rng = np.random.default_rng(0)

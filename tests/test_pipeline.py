@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from mgd_ray.config import job_from_dict
-from mgd_ray.distill import run_job
+from mgd_ray.pipeline.driver import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]

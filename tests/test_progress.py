@@ -147,7 +147,7 @@ def test_twin_job_logs_encode_and_evaluate_progress(ray_cluster, tiny_prior, tmp
     """The real stages feed the helper: encode's row counter and evaluate's committed trials
     (intervals shortened so the tiny twin shows lines); the job also ends with report.html."""
     from mgd_ray.config import job_from_dict
-    from mgd_ray.distill import run_job
+    from mgd_ray.pipeline.driver import run_job
     from mgd_ray.pipeline import runner
     from tests.test_pipeline import twin_dict
     monkeypatch.setattr(runner, "Progress", lambda *a, **k: Progress(*a, **{**k, "every": 0.0}))

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from mgd_ray.config import job_from_dict
-from mgd_ray.distill import run_job
+from mgd_ray.pipeline.driver import run_job
 from mgd_ray.pipeline.settings import SHARD_KEY, SettingsChanged
 from mgd_ray.pipeline.store import Lease, LeaseHeld, Store
 from tests.test_pipeline import GEN, _wait_for_orphaned_actors, shard_rows, twin_dict
@@ -86,7 +86,7 @@ def test_lease_refuses_a_live_driver_and_takes_over_a_stale_one(tmp_path):
     with Lease(store):
         with pytest.raises(LeaseHeld, match="in use by another driver"):
             Lease(store).acquire()
-    assert not store.exists(Lease.NAME)  # released on exit
+    assert store.read_json(Lease.NAME).get("released") is True  # released on exit (kept: the epoch counts on)
     # a driver on this host whose process is gone: taken over at once
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -100,8 +100,8 @@ def test_lease_refuses_a_live_driver_and_takes_over_a_stale_one(tmp_path):
     store.write_json({"owner": "y", "host": "elsewhere", "pid": 1, "heartbeat": time.time(), "ttl": 600}, Lease.NAME)
     with pytest.raises(LeaseHeld):
         Lease(store).acquire()
-    store.write_json({"owner": "y", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 700, "ttl": 600},
-                     Lease.NAME)
+    old = time.time() - 700   # expiry goes by the store's clock: the file's mtime, not the record's heartbeat
+    os.utime(store.path(Lease.NAME), (old, old))
     Lease(store).acquire()
 
 
@@ -118,21 +118,24 @@ def test_lease_heartbeat_keeps_it_live(tmp_path):
 def test_evaluation_key_names_trial_settings_and_ignores_placement(tmp_path):
     from types import SimpleNamespace
 
-    from mgd_ray.pipeline.settings import check_settings, discard_from, record_key, stage_keys
+    from mgd_ray.pipeline.stage import BY_NAME, check_settings, discard_from, stage_keys
     info = SimpleNamespace(transformer_sha256="t", vae_sha256="v")
     store = Store(str(tmp_path / "out"))
     base = job_from_dict({"evaluate": {"students": ["convnet3"], "epochs": 5}})
     for stage, key in stage_keys(base, info).items():
-        record_key(store, stage, key)
+        BY_NAME[stage].record_key(store, key)
     placement = job_from_dict({"evaluate": {"students": ["convnet3"], "epochs": 5, "num_workers": 4,
                                             "cpus_per_worker": 2}, "generate": {"num_actors": 8, "batch_size": 64},
                                "encode": {"batch_size": 7, "max_actors": 9}, "model": {"device": "cpu"}})
     check_settings(store, stage_keys(placement, info))  # placement only: accepted
+    more = job_from_dict({"evaluate": {"students": ["convnet3", "resnet18"], "train_seeds": 5, "epochs": 5}})
+    check_settings(store, stage_keys(more, info))   # a student or train seed added: new trials, the rest kept
     other = job_from_dict({"evaluate": {"students": ["convnet3", "resnet18"], "epochs": 6}})
     with pytest.raises(SettingsChanged) as e:
         check_settings(store, stage_keys(other, info))
     msg = str(e.value)
-    assert "evaluate: evaluate.epochs: 5 -> 6" in msg and "resnet18" in msg and "--fresh evaluate" in msg
+    assert "evaluate: evaluate.epochs: 5 -> 6" in msg and "--fresh evaluate" in msg
+    assert "students" not in msg
     assert "generate:" not in msg   # earlier stages unchanged: only the evaluation is named
     assert discard_from(store, "evaluate") == ["eval"]
     check_settings(store, stage_keys(other, info))
@@ -165,6 +168,14 @@ def test_settings_change_refuses_then_fresh(encoded, tiny_prior, tmp_path):
     assert "--fresh generate" in r.stderr and "new output.dir" in r.stderr
     assert_untouched(before, snapshot(out, "latents", "coreset", "shards"))
     assert (out / "config.yaml").read_bytes() == config  # the refused run changed nothing
+    # --fresh evaluate with an unnoticed generate change: refused BEFORE anything is discarded
+    (out / "eval").mkdir()
+    (out / "eval" / "t.json").write_text("{}")
+    (out / "results.json").write_text("{}")
+    r = cli([str(job_file), "--fresh", "evaluate"], ray_env())
+    assert r.returncode == 2 and "--fresh generate" in r.stderr and "nothing was discarded" in r.stderr, r.stderr
+    assert (out / "eval" / "t.json").is_file() and (out / "results.json").is_file()
+    assert_untouched(before, snapshot(out, "latents", "coreset", "shards"))
     # placement settings are not part of the key: 2 actors, batch 4 reuse everything
     same = twin_dict(out, tiny_prior, evaluate={"enabled": False}, generate={"num_actors": 2, "batch_size": 4})
     assert run_job(job_from_dict(same), GEN)["generate"]["ran"] == 0
@@ -215,6 +226,10 @@ def test_all_actors_dead_exit_1_then_rerun(encoded, tiny_prior, tmp_path):
     r = cli([str(job_file), "--stages", "encode"], ray_env())
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / "manifest.json").read_text())["status"] == "partial"
+    # evaluation disabled and no shards yet: `--stages evaluate` did not do what was asked -> exit 1
+    r = cli([str(job_file), "--stages", "evaluate"], ray_env())
+    man = json.loads((out / "manifest.json").read_text())
+    assert r.returncode == 1 and man["status"] == "partial" and not man["requested_done"], r.stderr[-2000:]
     r = cli([str(job_file)], ray_env())
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "rerun the same command" in r.stderr.splitlines()[-1]

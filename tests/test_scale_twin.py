@@ -103,7 +103,7 @@ def test_twin_models_have_ditxl_latent(tmp_path):
 def test_twin_job_runs_from_parquet(ray_cluster, tmp_path):
     """The twin job end to end (2 classes, the job's IPC 10 x 3 seeds, 4 sampler steps) from the
     Parquet layout: ImageNet-sized targets (D = 4,096) and one shard per class and seed."""
-    from mgd_ray.distill import run_job
+    from mgd_ray.pipeline.driver import run_job
     wnids = make_twin(tmp_path / "twin", 2, 12, 1, formats=("parquet",))["wnids"]
     out = tmp_path / "out"
     job = load_job(TWIN, ["data.source=parquet", f"data.root={tmp_path / 'twin' / 'parquet'}",

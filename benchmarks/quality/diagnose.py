@@ -1,16 +1,15 @@
 """The quality benchmark's diagnostics: where is accuracy lost?
 
 Each diagnostic set (e.g. the random-real images sent through the prior's VAE) is written as the
-shards of a diagnostic cell and scored by the product's own evaluation (``runner.run_evaluate`` +
-``evaluate.summarise``: the same Ray Train trials, recipe and ``results.json`` layout as every
-other cell), with the random-real cell's evaluation settings.
+shards of a diagnostic cell and scored by the product's own evaluate stage (``pipeline.stage.EVALUATE``:
+the same Ray Train trials, recipe and ``results.json`` layout as every other cell), with the
+random-real cell's evaluation settings.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -75,11 +74,11 @@ def run_diagnose(args) -> None:
 
     from mgd_ray.config import job_from_dict
     from mgd_ray.data import open_source
-    from mgd_ray.distill import setup_logging
+    from mgd_ray.pipeline.driver import setup_logging
     from mgd_ray.models import load_generator
     from mgd_ray.pipeline import runner
-    from mgd_ray.pipeline.evaluate import summarise
     from mgd_ray.pipeline.metrics import compute_distribution
+    from mgd_ray.pipeline.stage import EVALUATE, Context, stage_keys
     from mgd_ray.pipeline.store import Store
     setup_logging()
     root = Path(args.root).resolve()
@@ -96,7 +95,7 @@ def run_diagnose(args) -> None:
         t0 = time.time()
         # the random-real cell's job, scoring this cell's shards: method random-real reads them as its sets
         job = job_from_dict(raw, [f"output.dir={out}", f"name=q-{name}-ipc{args.ipc}", f"generate.seeds={seeds}",
-                                  "evaluate.baselines=[]", "evaluate.train_seeds=1"])
+                                  "evaluate.baselines=[]", "evaluate.train_seeds=1", "evaluate.metrics=false"])
         source = open_source(job.data)
         store = Store(str(out))
         store.makedirs()
@@ -105,9 +104,8 @@ def run_diagnose(args) -> None:
         for s, (imgs, labels) in sets.items():
             _write_set(store, name, s, imgs, labels, list(source.classes.names))
         runner.init_ray(job)
-        with tempfile.TemporaryDirectory(prefix="mgd-diag-") as tmp:
-            records = runner.run_evaluate(job, store, source, tmp)
-        results = summarise(job, records)
+        EVALUATE.run(Context(job=job, store=store, source=source, info=info, keys=stage_keys(job, info)))
+        results = json.loads((out / "results.json").read_text())
         results["results"] = {name: results["results"][job.method]}
         results["diagnostic"] = DIAG[name]
         results["distribution"] = compute_distribution(job, Store(str(src_cell)), source, info, sets)  # cached

@@ -23,7 +23,7 @@ def base_raw(job_file: str) -> dict:
 def ensure_latents(root: Path, raw: dict, args) -> Path:
     """Encode the training set once (a job with only the encode stage); cells link to it."""
     from mgd_ray.config import job_from_dict
-    from mgd_ray.distill import run_job
+    from mgd_ray.pipeline.driver import run_job
     enc = root / "_encode"
     if not (enc / "latents" / "_COMPLETE.json").is_file():
         run_job(job_from_dict(raw, [f"output.dir={enc}", "name=q-encode", *(args.set or [])]), ["encode"])
@@ -32,7 +32,7 @@ def ensure_latents(root: Path, raw: dict, args) -> Path:
 
 def run_cells(args) -> None:
     from mgd_ray.config import job_from_dict
-    from mgd_ray.distill import run_job, setup_logging
+    from mgd_ray.pipeline.driver import run_job, setup_logging
     setup_logging()
     raw = base_raw(args.job)
     root = Path(args.root).resolve()

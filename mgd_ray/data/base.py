@@ -38,6 +38,15 @@ def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if v is None else v
 
 
+def file_stamp(info: dict) -> str:
+    """What says a file changed, from an fsspec ``info``: the ETag on object stores, else the
+    modification time (local ``mtime``, S3 ``LastModified``)."""
+    for k in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(k) is not None:
+            return str(info[k])
+    return ""
+
+
 def check_split(split: str) -> str:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
@@ -221,6 +230,25 @@ class BaseSource:
     def failures_table(self):
         from .failures import failures_to_table
         return failures_to_table(self.failures)
+
+    def fingerprint(self, split: str = "train") -> str:
+        """A cheap hash of what the split's selected rows are, reading no pixels: the source kind,
+        the class names in label order, the ids and labels of the selected rows, and the files
+        behind the split (path, size, modification time or ETag, where the source has files). A
+        file added, removed or rewritten changes it, and so does a class list file's content."""
+        import hashlib
+        import json
+        h = hashlib.sha256(json.dumps([self.kind, list(self.classes.names)]).encode())
+        _, ids, labels = self.select(split)
+        h.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+        for fact in self._file_facts(split):
+            h.update(json.dumps(fact, default=str).encode())
+        return h.hexdigest()[:16]
+
+    def _file_facts(self, split: str) -> list:
+        """(path, size, mtime/etag) of the files behind a split; none for in-memory sources."""
+        return []
 
     def describe(self) -> dict:
         """A JSON-able summary: source, where, class list, rows per split. Never credentials."""

@@ -18,14 +18,39 @@ from .failures import write_failure_part
 from .preprocess import fit_size
 
 
+_16BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")   # PIL's modes of 16-bit grey (PNG, TIFF, PGM)
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
 def decode_image(data: bytes) -> np.ndarray:
-    """Encoded bytes -> uint8 (H, W, 3) RGB. Raises on anything PIL cannot fully decode."""
+    """Encoded bytes -> uint8 (H, W, 3) RGB. Raises on anything PIL cannot fully decode.
+
+    - 16-bit grey (PIL mode ``I;16``, or ``I`` as older Pillow opens it) is scaled to 8 bits,
+      ``round(v * 255 / 65535)``; PIL's ``convert("RGB")`` would clip every value above 255 to white.
+      (16-bit RGB PNGs PIL already opens as 8-bit RGB, by their high byte.)
+    - An image with transparency (an alpha channel, or a palette / grey / RGB image with a
+      transparent colour) is composited on white: ``rgb * a + 255 * (1 - a)``, the image as a viewer
+      shows it. ``convert("RGB")`` (torchvision's loader) drops alpha instead, which shows whatever
+      colour happens to be stored under the transparent pixels (often black, sometimes noise).
+    """
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         im.load()
-        rgb = im.convert("RGB")
-    return np.asarray(rgb, dtype=np.uint8)
+        return image_to_rgb(im)
+
+
+def image_to_rgb(im) -> np.ndarray:
+    """A loaded PIL image -> uint8 (H, W, 3) RGB by the rules of ``decode_image``."""
+    if im.mode in _16BIT_MODES:
+        v = np.asarray(im).astype(np.float64)
+        g = np.rint(np.clip(v, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=-1)
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
+        a = rgba[..., 3:] / 255.0
+        return np.rint(rgba[..., :3] * a + 255.0 * (1.0 - a)).astype(np.uint8)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def error_text(e: BaseException) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import _UNSET, SPLITS, BaseSource, cfg_get, check_split, log
+from .base import _UNSET, SPLITS, BaseSource, cfg_get, check_split, file_stamp, log
 from .classlists import ClassList, imagenet1k, is_class_list_name, load_class_list
 from .decode import decode_many, error_text, fetch_paths, image_dataset, shown_path
 from .errors import DataError
@@ -54,6 +54,11 @@ class ImageFolderSource(BaseSource):
         self._listing: dict[str, tuple[list[str], list[str]]] = {}
         self._full: ClassList | None = None
         self._paths: dict[str, np.ndarray] = {}
+        self._facts: dict[str, list] = {}
+
+    def _file_facts(self, split: str) -> list:
+        self._list(split)
+        return self._facts[split]
 
     # -- listing ------------------------------------------------------------------------
     def _list(self, split: str) -> tuple[list[str], list[str]]:
@@ -63,7 +68,7 @@ class ImageFolderSource(BaseSource):
             top = f"{self.base}/{split}"
             try:
                 self.fs.invalidate_cache()
-                found = self.fs.find(top, withdirs=False) if self.fs.isdir(top) else None
+                found = self.fs.find(top, withdirs=False, detail=True) if self.fs.isdir(top) else None
             except Exception as e:  # noqa: BLE001
                 raise DataError(f"cannot list {self.root}/{split}: {error_text(e)}. Check data.root and "
                                 "data.storage_options (endpoint, credentials).") from None
@@ -71,6 +76,7 @@ class ImageFolderSource(BaseSource):
                 raise DataError(f"imagefolder split directory not found: {self.root}/{split}. Expected "
                                 f"<root>/{{{','.join(SPLITS)}}}/<class dir>/<images>; fix data.root.")
             rel, dirs, skipped = [], [], 0
+            self._facts[split] = [(p[len(top) + 1:], found[p].get("size"), file_stamp(found[p])) for p in sorted(found)]
             for p in sorted(found):
                 r = p[len(top) + 1:] if p.startswith(top + "/") else p
                 parts = r.split("/")

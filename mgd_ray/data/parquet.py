@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import _UNSET, BaseSource, cfg_get, check_split
+from .base import _UNSET, BaseSource, cfg_get, check_split, file_stamp
 from .classlists import ClassList, load_class_list
 from .decode import decode_all, error_text, image_dataset, shown_path
 from .errors import DataError
@@ -42,6 +42,10 @@ class ParquetSource(BaseSource):
         self._meta: dict[str, tuple[np.ndarray, np.ndarray | None, list[str]]] = {}
         self._starts: dict[str, np.ndarray] = {}    # first row of each file in the split
         self._full: ClassList | None = None
+
+    def _file_facts(self, split: str) -> list:
+        fs, found = self.files(split)
+        return [(f, info.get("size"), file_stamp(info)) for f in found for info in [fs.info(f)]]
 
     # -- files and columns --------------------------------------------------------------
     def files(self, split: str) -> tuple[Any, list[str]]:
@@ -152,7 +156,30 @@ class ParquetSource(BaseSource):
                             f"{self.root} ({split}): row with label {lab} has class_name {n!r}, but class list "
                             f"{full.name!r} puts {full.names[lab]!r} at label {lab}: the class order does not "
                             "match. Fix data.class_list or the file.")
+        if split == "train":
+            self._check_no_empty_class(labels, full, raw.dtype.kind not in "OUS")
         return np.arange(len(labels), dtype=np.int64), labels
+
+    def _check_no_empty_class(self, labels: np.ndarray, full: ClassList, numeric: bool) -> None:
+        """Every selected class must have train rows: an empty class has nothing to distil (and was
+        found only after the whole encode). Integer labels with a gap (0, 1, 3) make one."""
+        counts = np.bincount(labels, minlength=len(full))
+        empty = [n for n in self.classes.names if counts[full.index(n)] == 0]
+        if not empty:
+            return
+        shown = ", ".join(f"{n!r} (label {full.index(n)})" for n in empty[:10]) + (" ..." if len(empty) > 10 else "")
+        present = [n for n in self.classes.names if n not in empty]
+        keep = ("--set data.classes='[" + ", ".join(f'"{n}"' for n in present) + "]'" if len(present) <= 20
+                else "data.classes (a list of the classes to keep)")
+        if numeric and cfg_get(self.cfg, "class_list") is None:
+            why = (f"With integer labels and no data.class_list the classes are the numbers 0..{len(full) - 1} "
+                   f"(0..the largest label), so a label number that no row uses is an empty class. Renumber the "
+                   f"labels 0..K-1 without gaps, or leave the empty classes out with {keep}, or name the classes "
+                   f"with data.class_list (a class-list file)")
+        else:
+            why = f"Add their rows, or leave them out with {keep}"
+        raise DataError(f"{self.root} (train): {len(empty)} selected class(es) have no rows: {shown}; a class "
+                        f"without train images has nothing to distil. {why}.")
 
     def _file_rows(self, split: str, pos: np.ndarray) -> dict[str, np.ndarray]:
         """(file index, row in that file) of split positions ``pos``; checks the image column's type

@@ -263,12 +263,16 @@ def _two_means_numpy(X: np.ndarray, rng: np.random.Generator, n_restarts: int, n
 ENGINES = {"faiss": _two_means, "numpy": _two_means_numpy}
 
 
-def resolve_engine(engine: str) -> str:
-    """``auto`` -> the fastest measured engine here: FAISS when its build sees a GPU, else numpy
-    (on one CPU thread numpy beats FAISS both at an ImageNet class, 1,300 x 4,096, and at
-    100,000 x 4,096: benchmarks/reports/coreset_speed.md). Other names pass through."""
+def resolve_engine(engine: str, gpus: int | None = None) -> str:
+    """``auto`` -> the fastest measured engine here: FAISS when it has a GPU, else numpy (on one
+    CPU thread numpy beats FAISS both at an ImageNet class, 1,300 x 4,096, and at 100,000 x
+    4,096: benchmarks/reports/coreset_speed.md). ``gpus``: how many GPUs the caller was granted
+    (a Ray task: ``len(ray.get_gpu_ids())``); 0 -> numpy whatever the process can see; None (not
+    under a scheduler) -> FAISS when its build sees a GPU. Other names pass through."""
     if engine != "auto":
         return engine
+    if gpus is not None and gpus <= 0:
+        return "numpy"
     return "faiss" if _faiss_gpu() else "numpy"
 
 

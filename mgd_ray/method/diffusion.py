@@ -91,9 +91,11 @@ def _extract(arr: torch.Tensor, t_idx, like: torch.Tensor) -> torch.Tensor:
     never below float32: coefficients such as sqrt(1/alpha_bar - 1) ~ 1e-2 .. 1e2 lose two to three
     digits in bfloat16, so a half-precision ``like`` gets float32 coefficients (and float32 results).
     """
-    if isinstance(t_idx, int) or (torch.is_tensor(t_idx) and t_idx.ndim == 0):
-        t_idx = torch.full((like.shape[0],), int(t_idx), dtype=torch.long)
     dtype = like.dtype if like.dtype == torch.float64 else torch.float32
+    if isinstance(t_idx, int) or (torch.is_tensor(t_idx) and t_idx.ndim == 0):
+        # one step for the batch: a fill on like's device, no host-to-device copy (no CUDA sync)
+        return torch.full((like.shape[0],) + (1,) * (like.ndim - 1), float(arr[int(t_idx)]),
+                          dtype=dtype, device=like.device)
     out = arr[t_idx.to("cpu").long()].to(device=like.device, dtype=dtype)
     return out.view(-1, *([1] * (like.ndim - 1)))
 

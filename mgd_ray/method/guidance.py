@@ -38,6 +38,10 @@ Where U comes from (``GuidanceParams.basis``):
 The ridge (1e-5) only shifts every covariance eigenvalue by the same amount, so it never
 changes singular vectors; it is kept as a recorded parameter for the reference path.
 The radius only shapes the reference cloud; noised/expected use the real neighbourhood given.
+Every basis is computed from the K×K Gram matrix of its K×D matrix (eigh, then u_i = Aᵀv_i/σ_i;
+``top_right_singular``), the same subspace as a thin SVD; directions with σ_i <= tol σ_1
+(``null_tol``) are not determined by the set and are zero rows on every path (rank-deficient
+sets give a lower-rank P_T, never arbitrary directions).
 
 Guidance is on only while the respaced index t_index > t_stop (t_stop itself and below: off).
 Warm window: guided step i = 0, 1, ... (i = 0 at t_index = N−1), W_eff = min(W, n_guided),
@@ -70,11 +74,72 @@ BETA_SCHEDULES = ("constant", "anneal", "ramp", "decay")
 # ----------------------------------------------------------------------------------------
 # pure math
 # ----------------------------------------------------------------------------------------
-def tangent_basis(nbrs: torch.Tensor, d: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Top-d principal directions of each neighbour set, by thin SVD (never a D×D matrix).
+BASIS_METHODS = ("gram", "svd")
+
+
+def null_tol(dtype: torch.dtype) -> float:
+    """Default relative tolerance of the bases: a direction whose singular value is at most
+    tol × the largest is not a tangent direction (dropped).  -> 1e-6 for float64, 3e-3 otherwise.
+
+    3e-3 is a variance share of 1e-5: a float32 K×K Gram matrix resolves eigenvalues down to about
+    1e-7 of the largest (measured: exact null directions come out at 0.5e-7 .. 3e-7 λ_1), so the
+    rule decides with a margin of about 30 on either path; float64 resolves 1e-12 (σ ratio 1e-6,
+    the rule ``chord_basis`` always had).
+    """
+    return 1e-6 if dtype == torch.float64 else 3e-3
+
+
+def top_right_singular(A: torch.Tensor, d: int, *, method: str = "gram", rel_tol: float | None = None,
+                       scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Top-d right singular vectors of each K×D matrix A (B, K, D), null directions zeroed.
+
+    -> U (B, d', D), d' = min(d, K, D): orthonormal rows in descending singular value, except the
+    rows whose singular value is <= rel_tol × the largest, or <= 8 eps(dtype) × scale (B,) (the
+    Frobenius norm of the data A was formed from by differences: below that, σ is the rounding of
+    the centring, e.g. a set of equal points), which are all zero, so P_T = UᵀU never holds a
+    direction the data does not determine (rank-deficient sets: lower rank; equal points: U = 0).
+
+    gram (default): eigendecomposition of the K×K Gram matrix G = A Aᵀ = V Λ Vᵀ, then
+        u_i = Aᵀ v_i / σ_i with σ_i = √λ_i: two batched matmuls (B·K²·D and B·d·K·D) and a K×K
+        eigh instead of a thin SVD of the D×K matrix. Same subspace as the SVD wherever the rule
+        keeps a direction: its eigenvalues are ≥ rel_tol² λ_1 (1e-5 λ_1 in float32), far above
+        the Gram matrix's rounding (~1e-7 λ_1). Directions below that are exactly the ones whose
+        Gram eigenvector would be rounding noise; they are dropped, not computed (the fallback is
+        the zero row, on both paths, with the same rule), so no input makes u_i = Aᵀv_i/σ_i divide
+        by a rounding-level σ_i. An all-zero A gives U = 0.
+    svd: thin SVD of the D×K transpose (LAPACK/cuSOLVER), the same null rule; kept as the
+        reference the Gram path is tested against (tests/test_guidance.py).
+    Neither path reads a value back to the host (on CUDA, torch.linalg's own error check of the
+    eigh/SVD is the only synchronisation).
+    """
+    if method not in BASIS_METHODS:
+        raise ValueError(f"method must be one of {BASIS_METHODS}, got {method!r}")
+    K, D = A.shape[1], A.shape[2]
+    d = min(int(d), K, D)
+    tol = null_tol(A.dtype) if rel_tol is None else float(rel_tol)
+    floor = (8 * torch.finfo(A.dtype).eps * scale.to(A.dtype)).unsqueeze(-1) if scale is not None else 0.0
+    if method == "svd":
+        # Aᵀ = W S Vᵀ  =>  the right singular vectors of A are the columns of W (tall input)
+        W, S, _ = torch.linalg.svd(A.transpose(1, 2), full_matrices=False)     # W (B, D, min(K, D))
+        keep = ((S[:, :d] > tol * S[:, :1]) & (S[:, :d] > floor)).to(W.dtype)    # (B, d)
+        return (W[:, :, :d] * keep.unsqueeze(1)).transpose(1, 2).contiguous()
+    G = torch.bmm(A, A.transpose(1, 2))                                           # (B, K, K)
+    lam, V = torch.linalg.eigh(G)                                                 # ascending
+    lam, V = lam.flip(-1)[:, :d], V.flip(-1)[:, :, :d]                            # (B, d), (B, K, d)
+    lam = lam.clamp_min(0)
+    keep = (lam > (tol * tol) * lam[:, :1]) & (lam > floor * floor)               # (B, d); none if A = 0
+    scale = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
+    return torch.bmm(V.transpose(1, 2), A) * scale.unsqueeze(-1)                  # (B, d, D)
+
+
+def tangent_basis(nbrs: torch.Tensor, d: int, mask: torch.Tensor | None = None, *, method: str = "gram",
+                  rel_tol: float | None = None) -> torch.Tensor:
+    """Top-d principal directions of each neighbour set (never a D×D matrix).
 
     nbrs (B, K, D); mask (B, K) bool, False rows ignored (zeroed after centring on the valid mean)
-    -> U (B, d, D) with orthonormal rows (the top-d right singular vectors of the centred K×D).
+    -> U (B, d', D), d' = min(d, K, D): the top-d right singular vectors of the centred K×D, by the
+    K×K Gram matrix (``top_right_singular``); directions the set does not determine (fewer than
+    d + 1 distinct valid points) are zero rows.
     """
     if mask is None:
         centred = nbrs - nbrs.mean(dim=1, keepdim=True)
@@ -82,29 +147,25 @@ def tangent_basis(nbrs: torch.Tensor, d: int, mask: torch.Tensor | None = None) 
         w = mask.to(nbrs.dtype).unsqueeze(-1)                              # (B, K, 1)
         mu = (nbrs * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1.0)
         centred = (nbrs - mu) * w
-    d = min(int(d), centred.shape[1], centred.shape[2])
-    # thin SVD of the tall D×K transpose (same singular vectors; LAPACK is faster on tall input):
-    # centredᵀ = W S Vᵀ  =>  the right singular vectors of centred are the columns of W
-    W, _, _ = torch.linalg.svd(centred.transpose(1, 2), full_matrices=False)   # W (B, D, min(K,D))
-    return W[:, :, :d].transpose(1, 2).contiguous()
+    scale = (nbrs if mask is None else nbrs * w).flatten(1).norm(dim=1)    # rounding level of the centring
+    return top_right_singular(centred, d, method=method, rel_tol=rel_tol, scale=scale)
 
 
 def chord_basis(nbrs: torch.Tensor, x0_hat: torch.Tensor, d: int, mask: torch.Tensor | None = None,
-                rel_tol: float = 1e-6) -> torch.Tensor:
+                rel_tol: float | None = None, *, method: str = "gram") -> torch.Tensor:
     """Top-d directions of the chords from x̂0 to each neighbour (the ``members`` basis).
 
     nbrs (B, K, D), x0_hat (B, D), mask (B, K) bool (False rows ignored) -> U (B, d', D),
     d' = min(d, K, D): the top-d right singular vectors of the UNCENTRED K×D matrix of rows
-    z_j − x̂0. Rows whose singular value is below rel_tol × the largest are zeroed (rank-deficient
-    sets: fewer chords than d), so P_T never contains an arbitrary direction.
+    z_j − x̂0 (``top_right_singular``). Rows whose singular value is at most rel_tol × the largest
+    (default ``null_tol``: 1e-6 in float64, 3e-3 in float32) are zeroed (rank-deficient sets: fewer
+    chords than d), so P_T never contains an arbitrary direction.
     """
     chords = nbrs - x0_hat.unsqueeze(1)
-    if mask is not None:
-        chords = chords * mask.to(chords.dtype).unsqueeze(-1)
-    d = min(int(d), chords.shape[1], chords.shape[2])
-    W, S, _ = torch.linalg.svd(chords.transpose(1, 2), full_matrices=False)    # W (B, D, min(K,D))
-    keep = (S[:, :d] > rel_tol * S[:, :1].clamp_min(1e-30)).to(W.dtype)         # (B, d)
-    return (W[:, :, :d] * keep.unsqueeze(1)).transpose(1, 2).contiguous()
+    w = torch.ones_like(chords[..., :1]) if mask is None else mask.to(chords.dtype).unsqueeze(-1)
+    chords = chords * w
+    scale = (nbrs * w).flatten(1).norm(dim=1) + w.sum(dim=(1, 2)).sqrt() * x0_hat.norm(dim=1)
+    return top_right_singular(chords, d, method=method, rel_tol=rel_tol, scale=scale)
 
 
 def project_tangent(v: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -312,9 +373,15 @@ class ManifoldGuidance:
     or a pair (nbrs (B, M, D), mask (B, M) bool) of REAL class latents per target.
     ``last_stats`` holds batch means of |g_mode|, |P_N g_mode|/|g_mode|, the removed share
     |g − g_mode|/|g_mode|, r_t and β_t of the last call (no basis stats where nothing is removed).
+    A call reads nothing back to the host: the batch means stay tensors on the device until
+    ``last_stats`` is read (that read is the only synchronisation, and only a logger makes it).
     """
 
-    def __init__(self, c: torch.Tensor, neighbourhoods=None, params: GuidanceParams | None = None):
+    def __init__(self, c: torch.Tensor, neighbourhoods=None, params: GuidanceParams | None = None, *,
+                 basis_method: str = "gram"):
+        if basis_method not in BASIS_METHODS:
+            raise ValueError(f"basis_method must be one of {BASIS_METHODS}, got {basis_method!r}")
+        self.basis_method = basis_method     # "gram" (K×K eigh) | "svd": same subspace (top_right_singular)
         self.params = params or GuidanceParams()
         self.c = torch.as_tensor(c).reshape(len(c), -1)
         if isinstance(neighbourhoods, (tuple, list)):
@@ -332,7 +399,18 @@ class ManifoldGuidance:
             raise ValueError(f"basis={self.params.basis!r} needs neighbourhoods (B, M, D) of real latents; "
                              f"pass them, or use basis='reference' / manifold_scale=0")
         self.nbrs, self.mask, self._sq = nbrs, mask, None
-        self.last_stats: dict = {}
+        self._c_dev = self.c                 # c on the working device and dtype (moved once)
+        self._stats: dict = {}
+
+    @property
+    def last_stats(self) -> dict:
+        """The last call's statistics as Python floats (reading them synchronises with the device)."""
+        return {k: float(v) if torch.is_tensor(v) else v for k, v in self._stats.items()}
+
+    def _target(self, like: torch.Tensor) -> torch.Tensor:
+        if self._c_dev.device != like.device or self._c_dev.dtype != like.dtype:
+            self._c_dev = to_device(self.c, like.device, like.dtype)
+        return self._c_dev
 
     def is_on(self, step: StepInfo) -> bool:
         """True while t_index > t_stop."""
@@ -354,14 +432,14 @@ class ManifoldGuidance:
         out_dtype = x_t.dtype
         wd = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
         x_t, x0_hat = x_t.to(wd), x0_hat.to(wd)
-        c = self.c.to(x_t.device, wd)
+        c = self._target(x_t)
         sigma_t = step.sigma_t.to(x_t.device, wd) if torch.is_tensor(step.sigma_t) else step.sigma_t
         n_g = self._n_guided(step)
         r_t = radius_schedule(step.i_guided, n_g, P.r, P.m, P.warm, P.radius_kind)
         beta_t = beta_schedule(step.i_guided, n_g, P.beta, P.warm, P.radius_kind, P.beta_schedule) \
             if self.projects(step) else 0.0
         g_mode = mode_term(x0_hat, c, sigma_t, P.lam_mode)
-        stats = {"g_mode_norm": float(g_mode.norm(dim=1).mean()), "r_t": r_t, "beta_t": beta_t}
+        stats = {"g_mode_norm": g_mode.norm(dim=1).mean(), "r_t": r_t, "beta_t": beta_t}
         if P.manifold_scale == 0 or (P.basis != "reference" and beta_t == 0):
             g = g_mode                      # nothing to remove: skip the basis
         elif P.basis == "reference":
@@ -371,9 +449,9 @@ class ManifoldGuidance:
             normal = project_normal(g_mode, U)
             g = g_mode - P.manifold_scale * beta_t * normal
             gn = g_mode.norm(dim=1).clamp_min(1e-30)
-            stats["normal_frac"] = float((normal.norm(dim=1) / gn).mean())
-            stats["removed_frac"] = float(((g - g_mode).norm(dim=1) / gn).mean())
-        self.last_stats = stats
+            stats["normal_frac"] = (normal.norm(dim=1) / gn).mean()
+            stats["removed_frac"] = ((g - g_mode).norm(dim=1) / gn).mean()
+        self._stats = stats
         return g.to(out_dtype)
 
     # --- the bases ------------------------------------------------------------------
@@ -391,7 +469,7 @@ class ManifoldGuidance:
         nbrs, mask, sq = self._neigh(x_t)
         if P.basis == "members":
             pts, valid, _ = knn_rows(nbrs, x0_hat, P.K, mask, sq)
-            return chord_basis(pts, x0_hat, P.d, valid)
+            return chord_basis(pts, x0_hat, P.d, valid, method=self.basis_method)
         if P.basis == "expected":
             pts, valid, _ = knn_rows(nbrs, x0_hat, P.K, mask, sq)
         else:
@@ -399,7 +477,7 @@ class ManifoldGuidance:
             ab = float(step.alpha_bar_t)
             M_t = math.sqrt(ab) * nbrs + math.sqrt(1.0 - ab) * noise
             pts, valid, _ = knn_rows(M_t, x_t, P.K, mask)
-        return tangent_basis(pts, P.d, valid)
+        return tangent_basis(pts, P.d, valid, method=self.basis_method)
 
     def _reference_pull(self, x_t: torch.Tensor, c: torch.Tensor, step: StepInfo, r_t: float,
                         stats: dict) -> torch.Tensor:
@@ -413,17 +491,17 @@ class ManifoldGuidance:
         radii = torch.stack([torch.cat([torch.linspace(0.1, r_t, S // 2),
                                         torch.rand(S - S // 2, generator=g) * r_t]) for g in gens])
         noise = torch.stack([torch.randn(S, D, generator=g, dtype=torch.float32) for g in gens])
-        dirs, radii, noise = (t.to(x_t.device, x_t.dtype) for t in (dirs, radii, noise))
+        dirs, radii, noise = (to_device(t, x_t.device, x_t.dtype) for t in (dirs, radii, noise))
         ab = float(step.alpha_bar_t)
         cloud = math.sqrt(ab) * (c.unsqueeze(1) + radii.unsqueeze(-1) * dirs) + math.sqrt(1 - ab) * noise
         pts, valid, dist_min = knn_rows(cloud, x_t, P.K)                               # (B, K, D)
-        U = tangent_basis(pts, P.d)
+        U = tangent_basis(pts, P.d, method=self.basis_method)
         mu = pts.mean(dim=1)                                                            # (B, D)
         toward = -project_normal(x_t - mu, U)                                           # (B, D)
         n_hat = toward / (toward.norm(dim=1, keepdim=True) + 1e-8)
         weight = torch.tanh(dist_min / P.bandwidth).unsqueeze(-1)                       # (B, 1)
         pull = P.lam_man * weight * n_hat
-        stats["pull_norm"] = float(pull.norm(dim=1).mean())
+        stats["pull_norm"] = pull.norm(dim=1).mean()
         return pull
 
 
@@ -440,4 +518,17 @@ def _per_image_randn(generators, shape, like: torch.Tensor) -> torch.Tensor:
     """Standard normal (B, ...) drawn image by image from its own CPU generator, float32 -> like."""
     gens = _generators(generators, shape[0])
     z = torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=torch.float32) for g in gens])
-    return z.to(like.device, like.dtype)
+    return to_device(z, like.device, like.dtype)
+
+
+def to_device(t: torch.Tensor, device, dtype=None) -> torch.Tensor:
+    """A host tensor moved to ``device`` without blocking the host: on CUDA through pinned memory
+    and a non-blocking copy (a plain copy from pageable memory synchronises the stream), then cast
+    there. Values are those of ``t.to(device, dtype)``.  CPU targets: ``t.to(dtype)``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory().to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    return t if dtype is None else t.to(dtype)

@@ -13,6 +13,12 @@ Seeding: image b has two CPU generators, both derived from its seed: one for the
 noise (x_T and each step's noise) and one handed to the guidance (``StepInfo.generators``), so
 a guidance variant that draws noise does not shift the sampling noise: runs that differ only
 in guidance share x_T and every step's noise. A batch of B gives exactly the B single runs.
+
+Host synchronisation: the loop reads nothing back from the device (no .item(), float(tensor),
+bool(tensor), .cpu()); host-made noise goes to the device by pinned, non-blocking copies; the
+schedule coefficients are filled on the device. Only ``return_trajectory`` (a debugging aid)
+and reading ``guidance.last_stats`` (a logger) synchronise. On CUDA the one remaining
+synchronisation is torch.linalg's own error check inside the guidance basis (eigh).
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import torch
 
 from .coreset import image_seed
 from .diffusion import RespacedDiffusion
-from .guidance import NoGuidance, StepInfo
+from .guidance import NoGuidance, StepInfo, to_device
 
 __all__ = ["sample", "image_seed", "make_generators", "dit_model_fn", "cfg_combine", "state_dtype"]
 
@@ -39,8 +45,10 @@ def make_generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
 
 
 def _randn(gens: Sequence[torch.Generator], shape, device, dtype) -> torch.Tensor:
-    """(B, *shape) standard normal, image b from gens[b] (float32 on CPU, then moved)."""
-    return torch.stack([torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in gens]).to(device, dtype)
+    """(B, *shape) standard normal, image b from gens[b] (float32 on CPU, then moved without
+    blocking the host: ``to_device``)."""
+    return to_device(torch.stack([torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in gens]),
+                     device, dtype)
 
 
 def dit_model_fn(transformer) -> ModelFn:

@@ -164,8 +164,9 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
         if i % world_size != rank:
             continue
         key = ("eval", f"{trial['name']}.json")
-        if store.exists(*key):
-            done.append(store.read_json(*key))
+        prev = committed_trial(store, trial["name"], cfg.get("settings", ""))
+        if prev is not None:
+            done.append(prev)
             continue
         if trial["kind"] == "random-real" and job.method != "random-real":
             imgs, labels = _resolve(cfg["baseline_sets"][str(trial["set_seed"])])
@@ -179,10 +180,23 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
         res = train_and_evaluate(to_float_images(imgs), torch.tensor(np.asarray(labels)).long(), x_test, y_test,
                                  num_classes, tc, teacher=teacher, on_epoch=progress_writer(store, trial["name"]))
         res = {k: v for k, v in res.items() if k != "history"} | {"history": res.get("history", [])}
-        rec = dict(trial, **res, images=int(len(labels)), wall_seconds=round(time.time() - t0, 2))
+        rec = dict(trial, **res, images=int(len(labels)), wall_seconds=round(time.time() - t0, 2),
+                   settings=cfg.get("settings", ""))
         store.write_json(json.loads(json.dumps(rec, default=float)), *key)
         done.append(rec)
     return done
+
+
+def committed_trial(store: Store, name: str, settings: str) -> dict | None:
+    """A trial's committed record when it was made under the evaluate stage's settings hash
+    ``settings`` (a record of other settings, or none, is not this trial's: it runs again)."""
+    if not store.exists("eval", f"{name}.json"):
+        return None
+    try:
+        rec = store.read_json("eval", f"{name}.json")
+    except (OSError, ValueError):
+        return None                       # torn or unreadable: run it again
+    return rec if rec.get("settings", "") == settings else None
 
 
 def summarise(job: JobConfig, records: list[dict]) -> dict:

@@ -32,7 +32,8 @@ def status_text(out: str, storage_options: dict | None = None) -> str:
              f"  model: {m.get('model', {}).get('source')}  classes: {len(m.get('classes', []))}",
              f"  shards committed: {len(shards)}" + (f" of {c['units']} units ({c.get('images')} images)"
                                                      if c.get("units") else ""),
-             "  timings (s): " + ", ".join(f"{k} {v}" for k, v in m.get("timings", {}).items())]
+             "  timings (s): " + ", ".join(f"{k} {v}" for k, v in m.get("timings", {}).items()),
+             "  stages: " + ", ".join(f"{name} {state}" for name, state in stage_states(st, m))]
     if st.exists("results.json"):
         r = st.read_json("results.json")
         lines.append(f"  results ({r['protocol']} v{r['protocol_version']}, ipc {r['ipc']}):")
@@ -53,6 +54,31 @@ def status_text(out: str, storage_options: dict | None = None) -> str:
     if st.exists("failures.parquet"):
         lines.append(f"  unreadable input images: {st.read_table('failures.parquet').num_rows} (failures.parquet)")
     return "\n".join(lines)
+
+
+def stage_states(st: Store, m: dict) -> list[tuple[str, str]]:
+    """(stage, state) for every stage of ``pipeline.stage.STAGES``, read from its files:
+    ``complete``, ``started`` (its settings are recorded, its outputs are not complete),
+    ``running`` (the manifest says the driver is in it) or ``not run``."""
+    from .stage import STAGES
+    out = []
+    for s in STAGES:
+        if m.get("status") == "running" and m.get("stage") == s.name:
+            state = "running"
+        elif s.name == "generate":
+            c = m.get("counts", {})
+            n = len(st.ls(s.dir, suffix=".parquet"))
+            state = ("complete" if c.get("units") and n >= c["units"] else
+                     f"started ({n} shards)" if n or st.exists(s.dir, s.SETTINGS) else "not run")
+        elif s.name == "evaluate":
+            trials = len(st.ls(s.dir, suffix=".json")) - int(st.exists(s.dir, s.SETTINGS))
+            state = ("complete" if st.exists("results.json") else
+                     f"started ({trials} trials)" if st.exists(s.dir, s.SETTINGS) else "not run")
+        else:
+            state = ("complete" if st.exists(s.dir, s.COMPLETE) else
+                     "started" if st.exists(s.dir, s.SETTINGS) else "not run")
+        out.append((s.name, state))
+    return out
 
 
 def export_imagefolder(out: str, dest: str, storage_options: dict | None = None) -> int:

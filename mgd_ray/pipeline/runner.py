@@ -74,17 +74,13 @@ def job_dict(job: JobConfig) -> dict:
 
 
 # ---- encode ---------------------------------------------------------------------------------
-def run_encode(job: JobConfig, store: Store, source, cache_key: dict, image_size: int) -> dict:
+def run_encode(job: JobConfig, store: Store, source, image_size: int) -> dict:
+    """Encode the train split into ``latents/label=<k>/`` (Ray Data: read -> encoder actor pool ->
+    Parquet); -> the stage's record (rows, seconds, images/s). What to reuse is the stage's call
+    (``stage.EncodeStage``); this only does the work."""
     import ray
     import ray.data
 
-    if store.exists("latents", "_COMPLETE.json"):
-        prev = store.read_json("latents", "_COMPLETE.json")
-        if prev.get("key") == cache_key:
-            _say(f"encode: reusing cached latents ({prev['rows']} rows) from {store.uri('latents')}")
-            return prev
-        _say("encode: cached latents were made with other data/model settings; re-encoding")
-    store.rm("latents")
     t0 = time.time()
     n = source.num_rows("train")
     e = job.encode
@@ -107,8 +103,7 @@ def run_encode(job: JobConfig, store: Store, source, cache_key: dict, image_size
         ray.kill(counter)
     el = time.time() - t0
     collect_failures(store, source, job.data.max_failures)
-    rec = {"key": cache_key, "rows": n, "seconds": round(el, 2), "images_per_s": round(n / max(el, 1e-9), 1)}
-    store.write_json(rec, "latents", "_COMPLETE.json")
+    rec = {"rows": n, "seconds": round(el, 2), "images_per_s": round(n / max(el, 1e-9), 1)}
     _say(f"encode: {n} images -> latents in {el:.1f}s ({rec['images_per_s']:.0f} img/s)")
     return rec
 
@@ -154,30 +149,20 @@ def collect_failures(store: Store, source, max_failures: int):
 
 
 # ---- coreset --------------------------------------------------------------------------------
-def run_coreset(job: JobConfig, store: Store, labels: list[int], cache_key: dict):
-    """Per-class coresets as Ray tasks -> ``coreset/targets.parquet``; -> its index columns only
-    (``TARGET_INDEX_COLUMNS``: ids, seeds, labels; never the target vectors, which the generator
-    actors read themselves).
+def run_coreset(job: JobConfig, store: Store, labels: list[int]) -> dict:
+    """Per-class coresets as Ray tasks -> ``coreset/targets.parquet``; -> the stage's record.
 
     Fan-out follows the data, not the cluster's CPUs at this instant: one task per
     ``coreset.latents_per_task`` latents (whole classes, at least one class per task), each
     asking for ``coreset.num_cpus``, so on an autoscaling cluster (a 0-CPU head) the pending
-    tasks make the autoscaler add workers. Each task commits one part per class; the parts of an
-    interrupted run with the same settings are kept, so a rerun builds only the missing classes.
+    tasks make the autoscaler add workers. Each task commits one part per class; parts already
+    committed (an interrupted run under the same settings key: ``stage.CoresetStage`` checked it)
+    are kept, so only the missing classes are built.
     """
     import ray
 
-    from .stages import TARGET_INDEX_COLUMNS, part_name
-    if store.exists("coreset", "targets.parquet") and store.exists("coreset", "_COMPLETE.json"):
-        if store.read_json("coreset", "_COMPLETE.json").get("key") == cache_key:
-            t = store.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS)
-            _say(f"coreset: reusing {t.num_rows} targets from {store.uri('coreset', 'targets.parquet')}")
-            return t
+    from .stages import part_name
     t0 = time.time()
-    if not (store.exists("coreset", "parts", "_KEY.json") and store.read_json("coreset", "parts", "_KEY.json")
-            == cache_key):
-        store.rm("coreset")                                   # made with other settings
-        store.write_json(cache_key, "coreset", "parts", "_KEY.json")
     have = set(store.ls("coreset", "parts", suffix=".parquet"))
     todo = [lab for lab in labels if part_name(lab) not in have]
     c = job.coreset
@@ -191,21 +176,23 @@ def run_coreset(job: JobConfig, store: Store, labels: list[int], cache_key: dict
          f"{len(groups)} task(s) of <= {per_task} class(es), {c.num_cpus:g} CPU each")
     done = ray.get([task.remote(jd, g, seeds, max(1, int(c.num_cpus))) for g in groups])
     n = ray.get(ray.remote(_merge_task).options(num_cpus=min(1.0, c.num_cpus)).remote(jd, list(labels)))
-    store.write_json({"key": cache_key, "targets": n, "tasks": len(groups), "classes_per_task": per_task,
-                      "classes_built": len(todo), "targets_built": sum(d["targets"] for d in done),
-                      "engine": sorted({d["engine"] for d in done}) or None}, "coreset", "_COMPLETE.json")
-    store.rm("coreset", "parts")
+    rec = {"targets": n, "tasks": len(groups), "classes_per_task": per_task, "classes_built": len(todo),
+           "targets_built": sum(d["targets"] for d in done), "engine": sorted({d["engine"] for d in done}) or None}
     _say(f"coreset: {n} targets for {len(labels)} classes x {len(seeds)} seeds "
          f"({job.coreset_method}) in {time.time() - t0:.1f}s")
-    return store.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS)
+    return rec
 
 
 def _coreset_task(jd: dict, labels: list[int], seeds: list[int], threads: int) -> dict:
+    """One coreset task; its engine follows the GPUs Ray granted it, not those its node has (no
+    grant: numpy, and the node's GPUs hidden before faiss or torch can open them)."""
+    from .accel import gpus_as_granted
     from .stages import write_class_targets
     j = JobConfig.model_validate(jd)
     store = Store(j.output.dir, j.output.storage_options)
     record_node(store, "coreset")
-    return write_class_targets(j, store, labels, seeds, threads=threads)
+    with gpus_as_granted() as gpus:
+        return write_class_targets(j, store, labels, seeds, threads=threads, gpus=len(gpus))
 
 
 def _merge_task(jd: dict, labels: list[int]) -> int:
@@ -215,122 +202,11 @@ def _merge_task(jd: dict, labels: list[int]) -> int:
 
 
 # ---- generate -------------------------------------------------------------------------------
-def attach_targets(units: list[Unit], index):
-    """Give every unit the ids of its targets; ``index`` is the targets' index table (or any
-    table with columns gen_seed, label, index). Checks each unit's targets exist."""
-    from .units import target_id
-    have = set(zip(*(index.column(c).to_numpy().tolist() for c in ("gen_seed", "label", "index"))))
-    for u in units:
-        idx = range(u.start, u.start + u.count)
-        missing = [j for j in idx if (u.gen_seed, u.label, j) not in have]
-        if missing:
-            raise RuntimeError(f"unit {u.name}: expected {u.count} targets, {len(missing)} missing "
-                               f"(indices {missing[:5]}) in coreset/targets.parquet")
-        u.target_ids = [target_id(u.gen_seed, u.label, j) for j in idx]
-
-
-def run_generate(job: JobConfig, store: Store, units: list[Unit], settings_hash: str = "") -> dict:
-    """Generate every uncommitted unit on a pool of generator actors; never raises for a unit.
-
-    Work goes only to live actors. An actor that died after its Ray restarts (or whose node was
-    lost before Ray noticed) is killed for good and replaced by a fresh one (up to
-    ``num_actors * (max_retries + 1)`` replacements); the groups it held go back in the queue, each
-    at most ``max_retries`` times. Only when no actor can run are the remaining groups failed.
-    Failed units are listed in ``failed_units.json``; a rerun runs only the missing units.
-    """
-    from collections import deque
-
-    import ray
-    from ray.exceptions import RayActorError
-
-    from .stages import GeneratorWorker
-    g = job.generate
-    done = set(store.ls("shards", suffix=".parquet"))
-    todo = [u for u in units if u.shard not in done]
-    _say(f"generate: {len(units)} units, {len(units) - len(todo)} already committed, {len(todo)} to run "
-         f"on {g.num_actors} actor(s)")
-    if not todo:
-        store.rm("failed_units.json")
-        return {"units": len(units), "ran": 0, "images": 0, "dit_calls": 0, "seconds": 0.0, "failed": 0}
-    Actor = ray.remote(GeneratorWorker).options(
-        num_cpus=g.num_cpus, num_gpus=g.num_gpus or None, max_restarts=g.max_retries,
-        max_task_retries=g.max_retries)
-    threads = max(1, int(g.num_cpus))
-    slots = min(g.num_actors, len(todo))
-    live = [Actor.remote(job_dict(job), threads, settings_hash) for _ in range(slots)]
-    spare = slots * (g.max_retries + 1)   # fresh actors allowed once an actor's restarts are used up
-    pending = deque(group_units(todo, g.batch_size))   # one DiT batch holds several classes' units
-    in_flight = {}
-    lost: dict[tuple, int] = {}   # unit group -> times it was lost with its actor
-    t0 = time.time()
-    images, finished, failed, replaced, dit_calls = 0, 0, [], 0, 0
-    per_actor = 2
-
-    def fail(grp, error: str):
-        failed.extend({"unit": u.name, "error": error} for u in grp)
-        log.error("generate: units %s failed: %s", [u.name for u in grp], error)
-
-    def feed():
-        for a in live:
-            while pending and sum(x is a for x, _ in in_flight.values()) < per_actor:
-                grp = pending.popleft()
-                in_flight[a.run_units.remote(grp)] = (a, grp)
-
-    feed()
-    progress, settled = Progress("generate", sum(u.count for u in todo), "images"), 0
-    while in_flight:
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        a, grp = in_flight.pop(ready[0])
-        try:
-            res = ray.get(ready[0])
-            images += res["images"]
-            dit_calls += len(res["dit_batches"])
-            finished += len(grp)
-            settled += sum(u.count for u in grp)
-        except RayActorError as e:  # the actor is gone for good (its restarts used, or its node lost)
-            why = str(e).splitlines()[0][:300]
-            key = tuple(u.name for u in grp)
-            lost[key] = lost.get(key, 0) + 1
-            if lost[key] <= g.max_retries:   # back in the queue (units it committed are skipped)
-                log.warning("generate: units %s lost with their actor (%s); queued again (%d/%d)",
-                            list(key), why, lost[key], g.max_retries)
-                pending.append(grp)
-            else:
-                fail(grp, f"generator actor died {lost[key]} time(s) running these units: {why}")
-                settled += sum(u.count for u in grp)
-            if any(x is a for x in live):
-                live[:] = [x for x in live if x is not a]
-                ray.kill(a, no_restart=True)
-                if spare > 0:
-                    spare -= 1
-                    replaced += 1
-                    live.append(Actor.remote(job_dict(job), threads, settings_hash))
-                    log.warning("generate: a generator actor died after %d restart(s); started a replacement",
-                                g.max_retries)
-        except Exception as e:  # the unit's own error, after its task retries; the actor lives on
-            fail(grp, str(e).splitlines()[0][:500])
-            settled += sum(u.count for u in grp)
-        if not live:
-            while pending:
-                grp = pending.popleft()
-                fail(grp, "no generator actor could run (every actor and replacement died)")
-                settled += sum(u.count for u in grp)
-        feed()
-        progress.update(settled, f"; {finished}/{len(todo)} units" + (f", {len(failed)} failed" if failed else ""))
-    for a in live:
-        ray.kill(a)
-    if failed:
-        store.write_json(failed, "failed_units.json")
-    else:
-        store.rm("failed_units.json")
-    el = time.time() - t0
-    return {"units": len(units), "ran": len(todo), "images": images, "dit_calls": dit_calls,
-            "seconds": round(el, 2), "images_per_s": round(images / max(el, 1e-9), 3), "failed": len(failed),
-            "actors_replaced": replaced}
+from .generate import attach_targets, run_generate  # noqa: F401  (moved; callers keep working)
 
 
 # ---- evaluate -------------------------------------------------------------------------------
-def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dict]:
+def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str, settings: str = "") -> list[dict]:
     """All trials in ONE TorchTrainer: worker r trains trials r, r+W, ... (no DDP).
 
     Why not a Trainer per trial: on these small students a ``fit()`` costs ~15 s of set-up
@@ -342,9 +218,9 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .evaluate import make_trials, run_trials, trials_progress
+    from .evaluate import committed_trial, make_trials, run_trials, trials_progress
     trials = make_trials(job)
-    todo = [t for t in trials if not store.exists("eval", f"{t['name']}.json")]
+    todo = [t for t in trials if committed_trial(store, t["name"], settings) is None]
     _say(f"evaluate: {len(trials)} trials ({len(todo)} to run): {', '.join(t['name'] for t in trials[:6])}"
          f"{' ...' if len(trials) > 6 else ''}")
     if todo:
@@ -365,7 +241,7 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str) -> list[dic
                 baseline_sets[str(s)] = load.remote(jd, "train", random_real_subset(labels_all, job.generate.ipc, s),
                                                     size)
         W = max(1, min(ev.num_workers, len(todo)))
-        cfg = {"job": jd, "trials": todo, "test": test, "baseline_sets": baseline_sets,
+        cfg = {"job": jd, "trials": todo, "test": test, "baseline_sets": baseline_sets, "settings": settings,
                "num_classes": len(source.classes), "threads": max(1, int(ev.cpus_per_worker))}
 
         def loop(config):

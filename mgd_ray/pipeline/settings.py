@@ -1,14 +1,11 @@
-"""Settings keys: which job settings shaped each stage's committed outputs.
+"""Settings keys: the tools every stage's key is made with (the keys themselves are defined by the
+stages, ``pipeline.stage``).
 
-Every stage records the key of the settings that change its bytes (``latents/_COMPLETE.json``,
-``coreset/_COMPLETE.json``, ``shards/_SETTINGS.json`` plus a hash in every shard's Parquet footer,
-``eval/_SETTINGS.json`` plus a hash in every trial). Placement settings (actor counts, batch
-sizes, CPUs, GPUs, retries) are left out: outputs are byte-identical across them. A stage's key
-includes the keys of the stages before it, so a change upstream shows up downstream too.
-
-A rerun into the same ``output.dir`` compares the recorded keys with the job's before any heavy
-work and refuses on a difference (``SettingsChanged``), naming each changed key; ``--fresh STAGE``
-discards that stage and every later one first.
+A stage's key holds the settings that change its bytes; placement settings (actor counts, batch
+sizes, CPUs, GPUs, retries) are left out: outputs are byte-identical across them (tested). A
+stage's key includes the keys of the stages before it, so a change upstream shows up downstream
+too. A rerun into the same ``output.dir`` compares the recorded keys with the job's before any
+heavy work and refuses on a difference (``SettingsChanged``), naming each changed key.
 """
 
 from __future__ import annotations
@@ -21,20 +18,14 @@ from ..config import JobConfig, JobError
 from .store import Store
 
 log = logging.getLogger("mgd_ray")
-STAGES = ("encode", "coreset", "generate", "evaluate")
-# (directory, record file) of each stage's committed outputs; the record holds {"key": ...}
-RECORDS = {"encode": ("latents", "_COMPLETE.json"), "coreset": ("coreset", "_COMPLETE.json"),
-           "generate": ("shards", "_SETTINGS.json"), "evaluate": ("eval", "_SETTINGS.json")}
-# files derived from a stage's outputs, discarded with it by --fresh
-DERIVED = {"encode": ("failures.parquet",), "generate": ("preview", "failed_units.json"),
-           "evaluate": ("results.json",)}
 # settings that do not change any output byte (determinism across them is tested)
 PLACEMENT = {
     "data": {"storage_options", "download", "max_failures"},
     "model": {"device", "allow_download"},
     "encode": {"batch_size", "min_actors", "max_actors", "num_cpus", "num_gpus"},
     "coreset": {"latents_per_task", "num_cpus"},
-    "generate": {"batch_size", "num_actors", "num_cpus", "num_gpus", "max_retries", "fault_inject"},
+    "generate": {"batch_size", "num_actors", "num_cpus", "num_gpus", "max_retries", "start_timeout_s",
+                 "fault_inject"},
     "evaluate": {"enabled", "num_workers", "cpus_per_worker", "gpus_per_worker", "metrics"},
 }
 
@@ -43,22 +34,10 @@ class SettingsChanged(JobError):
     """The job's settings differ from those that made the outputs already in output.dir."""
 
 
-def _section(job: JobConfig, name: str, only: tuple[str, ...] | None = None) -> dict:
+def section(job: JobConfig, name: str, only: tuple[str, ...] | None = None) -> dict:
+    """A config section's byte-changing settings (placement left out), optionally only ``only``."""
     d = getattr(job, name).model_dump(mode="json")
     return {k: v for k, v in d.items() if k not in PLACEMENT.get(name, ()) and (only is None or k in only)}
-
-
-def stage_keys(job: JobConfig, info) -> dict[str, dict]:
-    """Stage -> nested dict of the byte-changing settings (paths read like job keys)."""
-    model = dict(_section(job, "model"), transformer_sha256=info.transformer_sha256, vae_sha256=info.vae_sha256)
-    enc = {"data": _section(job, "data"), "model": model, "encode": _section(job, "encode")}
-    cor = {**enc, "method": job.method,
-           "coreset": {k: v for k, v in _section(job, "coreset").items() if k != "neighbourhood_max"},
-           "generate": _section(job, "generate", ("ipc", "seeds"))}
-    gen = {**cor, "coreset": _section(job, "coreset"), "generate": _section(job, "generate"),
-           "sampler": _section(job, "sampler"), "guidance": _section(job, "guidance")}
-    ev = {**gen, "evaluate": _section(job, "evaluate")}
-    return {"encode": enc, "coreset": cor, "generate": gen, "evaluate": ev}
 
 
 def key_hash(key: dict) -> str:
@@ -79,55 +58,6 @@ def changed(old: dict, new: dict) -> list[str]:
     a, b = flatten(old), flatten(new)
     return [f"{k}: {json.dumps(a.get(k, '(unset)'))} -> {json.dumps(b.get(k, '(unset)'))}"
             for k in sorted(set(a) | set(b)) if a.get(k, "(unset)") != b.get(k, "(unset)")]
-
-
-def recorded_key(store: Store, stage: str) -> dict | None:
-    d, f = RECORDS[stage]
-    if not store.exists(d, f):
-        return None
-    return store.read_json(d, f).get("key")
-
-
-def record_key(store: Store, stage: str, key: dict):
-    """Record the stage's key (once: an existing record is this key, check_settings saw to it)."""
-    d, f = RECORDS[stage]
-    if recorded_key(store, stage) == key:
-        return
-    store.write_json({"key": key, "hash": key_hash(key)}, d, f)
-
-
-def discard_from(store: Store, stage: str) -> list[str]:
-    """``--fresh STAGE``: remove that stage's outputs and every later stage's."""
-    gone = []
-    for s in STAGES[STAGES.index(stage):]:
-        for p in (RECORDS[s][0], *DERIVED.get(s, ())):
-            if store.exists(p):
-                store.rm(p)
-                gone.append(p)
-    return gone
-
-
-def check_settings(store: Store, keys: dict[str, dict]):
-    """Refuse (SettingsChanged) when any stage's recorded key differs from this job's."""
-    diffs = {}
-    for stage in STAGES:
-        old = recorded_key(store, stage)
-        if old is not None and old != keys[stage]:
-            diffs[stage] = changed(old, keys[stage])
-    if not diffs:
-        return
-    first = next(s for s in STAGES if s in diffs)
-    # each stage's key holds the earlier stages' settings: name each change once, at its first stage
-    seen, lines = set(), []
-    for stage in STAGES:
-        for c in diffs.get(stage, []):
-            if c not in seen:
-                seen.add(c)
-                lines.append(f"  {stage}: {c}")
-    raise SettingsChanged(
-        f"{store.uri()} holds outputs made with other settings (from the {first} stage on):\n" + "\n".join(lines)
-        + f"\nNothing was run. Either write to a new output.dir, or rerun with --fresh {first} to discard the "
-          f"{first} stage and every later one and run them again.")
 
 
 SHARD_KEY = "mgd_ray.settings"  # Parquet footer key of a shard's generate-stage key hash

@@ -5,9 +5,7 @@
 - ``build_class_targets``: one class's coreset (the method core) -> target rows;
   ``write_class_targets`` commits them per class on a worker, ``merge_target_parts`` makes
   ``coreset/targets.parquet`` and ``read_targets`` gives an actor the rows of its units.
-- ``GeneratorWorker``: ``__init__`` loads DiT + VAE once; ``run_unit`` generates one work unit
-  and commits it as ONE Parquet shard (deterministic name, atomic write); non-generative
-  methods (random-real, herding, kcenter) write the chosen real images instead.
+- The generator actor lives in ``generator.py``, the generate stage in ``generate.py``.
 """
 
 from __future__ import annotations
@@ -108,8 +106,10 @@ def coreset_kwargs(job: JobConfig) -> dict:
                 engine=c.engine)
 
 
-def build_class_targets(job: JobConfig, store: Store, label: int, gen_seed: int, threads: int = 1) -> list[dict]:
-    """One class, one generation seed -> ipc target rows (see ``targets.parquet``)."""
+def build_class_targets(job: JobConfig, store: Store, label: int, gen_seed: int, threads: int = 1,
+                        engine: str | None = None) -> list[dict]:
+    """One class, one generation seed -> ipc target rows (see ``targets.parquet``); ``engine``:
+    the 2-means engine to use (default: ``coreset.engine`` as this process resolves it)."""
     from ..method import build_coreset, image_seed
     set_threads(threads)
     ipc = job.generate.ipc
@@ -118,7 +118,8 @@ def build_class_targets(job: JobConfig, store: Store, label: int, gen_seed: int,
                      seed=image_seed(gen_seed, label, j), source_id=-1, method="none", gen_seed=gen_seed)
                 for j in range(ipc)]
     ids, Z = read_class_latents(store, label)
-    targets = build_coreset(Z, ids, label, ipc, seed=gen_seed, global_seed=gen_seed, **coreset_kwargs(job))
+    kw = {**coreset_kwargs(job), **({"engine": engine} if engine else {})}
+    targets = build_coreset(Z, ids, label, ipc, seed=gen_seed, global_seed=gen_seed, **kw)
     rows = []
     for t in targets:
         r = t.to_row()
@@ -162,17 +163,20 @@ def part_name(label: int) -> str:
     return f"c{int(label):05d}.parquet"
 
 
-def write_class_targets(job: JobConfig, store: Store, labels: list[int], seeds: list[int], threads: int = 1) -> dict:
+def write_class_targets(job: JobConfig, store: Store, labels: list[int], seeds: list[int], threads: int = 1,
+                        gpus: int | None = None) -> dict:
     """Build the targets of some classes (all generation seeds) and commit one part per class,
     ``coreset/parts/c<label>.parquet``, on the worker; -> {"targets": written, "engine": the
-    2-means engine ``coreset.engine`` resolved to on this node}."""
+    2-means engine ``coreset.engine`` resolved to for this task}. ``gpus``: the GPUs the
+    scheduler granted this task (``resolve_engine``)."""
     from ..method.coreset import resolve_engine
+    engine = resolve_engine(job.coreset.engine, gpus)
     n = 0
     for lab in labels:
-        rows = [r for g in seeds for r in build_class_targets(job, store, lab, g, threads=threads)]
+        rows = [r for g in seeds for r in build_class_targets(job, store, lab, g, threads=threads, engine=engine)]
         store.write_table(targets_table(rows), "coreset", "parts", part_name(lab))
         n += len(rows)
-    return {"targets": n, "engine": resolve_engine(job.coreset.engine)}
+    return {"targets": n, "engine": engine}
 
 
 def merge_target_parts(store: Store, labels: list[int]) -> int:
@@ -230,170 +234,3 @@ def guidance_params(job: JobConfig):
                           ridge=g.ridge, basis=g.basis, r=g.radius, m=g.radius_mult, warm=g.warm,
                           radius_kind=g.radius_kind, t_stop=g.t_stop, lam_man=g.lam_man, bandwidth=g.bandwidth,
                           cloud_size=g.cloud_size, manifold_scale=job.manifold_scale)
-
-
-# ---------------------------------------------------------------------------------------------
-class GeneratorWorker:
-    """Holds the frozen DiT + VAE; turns one work unit into one committed shard."""
-
-    def __init__(self, job: dict, threads: int = 1, settings_hash: str = ""):
-        from .settings import SHARD_KEY
-        set_threads(threads)
-        self.job = JobConfig.model_validate(job)
-        self.store = Store(self.job.output.dir, self.job.output.storage_options)
-        self.shard_metadata = {SHARD_KEY: settings_hash} if settings_hash else None
-        self.device = pick_device(self.job.model.device)
-        self._models = None
-        self._class_cache: dict[int, tuple] = {}
-        self._real = None
-        self._class_names = None
-
-    @property
-    def class_names(self) -> list[str]:
-        """The job's class selection in label order, as the driver recorded it in manifest.json
-        (every shard's ClassLabel carries all of them)."""
-        if self._class_names is None:
-            self._class_names = self.store.read_json("manifest.json")["classes"]
-        return self._class_names
-
-    # lazily: real-image methods never load the generator
-    def models(self):
-        if self._models is None:
-            from ..method import GaussianDiffusion
-            dit, vae, info = load_models(self.job, self.device)
-            diff = GaussianDiffusion().respaced(self.job.sampler.steps)
-            self._models = (dit, vae, info, diff)
-        return self._models
-
-    def class_latents(self, label: int, keep: int = 64):
-        """(ids, Z) of one class, read from the latent cache by reference; a few classes kept."""
-        if label not in self._class_cache:
-            if len(self._class_cache) >= keep:
-                self._class_cache.pop(next(iter(self._class_cache)))
-            self._class_cache[label] = read_class_latents(self.store, label)
-        return self._class_cache[label]
-
-    def _maybe_fault(self, unit: Unit):
-        spec = self.job.generate.fault_inject
-        if spec and spec == f"unit={unit.name}":
-            marker = ("_faults", f"{unit.name}.txt")
-            if not self.store.exists(*marker):
-                self.store.write_bytes(b"injected", *marker)
-                log.warning("fault injection: killing this actor in unit %s", unit.name)
-                os._exit(17)
-
-    def run_unit(self, unit: Unit) -> dict:
-        return self.run_units([unit])
-
-    def run_units(self, units: list[Unit]) -> dict:
-        """Generate a group of units together (DiT batches mix classes, so a batch of 64 is
-        reached even at IPC 10), then commit one shard per unit. Units already committed are
-        skipped. Per-image seeds make the images independent of how units are grouped."""
-        t0 = time.time()
-        record_node(self.store, "generate")
-        todo = [u for u in units if not self.store.exists("shards", u.shard)]
-        for u in todo:
-            self._maybe_fault(u)
-        n, batches = 0, []
-        targets = read_targets(self.store, {u.label for u in todo}, [i for u in todo for i in u.target_ids]) \
-            if todo else {}
-        if todo and self.job.generative:
-            items = [(u, targets[i]) for u in todo for i in u.target_ids]
-            rows = self._generate(items, batches)
-            for u in todo:
-                mine = [r for (uu, _), r in zip(items, rows) if uu is u]
-                self.store.write_table(shard_table(mine, self.class_names), "shards", u.shard,
-                                       metadata=self.shard_metadata)
-                n += len(mine)
-        else:
-            for u in todo:
-                rows = self._real_rows(u, [targets[i] for i in u.target_ids])
-                self.store.write_table(shard_table(rows, self.class_names), "shards", u.shard,
-                                       metadata=self.shard_metadata)
-                n += len(rows)
-        return {"units": [u.name for u in units], "skipped": len(units) - len(todo), "images": n, "dit_batches": batches,
-                "seconds": time.time() - t0, "pid": os.getpid()}
-
-    def _real_rows(self, unit: Unit, targets: list[dict]) -> list[dict]:
-        from ..data import open_source
-        if self._real is None:
-            self._real = open_source(self.job.data)
-        want = [int(t["source_id"]) for t in targets]
-        arr = self._real.arrays("train", ids=want) if "ids" in _params(self._real.arrays) else None
-        if arr is None:
-            full = self._real.arrays("train", classes=[unit.label])
-            pos = {int(i): k for k, i in enumerate(full["id"])}
-            imgs = np.stack([full["image"][pos[i]] for i in want])
-        else:
-            pos = {int(i): k for k, i in enumerate(arr["id"])}
-            imgs = np.stack([arr["image"][pos[i]] for i in want])
-        return [self._row(unit, t, img) for t, img in zip(targets, imgs)]
-
-    def _row(self, unit: Unit, t: dict, img: np.ndarray) -> dict:
-        img = img if img.ndim == 3 else img[:, :, None]
-        return dict(sample_id=sample_id(unit.gen_seed, unit.label, int(t["index"])), label=unit.label,
-                    class_name=unit.class_name, target_id=target_id(unit.gen_seed, unit.label, int(t["index"])),
-                    seed=int(t["seed"]), gen_seed=unit.gen_seed, method=self.job.method, image=png_bytes(img),
-                    height=img.shape[0], width=img.shape[1], channels=img.shape[2])
-
-    def _generate(self, items: list[tuple[Unit, dict]], batches: list) -> list[dict]:
-        """(unit, target) pairs -> one shard row per pair, in order, in the DiT batches of
-        ``units.dit_batches``; the size of each DiT batch is appended to ``batches``."""
-        import torch
-
-        from ..method import ManifoldGuidance, dit_model_fn, neighbourhood_for_target, pad_neighbourhoods, sample
-        from ..models import decode_latents
-        from types import SimpleNamespace
-        dit, vae, info, diff = self.models()
-        job = self.job
-        params = guidance_params(job)
-        shape = (info.latent_channels, info.latent_size, info.latent_size)
-        vt = job.sampler.variance_type
-        if vt == "auto":
-            vt = "learned_range" if info.learned_sigma else "fixed_small"
-        needs_nbrs = job.method != "dit" and params.manifold_scale > 0 and params.basis != "reference"
-        rows = []
-        dtype = next(dit.parameters()).dtype
-        for sl in dit_batches(len(items), job.generate.batch_size):
-            chunk = items[sl]
-            batches.append(len(chunk))
-            labels = torch.as_tensor([u.model_label for u, _ in chunk], dtype=torch.long)
-            seeds = [int(t["seed"]) for _, t in chunk]
-            guidance = None
-            if job.method != "dit":
-                c = torch.as_tensor(np.stack([np.asarray(t["target"], np.float32) for _, t in chunk]))
-                nb = None
-                if needs_nbrs:
-                    lst = []
-                    for u, t in chunk:
-                        ids, Z = self.class_latents(u.label)
-                        lst.append(neighbourhood_for_target(
-                            Z, ids, SimpleNamespace(member_ids=t["member_ids"], target=t["target"]),
-                            job.coreset.neighbourhood_max, params.min_neighbours))
-                    nb = pad_neighbourhoods(lst)
-                guidance = ManifoldGuidance(c, nb, params)
-            x0 = sample(dit_model_fn(dit), diff, labels, seeds, shape, null_label=info.null_label,
-                        cfg_scale=job.sampler.cfg_scale, cfg_channels=job.sampler.cfg_channels,
-                        variance_type=vt, sampler=job.sampler.kind, eta=job.sampler.eta, guidance=guidance,
-                        device=self.device)                    # float32 state; only the DiT call in its dtype
-            with torch.no_grad():
-                imgs = decode_latents(vae, x0.to(dtype), info.scaling_factor).float().cpu().numpy()
-            imgs = self._crop(imgs)
-            for (u, t), img in zip(chunk, to_uint8(imgs)):
-                rows.append(self._row(u, t, img))
-        return rows
-
-    def _crop(self, imgs: np.ndarray) -> np.ndarray:
-        """Undo the encoder's padding (e.g. 32 -> 28 for Fashion-MNIST) so images keep the source size."""
-        native = getattr(self.job.data, "source", "") == "fashion-mnist" and self.job.encode.preprocess == "pad"
-        if native and imgs.shape[-1] == 32:
-            return imgs[:, :, 2:30, 2:30]
-        return imgs
-
-
-def _params(fn) -> list[str]:
-    import inspect
-    try:
-        return list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return []

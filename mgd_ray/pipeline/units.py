@@ -56,14 +56,16 @@ def make_units(gen_seeds, labels, class_names, ipc: int, per_unit: int, gen_labe
 
 
 def group_units(units: list[Unit], batch_size: int) -> list[list[Unit]]:
-    """How generation batches work, decided here for both the runner and the plan: consecutive
-    units (so several classes) are packed into one group while their targets fit one DiT batch of
-    ``batch_size`` images; a unit with more targets than that is a group of its own. The runner
-    sends one group per actor call; the actor runs the group's targets in the DiT batches of
-    :func:`dit_batches`."""
+    """How generation batches work, decided here for both the runner and the plan: the units,
+    ordered class by class (label, then generation seed, then slice), are packed into one group
+    while their targets fit one DiT batch of ``batch_size`` images (so a group holds several
+    classes); a unit with more targets than that is a group of its own. Class by class, not seed
+    by seed: a worker reads a class's latents (its neighbourhoods) once for every seed, not once
+    per seed. The runner sends one group per actor call; the actor runs the group's targets in
+    the DiT batches of :func:`dit_batches`. Per-image seeds: the order changes no image."""
     groups: list[list[Unit]] = []
     n = 0
-    for u in units:
+    for u in sorted(units, key=lambda u: (u.label, u.gen_seed, u.start)):
         if not groups or n + u.count > batch_size:
             groups.append([])
             n = 0

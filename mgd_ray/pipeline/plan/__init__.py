@@ -26,6 +26,7 @@ import logging
 from ...config import JobConfig
 from ..evaluate import make_trials
 from ..labels import check_label_order, generator_labels
+from ..stage import STAGES
 from ..units import dit_batch_sizes, make_units
 from .cost import estimate
 from .data_facts import DataFacts, data_facts, source_facts
@@ -73,16 +74,7 @@ def _plan(job: JobConfig, data: DataFacts, info, stages) -> dict:
         "dit_batches_per_step": len(batches), "dit_forward_batched_calls": len(batches) * steps,
         "dit_batch_images": {"min": min(batches, default=0), "max": max(batches, default=0),
                              "mean": round(batch_mean, 2)},
-        "resources": {
-            "encode": f"{job.encode.min_actors}-{job.encode.max_actors} actors x ({job.encode.num_cpus} CPU, "
-                      f"{job.encode.num_gpus} GPU), batch {job.encode.batch_size}",
-            "coreset": "Ray tasks, 1 CPU each, classes split across them",
-            "generate": f"{job.generate.num_actors} actors x ({job.generate.num_cpus} CPU, "
-                        f"{job.generate.num_gpus} GPU), batch {job.generate.batch_size} "
-                        f"({batch_mean:.1f} images per DiT call on average; units of several classes share a call)",
-            "evaluate": f"1 TorchTrainer, {job.evaluate.num_workers} workers x ({job.evaluate.cpus_per_worker} CPU, "
-                        f"{job.evaluate.gpus_per_worker} GPU), {len(trials)} trials",
-        },
+        "resources": {st.name: st.placement(job, batch_mean=batch_mean, trials=len(trials)) for st in STAGES},
         "model": _model_section(job, info),
     }
     if labels is not None:

@@ -8,8 +8,6 @@ from ...config import JobConfig
 from .data_facts import DataFacts
 from .flops import dit_forward_flops, student_flops, vae_flops
 
-PROTOCOL_EVAL_PX = 224          # evaluation.md: 224 px for the ImageNet family
-N_EVALS = 100                   # periodic test evaluations per trial (TrainConfig.n_evals)
 
 
 def forward_seconds_estimate(info, gpu: bool) -> tuple[float, str]:
@@ -79,14 +77,13 @@ def _evaluation_estimate(job: JobConfig, info, data: DataFacts) -> dict | None:
     from ..evaluate import make_trials
     C = len(data.classes)
     ipc = job.generate.ipc
-    size = info.image_size
-    note = "at the generated image size"
-    if size >= PROTOCOL_EVAL_PX:
-        size, note = PROTOCOL_EVAL_PX, (f"at the protocol's {PROTOCOL_EVAL_PX} px for the ImageNet family (the current "
-                                         "code trains at the stored image size; see cluster/README.md)")
+    # the students train at evaluate.image_size (resize + centre crop, 224 px for the ImageNet
+    # family), else at the generated image size
+    size = job.evaluate.image_size or info.image_size
+    note = f"at evaluate.image_size {size} px" if job.evaluate.image_size else "at the generated image size"
     epochs = job.evaluate.epochs or protocol_epochs(ipc, C, size)
     trials = make_trials(job)
-    n_evals = len(eval_epochs(epochs, int(getattr(job.evaluate, "n_evals", N_EVALS) or N_EVALS)))
+    n_evals = len(eval_epochs(epochs, job.evaluate.n_evals))
     gpu = job.evaluate.gpus_per_worker > 0
     rate = known.H100_SXM_TF32_DENSE * known.STUDENT_UTILISATION if gpu else known.CPU_FLOPS
     per_student, hours = {}, 0.0

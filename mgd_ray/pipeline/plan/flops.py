@@ -31,9 +31,7 @@ def dit_forward_flops(info) -> tuple[float, str]:
 
 def vae_flops(info) -> tuple[float, float, str] | None:
     """(encode, decode) FLOPs per image and the source, from the VAE config."""
-    blocks = tuple(getattr(info, "vae_block_out_channels", ()) or ())
-    layers = getattr(info, "vae_layers_per_block", 0)
-    if blocks == (128, 256, 512, 512) and layers == 2:
+    if known.is_sd_vae(info):
         scale = (info.image_size / 256.0) ** 2   # convolutions dominate: FLOPs ~ pixels
         note = "" if info.image_size == 256 else f", scaled by pixels to {info.image_size} px"
         return known.SD_VAE_ENCODE_FLOPS_256 * scale, known.SD_VAE_DECODE_FLOPS_256 * scale, \
