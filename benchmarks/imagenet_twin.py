@@ -2,6 +2,7 @@
 models of the real diffusers classes whose latent is 4x32x32 (D = 4,096, as DiT-XL/2-256's).
 
     python -m benchmarks.imagenet_twin OUT [--classes 1000] [--train-per-class 50] [--test-per-class 2]
+                                           [--image-size 64]
 
 writes (deterministically: the same command gives the same pixels)
     OUT/imagefolder/{train,test}/<wnid>/<wnid>_<i>.png          ImageFolder variant
@@ -54,25 +55,26 @@ def png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _images(wnids: list[str], split: str, n: int):
+def _images(wnids: list[str], split: str, n: int, size: int = IMAGE_SIZE):
     from mgd_ray.data.classlists import imagenet1k
     full = imagenet1k()
     for wnid in wnids:
         k = full.index(wnid)
         for i in range(n):
-            yield wnid, k, i, png(twin_image(k, split, i))
+            yield wnid, k, i, png(twin_image(k, split, i, size))
 
 
-def write_imagefolder(root: Path, wnids: list[str], n_train: int, n_test: int) -> Path:
+def write_imagefolder(root: Path, wnids: list[str], n_train: int, n_test: int, image_size: int = IMAGE_SIZE) -> Path:
     for split, n in (("train", n_train), ("test", n_test)):
-        for wnid, _, i, data in _images(wnids, split, n):
+        for wnid, _, i, data in _images(wnids, split, n, image_size):
             d = root / split / wnid
             d.mkdir(parents=True, exist_ok=True)
             (d / f"{wnid}_{i:05d}.png").write_bytes(data)
     return root
 
 
-def write_parquet(root: Path, wnids: list[str], n_train: int, n_test: int, rows_per_file: int = 10000) -> Path:
+def write_parquet(root: Path, wnids: list[str], n_train: int, n_test: int, rows_per_file: int = 10000,
+                  image_size: int = IMAGE_SIZE) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -92,7 +94,7 @@ def write_parquet(root: Path, wnids: list[str], n_train: int, n_test: int, rows_
                 for v in buf.values():
                     v.clear()
 
-        for wnid, k, _, data in _images(wnids, split, n):
+        for wnid, k, _, data in _images(wnids, split, n, image_size):
             buf["image"].append(data)
             buf["label"].append(k)
             buf["class_name"].append(wnid)
@@ -121,12 +123,13 @@ def write_models(path: Path, seed: int = 0) -> Path:
 
 
 def make_twin(out: Path, classes: int, train_per_class: int, test_per_class: int,
-              formats=("imagefolder", "parquet")) -> dict:
+              formats=("imagefolder", "parquet"), image_size: int = IMAGE_SIZE) -> dict:
     """Write the twin's data and models under ``out``; skipped when ``out/twin.json`` says the
-    same settings were written already."""
+    same settings were written already. ``image_size``: the images' side in pixels (the twin VAE's
+    64 by default; 256 for DiT-XL/2-256's VAE, as ``benchmarks.fullsize_twin`` uses)."""
     out = Path(out)
     spec = {"classes": classes, "train_per_class": train_per_class, "test_per_class": test_per_class,
-            "formats": sorted(formats), "image_size": IMAGE_SIZE, "latent": list(LATENT)}
+            "formats": sorted(formats), "image_size": image_size, "latent": list(LATENT)}
     marker = out / "twin.json"
     if marker.is_file() and json.loads(marker.read_text()).get("spec") == spec:
         return json.loads(marker.read_text())
@@ -134,9 +137,9 @@ def make_twin(out: Path, classes: int, train_per_class: int, test_per_class: int
         raise SystemExit(f"{out} holds a twin made with other settings ({marker}); use another directory")
     wnids = twin_wnids(classes)
     if "imagefolder" in formats:
-        write_imagefolder(out / "imagefolder", wnids, train_per_class, test_per_class)
+        write_imagefolder(out / "imagefolder", wnids, train_per_class, test_per_class, image_size)
     if "parquet" in formats:
-        write_parquet(out / "parquet", wnids, train_per_class, test_per_class)
+        write_parquet(out / "parquet", wnids, train_per_class, test_per_class, image_size=image_size)
     write_models(out / "models")
     rec = {"spec": spec, "wnids": wnids}
     marker.write_text(json.dumps(rec))
@@ -150,10 +153,13 @@ def main(argv=None):
     ap.add_argument("--train-per-class", type=int, default=50)
     ap.add_argument("--test-per-class", type=int, default=2)
     ap.add_argument("--formats", default="imagefolder,parquet")
+    ap.add_argument("--image-size", type=int, default=IMAGE_SIZE,
+                    help="image side in pixels (64: the twin VAE's; 256: DiT-XL/2-256's)")
     a = ap.parse_args(argv)
-    rec = make_twin(a.out, a.classes, a.train_per_class, a.test_per_class, tuple(a.formats.split(",")))
+    rec = make_twin(a.out, a.classes, a.train_per_class, a.test_per_class, tuple(a.formats.split(",")),
+                    a.image_size)
     print(f"twin under {a.out}: {len(rec['wnids'])} wnids x {a.train_per_class} train / {a.test_per_class} test "
-          f"images ({a.formats}), models in {a.out / 'models'}")
+          f"{a.image_size}-px images ({a.formats}), models in {a.out / 'models'}")
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def plain_encode(job, images) -> float:
 def measure_generate(base, tmp, src) -> dict:
     """images/s with 1 and with 2 generator actors on the same units (the encode's latents)."""
     from mgd_ray.config import job_from_dict
-    from mgd_ray.pipeline import runner
+    from mgd_ray.pipeline import generate
     from mgd_ray.pipeline.stages import TARGET_INDEX_COLUMNS, merge_target_parts, write_class_targets
     from mgd_ray.pipeline.store import Store
     from mgd_ray.models import load_generator
@@ -96,9 +96,9 @@ def measure_generate(base, tmp, src) -> dict:
         write_class_targets(j, st, list(range(10)), [0])
         merge_target_parts(st, list(range(10)))
         units = make_units([0], range(10), src.classes.names, j.generate.ipc, j.generate.targets_per_unit)
-        runner.attach_targets(units, st.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS))
+        generate.attach_targets(units, st.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS))
         with RSSPoller("GeneratorWorker") as poll:
-            r = runner.run_generate(j, st, units, source=src, info=load_generator(j.model.generator, j.model.vae)[2])
+            r = generate.run_generate(j, st, units, source=src, info=load_generator(j.model.generator, j.model.vae)[2])
         gen[actors] = {"images": r["images"], "seconds": r["seconds"], "img_s": r["images_per_s"],
                        "actor_peak_rss_mb": poll.max_mb}
     return gen

@@ -24,8 +24,8 @@ def _fail(e, code: int = 2):
 def _user_errors():
     from .config import JobError
     from .models import ModelError
-    from .pipeline.store import LeaseHeld
-    errs = [JobError, ModelError, FileNotFoundError, LeaseHeld]
+    from .pipeline.store import LeaseHeld, LeaseLost
+    errs = [JobError, ModelError, FileNotFoundError, LeaseHeld, LeaseLost]
     try:
         from .data import DataError
         errs.append(DataError)

@@ -142,7 +142,10 @@ class GenerateConfig(_Model):
     max_retries: int = Field(default=3, ge=0)
     start_timeout_s: float = Field(default=900.0, gt=0, description="placement: how long to wait for a first "
                                    "generator actor to start (node launch + model load) before failing")
-    fault_inject: str | None = Field(default=None, description="testing only: 'unit=<name>' kills the actor once")
+    fault_inject: str | None = Field(default=None, description="testing only: kills a generator actor once "
+                                        "per output.dir; 'unit=<name>' in that unit, ':after_commits=<n>' only once "
+                                        "that actor committed n shards, ':at=commit' mid-unit (images made, shard not "
+                                        "committed); see pipeline/generator.py parse_fault")
 
     @field_validator("seeds")
     @classmethod
@@ -187,6 +190,9 @@ class RayConfig(_Model):
 
 class OutputConfig(_Model):
     dir: str = "out/job"
+    lease_epoch: int | None = Field(default=None, ge=1, description="set by the driver for its workers: the "
+                                    "epoch of the lease it holds on dir (their commits check it); never set it "
+                                    "in a job file")
     storage_options: dict[str, Any] = Field(default_factory=dict)
     preview: bool = True
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .models import ModelError
+from .models import ModelError, diffusers_files
 
 DEFAULT_REVISION = "main"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -46,27 +46,22 @@ class FetchError(ModelError):
 
 
 # ---- what a job needs ---------------------------------------------------------------------------
-def diffusers_files(subfolder: str | None) -> dict[str, str]:
-    """The files ``ModelMixin.from_pretrained(repo, subfolder=...)`` opens, safetensors only:
-    its config, the single weights file, or the shard index and the shards it names."""
-    from diffusers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
-    p = f"{subfolder}/" if subfolder else ""
-    stem, ext = SAFETENSORS_WEIGHTS_NAME.rsplit(".", 1)
-    return {"config": p + CONFIG_NAME, "weights": p + SAFETENSORS_WEIGHTS_NAME,
-            "index": p + SAFE_WEIGHTS_INDEX_NAME,
-            "shards": f"{p}{stem}-*-of-*.{ext}"}   # save_pretrained's shard names: <stem>-00001-of-00003.<ext>
-
-
 @dataclass(frozen=True)
 class Component:
-    """One model loaded from a hub repo: ``role`` (transformer, vae, ...) in ``subfolder``."""
+    """One model loaded from a hub repo: ``role`` (transformer, vae, ...) in ``subfolder``, and the
+    names of the files its loader opens (:func:`diffusers_files`, filled in by :meth:`diffusers`)."""
 
     role: str
     subfolder: str | None
+    file_names: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    @classmethod
+    def diffusers(cls, role: str, subfolder: str | None) -> "Component":
+        return cls(role, subfolder, tuple(diffusers_files(subfolder).items()))
 
     @property
     def files(self) -> dict[str, str]:
-        return diffusers_files(self.subfolder)
+        return dict(self.file_names)
 
     @property
     def allow_patterns(self) -> tuple[str, ...]:
@@ -87,11 +82,12 @@ class HubModel:
 
     def to_dict(self) -> dict:
         return {"repo_id": self.repo_id, "revision": self.revision, "allow_patterns": self.allow_patterns,
-                "components": [{"role": c.role, "subfolder": c.subfolder} for c in self.components]}
+                "components": [{"role": c.role, "subfolder": c.subfolder, "files": c.files} for c in self.components]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "HubModel":
-        return cls(d["repo_id"], d["revision"], tuple(Component(c["role"], c["subfolder"]) for c in d["components"]))
+        return cls(d["repo_id"], d["revision"], tuple(
+            Component(c["role"], c["subfolder"], tuple(c["files"].items())) for c in d["components"]))
 
 
 @dataclass(frozen=True)
@@ -140,7 +136,7 @@ def required_models(job, revision: str = DEFAULT_REVISION) -> list[HubModel]:
         if role.endswith("(local directory)") or not _is_hub_id(spec):
             continue
         comps = by_repo.setdefault(spec, [])
-        c = Component(role.removeprefix("generator "), sub)
+        c = Component.diffusers(role.removeprefix("generator "), sub)
         if c not in comps:
             comps.append(c)
     return [HubModel(repo, revision, tuple(comps)) for repo, comps in by_repo.items()]
@@ -208,7 +204,7 @@ def fetch_models(jobs, *, download: bool = True, echo: Callable[[str], None] = p
     errors: dict[str, str] = {}
     for m in p["fetch"]:
         name = f"{m['repo_id']}@{m['revision']}"
-        echo(f"fetch {name}: {', '.join(m['allow_patterns'])}")
+        echo(f"{'fetch' if download else 'check'} {name}: {', '.join(m['allow_patterns'])}")
         if not download:
             continue
         try:
@@ -216,7 +212,7 @@ def fetch_models(jobs, *, download: bool = True, echo: Callable[[str], None] = p
             snapshot_download(m["repo_id"], revision=m["revision"], allow_patterns=m["allow_patterns"],
                               cache_dir=cache)
         except Exception as e:  # noqa: BLE001 - reported; the offline check below decides
-            errors[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+            errors[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e).strip() else ''}"
             echo(f"  download did not complete ({errors[name]}); checking what the cache holds")
     for lm in p["local"]:
         echo(f"local {lm['role']}: {lm['spec']} ({lm['path']}{'' if lm['exists'] else ', not on this machine'})")
@@ -235,8 +231,10 @@ def fetch_models(jobs, *, download: bool = True, echo: Callable[[str], None] = p
 
 
 def _run_check(p: dict, cache: str, echo) -> dict:
+    here = str(Path(__file__).resolve().parents[1])   # the child checks with this very code
+    path = [here] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=cache, HF_HUB_DISABLE_TELEMETRY="1",
-               DIFFUSERS_VERBOSITY="error")
+               DIFFUSERS_VERBOSITY="error", PYTHONPATH=os.pathsep.join(path))
     with tempfile.TemporaryDirectory(prefix="mgd-ray-fetch-") as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "report.json"
         spec.write_text(json.dumps(p))
@@ -352,7 +350,10 @@ def _hub_listing(storage: Path, commit: str) -> dict | None:
 
 
 def _check_main(spec_path: str, report_path: str) -> int:
+    import warnings
     _block_network()
+    # diffusers' own hub calls pass an argument huggingface_hub 2.x deprecates: noise, not ours to fix
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
     from huggingface_hub import constants
     p = json.loads(Path(spec_path).read_text())
     report = {"offline": constants.HF_HUB_OFFLINE, "cache_dir": p["cache_dir"], "repos": [], "loads": [],

@@ -161,6 +161,17 @@ def check_safetensors(folder: str | Path) -> None:
                              f"{str(e).splitlines()[0][:200]}. The file is {what}") from None
 
 
+def diffusers_files(subfolder: str | None) -> dict[str, str]:
+    """The files ``ModelMixin.from_pretrained(repo, subfolder=...)`` opens, safetensors only:
+    its config, the single weights file, or the shard index and the shards it names."""
+    from diffusers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+    p = f"{subfolder}/" if subfolder else ""
+    stem, ext = SAFETENSORS_WEIGHTS_NAME.rsplit(".", 1)
+    return {"config": p + CONFIG_NAME, "weights": p + SAFETENSORS_WEIGHTS_NAME,
+            "index": p + SAFE_WEIGHTS_INDEX_NAME,
+            "shards": f"{p}{stem}-*-of-*.{ext}"}   # save_pretrained's shard names: <stem>-00001-of-00003.<ext>
+
+
 def _load(cls, spec: str, subfolder: str | None, allow_download: bool, dtype):
     path, local = resolve_model_path(spec, allow_download)
     kwargs = dict(local_files_only=not allow_download, low_cpu_mem_usage=False)
@@ -188,7 +199,8 @@ def _load(cls, spec: str, subfolder: str | None, allow_download: bool, dtype):
     if not local:
         try:
             from huggingface_hub import snapshot_download
-            folder = Path(snapshot_download(spec, local_files_only=True)) / (subfolder or "")
+            folder = Path(snapshot_download(spec, allow_patterns=list(diffusers_files(subfolder).values()),
+                                            local_files_only=True)) / (subfolder or "")
         except Exception:  # pragma: no cover - hash is informative only
             folder = Path("/nonexistent")
     return model, path, folder
@@ -238,6 +250,104 @@ def describe(transformer, vae, source="(in memory)", path="", tfolder=None, vfol
         facts_from="loaded model (configs of the loaded weights)",
         transformer_sha256=_sha256_dir(Path(tfolder)) if tfolder else "in-memory",
         vae_sha256=_sha256_dir(Path(vfolder)) if vfolder else "in-memory")
+
+
+# ---- reading a generator without loading it; loading only the VAE ---------------------------
+def _model_folder(spec: str, subfolder: str | None, allow_download: bool, weights: bool = True) -> Path:
+    """The folder ``_load`` would read ``config.json`` (and, with ``weights``, the weight files)
+    from: a local directory (its ``subfolder``, or its root when that has no ``subfolder``/ but a
+    ``config.json``), or the hub snapshot in the cache (downloaded when allowed: the config only,
+    unless ``weights``). Checks the files are there; reads no weights."""
+    from diffusers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+    path, local = resolve_model_path(spec, allow_download)
+    if local:
+        folder = Path(path)
+        if subfolder and (folder / subfolder).is_dir():
+            folder = folder / subfolder
+        elif subfolder and not (folder / CONFIG_NAME).is_file():
+            raise ModelError(f"{path!r} has no {subfolder}/ subfolder (expected the diffusers DiT pipeline layout)")
+    else:
+        from huggingface_hub import snapshot_download
+        p = f"{subfolder}/" if subfolder else ""      # what from_pretrained opens (mgd_ray.hub lists the same)
+        stem, ext = SAFETENSORS_WEIGHTS_NAME.rsplit(".", 1)
+        patterns = [p + CONFIG_NAME] + ([p + SAFETENSORS_WEIGHTS_NAME, p + SAFE_WEIGHTS_INDEX_NAME,
+                                         f"{p}{stem}-*-of-*.{ext}"] if weights else [])
+        try:
+            folder = Path(snapshot_download(spec, allow_patterns=patterns, local_files_only=not allow_download))
+        except Exception as e:  # noqa: BLE001 - not cached / not found: one message with the fix
+            how = ("set model.allow_download=true to fetch it, or point model.generator at a local "
+                   "directory in the diffusers layout" if not allow_download else "check the id and your network")
+            raise ModelError(f"cannot find {spec!r}{' (subfolder ' + subfolder + ')' if subfolder else ''}: "
+                             f"{str(e).splitlines()[0][:300]}. {how}") from None
+        folder = folder / subfolder if subfolder else folder
+    if not (folder / CONFIG_NAME).is_file():
+        raise ModelError(f"model {spec!r}: no {CONFIG_NAME} in {folder}")
+    if weights:
+        check_safetensors(folder)
+        index = folder / SAFE_WEIGHTS_INDEX_NAME
+        named = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values())) if index.is_file() else []
+        missing = [n for n in named if not (folder / n).is_file()]
+        if missing or not (named or any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+            raise ModelError(f"model {spec!r}: no weights in {folder}" + (f" (missing {', '.join(missing)})"
+                             if missing else "") + ": copy or fetch the model again (`mgd-ray models fetch JOB`)")
+    return folder
+
+
+def _config_as_loaded(cls, folder: Path) -> dict:
+    """``cls.from_pretrained(folder).config`` without building the module: the config file's
+    settings that ``cls.__init__`` takes (diffusers' ``extract_init_dict``, which drops a legacy
+    class's extra keys) over the defaults of its signature (what ``register_to_config`` records)."""
+    import inspect
+    init, _, _ = cls.extract_init_dict(cls.load_config(str(folder)))
+    ignore = set(getattr(cls, "ignore_for_config", []))
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    cfg = {p.name: p.default for p in params
+           if p.name not in ignore and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    cfg.update(init)
+    cfg["_class_name"] = cls.__name__
+    return cfg
+
+
+def read_generator_info(generator: str, vae: str | None = None, *, allow_download: bool = False) -> ModelInfo:
+    """The ModelInfo :func:`load_generator` returns (same configs, same weight-file hashes), read
+    from the config files and hashed weight files: no module is built and no weight is held in
+    memory (the driver's preflight: DiT-XL/2 alone is 3 GB in float32). Missing, truncated or
+    unreadable files raise ModelError as a load would."""
+    import diffusers
+    if not allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    (_, t_spec, t_sub), (_, vae_spec, vae_sub) = generator_parts(generator, vae)
+    tfolder = _model_folder(t_spec, t_sub, allow_download)
+    vfolder = _model_folder(vae_spec, vae_sub, allow_download)
+    return info_from_configs(
+        _config_as_loaded(diffusers.DiTTransformer2DModel, tfolder),
+        _config_as_loaded(diffusers.AutoencoderKL, vfolder),
+        source=generator if not vae else f"{generator} + {vae}", path=resolve_model_path(t_spec, allow_download)[0],
+        facts_from="config files beside the weights (weights hashed, not loaded)",
+        transformer_sha256=_sha256_dir(tfolder), vae_sha256=_sha256_dir(vfolder))
+
+
+def load_vae(generator: str, vae: str | None = None, *, allow_download: bool = False,
+             dtype: str = "float32", device: str = "cpu"):
+    """-> (vae, ModelInfo): the VAE :func:`load_generator` would load, frozen in eval mode on
+    ``device``, without the transformer (an encoder needs only the VAE). The info's transformer
+    facts (latent size, classes) come from its config file; its weights are neither read nor hashed."""
+    import diffusers
+    from diffusers import AutoencoderKL
+
+    if not allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    (_, t_spec, t_sub), (_, vae_spec, vae_sub) = generator_parts(generator, vae)
+    vae_model, _, vfolder = _load(AutoencoderKL, vae_spec, vae_sub, allow_download, torch_dtype(dtype))
+    vae_model.requires_grad_(False)
+    vae_model.eval()
+    vae_model.to(device)
+    tfolder = _model_folder(t_spec, t_sub, allow_download, weights=False)
+    info = info_from_configs(
+        _config_as_loaded(diffusers.DiTTransformer2DModel, tfolder), vae_model.config,
+        source=generator if not vae else f"{generator} + {vae}", path=resolve_model_path(t_spec, allow_download)[0],
+        facts_from="transformer: config file (not loaded); vae: loaded model", vae_sha256=_sha256_dir(vfolder))
+    return vae_model, info
 
 
 # ---- builders (tests and the prior trainer use the real classes) ---------------------------

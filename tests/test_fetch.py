@@ -8,7 +8,6 @@ one does. Nothing is downloaded (HF_HUB_OFFLINE=1, see conftest)."""
 
 import hashlib
 import json
-import os
 import re
 import shlex
 import shutil
@@ -41,29 +40,7 @@ def repo_files(src: Path) -> dict[str, bytes]:
     return {str(f.relative_to(src)): f.read_bytes() for f in sorted(src.rglob("*")) if f.is_file()}
 
 
-def write_hub_repo(hub: Path, repo_id: str, files: dict[str, bytes], cached=None, listing: bool = True) -> str:
-    """The cache after ``snapshot_download(repo_id, allow_patterns=...)`` fetched ``cached`` (default:
-    every file) of a repo holding ``files``; with ``listing`` the hub's tree listing of all ``files``."""
-    storage = hub / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1((repo_id + "".join(_sha256(b) for b in files.values())).encode()).hexdigest()
-    lfs = {k for k in files if k.endswith((".safetensors", ".bin"))}
-    for rel in (files if cached is None else cached):
-        data = files[rel]
-        blob = storage / "blobs" / (_sha256(data) if rel in lfs else _git_blob(data))
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = storage / "snapshots" / commit / rel
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (storage / "refs").mkdir(parents=True, exist_ok=True)
-    (storage / "refs" / "main").write_text(commit)
-    (storage / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
-    if listing:   # the library's own writer, so the format is the one it reads
-        from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
-        write_tree_cache(str(storage), commit, {
-            rel: TreeCacheEntry(size=len(b), blob_id=_git_blob(b), lfs_sha256=_sha256(b) if rel in lfs else None,
-                                lfs_size=len(b) if rel in lfs else None) for rel, b in files.items()})
-    return commit
+from benchmarks.hub_cache import write_hub_repo  # noqa: E402 - shared with benchmarks/fullsize_twin.py
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +110,8 @@ def test_required_models_of_imagenet1k():
     assert all(m.revision == "main" for m in ms.values())
     assert [(c.role, c.subfolder) for c in ms[DIT].components] == [("transformer", "transformer")]
     assert [(c.role, c.subfolder) for c in ms[VAE].components] == [("vae", None)]
-    assert ms[DIT].allow_patterns == ["transformer/config.json", "transformer/diffusion_pytorch_model-*-of-*.safetensors",
+    assert ms[DIT].allow_patterns == ["transformer/config.json",
+                                      "transformer/diffusion_pytorch_model-*-of-*.safetensors",
                                       "transformer/diffusion_pytorch_model.safetensors",
                                       "transformer/diffusion_pytorch_model.safetensors.index.json"]
     assert ms[VAE].allow_patterns == ["config.json", "diffusion_pytorch_model-*-of-*.safetensors",
@@ -233,33 +211,32 @@ def test_sharded_weights_are_selected_and_load(hub, repos):
 
 # ---- the fetch command, offline --------------------------------------------------------------------
 def test_fetch_finds_loads_and_proves_offline(hub, repos):
+    """Offline, the fetch finds the cached snapshots, prints each selected file with its size and
+    sha256 (matching the hub's listing), loads the models through load_generator and says which
+    weights it loaded: the VAE repo's root, not the DiT repo's vae/."""
+    from mgd_ray.hub import fetch_models
     commits = fetched_cache(hub, repos)
-    r = run_cli(["models", "fetch", str(ROOT / "jobs" / "imagenet1k.yaml")])
-    assert r.exit_code == 0, r.output
-    out = r.output
+    lines = []
+    rep = fetch_models([load_job(ROOT / "jobs" / "imagenet1k.yaml")], echo=lines.append)
+    out = "\n".join(lines)
+    assert rep["offline"] is True and not rep["problems"] and all(r["hub_listing"] for r in rep["repos"])
     assert "HF_HUB_OFFLINE=1" in out and "loaded offline with mgd_ray.models.load_generator" in out
     for repo, files in ((DIT, ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors"]),
                         (VAE, ["config.json", "diffusion_pytorch_model.safetensors"])):
         assert f"{repo}@main = commit {commits[repo]}" in out
         for f in files:
             b = repos[repo][f]
-            line = next(ln for ln in out.splitlines() if ln.strip().startswith(f + " "))
+            line = next(ln for ln in lines if ln.strip().startswith(f + " "))
             assert f"{len(b):,} B" in line and _sha256(b) in line and "= hub listing" in line
+        assert sorted(f["path"] for r in rep["repos"] if r["repo_id"] == repo for f in r["files"]) == sorted(files)
     assert ".bin" not in out and "model_index.json" not in out
-
-
-def test_fetch_report_names_the_loaded_files(hub, repos):
-    from mgd_ray.hub import fetch_models
-    fetched_cache(hub, repos, listing=False)                      # a cache without the hub's listing
-    rep = fetch_models([load_job(ROOT / "jobs" / "imagenet1k.yaml")], download=False, echo=lambda s: None)
-    assert rep["offline"] is True and not rep["problems"]
-    assert all(r["hub_listing"] is False for r in rep["repos"])
     (ld,) = rep["loads"]
     assert ld["transformer"] == "DiTTransformer2DModel" and ld["vae"] == "AutoencoderKL"
-    assert ld["num_classes"] == 1000 and ld["latent_size"] == 4
-    # the weights the product hashed are the VAE repo's (root), not the DiT repo's vae/
-    assert ld["vae_sha256"] == _sha256(repos[VAE]["diffusion_pytorch_model.safetensors"])[:16]
-    assert ld["transformer_sha256"] == _sha256(repos[DIT]["transformer/diffusion_pytorch_model.safetensors"])[:16]
+    assert ld["num_classes"] == 1000 and ld["latent_size"] == 4 and ld["scaling_factor"] == pytest.approx(0.18215)
+    t_sha = _sha256(repos[DIT]["transformer/diffusion_pytorch_model.safetensors"])[:16]
+    v_sha = _sha256(repos[VAE]["diffusion_pytorch_model.safetensors"])[:16]
+    assert (ld["transformer_sha256"], ld["vae_sha256"]) == (t_sha, v_sha)
+    assert f"transformer {t_sha}, vae {v_sha}" in out
 
 
 @pytest.mark.parametrize("listing", [True, False])
@@ -363,7 +340,8 @@ def test_no_raw_hub_download_remains():
 
 def test_cluster_model_commands_run_through_the_cli(hub, repos, monkeypatch, capsys):
     """aws.yaml, gcp.yaml and the Dockerfile each fetch the models with the product's command; each
-    command, split as the shell splits it, parses with the real CLI and succeeds against the cache."""
+    command, split as the shell splits it, parses with the real CLI, and runs against the cache
+    (commands that come to the same arguments, job paths resolved, run once)."""
     import typer
 
     from mgd_ray.cli import app
@@ -378,9 +356,12 @@ def test_cluster_model_commands_run_through_the_cli(hub, repos, monkeypatch, cap
         for argv in cmds[where]:
             assert Path(argv[0]).name == "mgd-ray" and argv[1:3] == ["models", "fetch"], (where, argv)
             args = [str(ROOT / a[len("~/mgd_ray/"):]) if a.startswith("~/mgd_ray/") else a for a in argv[1:]]
-            jobs = [a for a in args[2:] if not a.startswith("-")]
+            ctx = click_cmd.make_context("mgd-ray", list(args), resilient_parsing=False)   # the real parser
+            sub = ctx.command.get_command(ctx, args[0]).make_context("models", args[1:], parent=ctx)
+            fetch = sub.command.get_command(sub, args[1]).make_context("fetch", args[2:], parent=sub)
+            jobs = fetch.params["jobs"]
             assert jobs and all(Path(j).is_file() for j in jobs), (where, argv)
-            key = tuple(args)
+            key = tuple(str(Path(a).resolve()) if a in jobs else a for a in args)
             if key not in ran:
                 capsys.readouterr()
                 ran[key] = click_cmd.main(args, prog_name="mgd-ray", standalone_mode=False)

@@ -158,7 +158,8 @@ def test_imagenet1k_job_twin(ray_cluster, hub_models, tmp_path):
         attach_targets(units, targets)
         tg = read_targets(store, [0, 1, 2], [i for u in units for i in u.target_ids])
         items = [(u, tg[i]) for u in units for i in u.target_ids]
-        nbrs = [neighbourhood_for_target(*read_class_latents(store, u.label), target_of(t),
+        lat = {lab: read_class_latents(store, lab) for lab in (0, 1, 2)}                  # (ids, Z)
+        nbrs = [neighbourhood_for_target(lat[u.label][1], lat[u.label][0], target_of(t),
                                          job.coreset.neighbourhood_max, pipe.min_neighbours) for u, t in items]
         imgs = pipe([u.model_label for u, _ in items], [t["seed"] for _, t in items], [t["target"] for _, t in items],
                     nbrs)

@@ -273,3 +273,19 @@ def test_s3_store_honours_conditional_writes(moto_s3_atomic):
     assert io.replace(b'{"a": 3}', '"' + "0" * 32 + '"') is None
     assert io.replace(b'{"a": 3}', seen.token) is not None and io.read().record == {"a": 3}
     assert io.replace(b'{"a": 4}', seen.token) is None    # the version it replaced is gone
+
+
+def test_filesystems_without_conditional_writes_still_get_the_lease_and_the_fence():
+    base = Store(f"memory://lease-{uuid.uuid4().hex[:8]}/out")   # no compare-and-swap: check, then write
+    a = Lease(base, ttl=600)
+    assert isinstance(a._io, store_mod._PlainLeaseIO) and a.acquire() == 1
+    with pytest.raises(LeaseHeld):
+        Lease(base).acquire()
+    fa = a.fenced()
+    fa.write_json({"n": 1}, "a.json")
+    a.release()
+    b = Lease(base)
+    assert b.acquire() == 2
+    with pytest.raises(LeaseLost):
+        fa.write_json({"n": 2}, "a.json")
+    assert base.read_json("a.json") == {"n": 1}

@@ -28,6 +28,24 @@ SEEDS, IPC, PER_UNIT, TRAIN_SEEDS = [0, 1], 3, 2, 2
 CHROMIUM = "/usr/bin/chromium"
 
 
+class FakeSource:
+    """Five 8x8 train images per class (ids 100 + row); ``arrays_at`` as the real sources."""
+
+    class classes:
+        names = CLASSES
+
+    labels = np.repeat(np.arange(len(CLASSES)), 5)
+    images = np.random.default_rng(5).integers(0, 256, (len(labels), 8, 8, 1), dtype=np.uint8)
+
+    def select(self, split):
+        assert split == "train"
+        return np.arange(len(self.labels)), 100 + np.arange(len(self.labels)), self.labels
+
+    def arrays_at(self, split, index, image_size=None, mode="center-crop"):
+        assert split == "train" and image_size is None and mode == "pad"   # the job's encode geometry
+        return {"id": 100 + np.asarray(index), "label": self.labels[index], "image": self.images[index]}
+
+
 def _job(out):
     return job_from_dict({"name": "out-twin", "method": "manifoldgd",
                           "data": {"source": "fashion-mnist", "classes": CLASSES},
@@ -54,6 +72,8 @@ def _write_job(out: Path):
                              method="manifoldgd", image=png_bytes(img), height=8, width=8, channels=1))
         st.write_table(shard_table(rows, CLASSES), "shards", u.shard)
     st.write_bytes(dump_job_redacted(job).encode(), "config.yaml")
+    from mgd_ray.pipeline.report_page import write_real_preview
+    assert write_real_preview(st, job, FakeSource(), None)
     recs = [dict(t, final_acc=float(rng.uniform(0.4, 0.9)), best_acc=float(rng.uniform(0.5, 0.95)), epochs=5)
             for t in make_trials(job)]
     res = summarise(job, recs)
@@ -62,7 +82,7 @@ def _write_job(out: Path):
                                         pred_syn=np.array([0, 1, 2] * 3), labels_syn=np.repeat([0, 1, 2], 3),
                                         num_classes=3, seed=s) for s in SEEDS}
     keys = [k for k, v in sets["0"].items() if isinstance(v, float)]
-    res["distribution"] = {"feature_space": "real-data classifier test (0.9 test acc)", "sets": sets,
+    res["distribution"] = {"feature_space": "real-data classifier classifier (0.9066 test acc)", "sets": sets,
                            "mean": {k: float(np.mean([v[k] for v in sets.values()])) for k in keys}}
     st.write_json(json.loads(json.dumps(res, default=float)), "results.json")
     st.write_json({"name": job.name, "status": "complete", "config": job.model_dump(mode="json"),
@@ -206,28 +226,37 @@ def test_export_hf_dataset_dir_and_card(job_out, tmp_path):
 
 # ---- report.html -------------------------------------------------------------------------------
 class Page(HTMLParser):
-    """sections[id] = {"tables": [[row cells]], "imgs": [(alt, src)], "rows": [data-label], "pre": str, "h1": str}."""
+    """sections[id] = {"tables": [[row cells]], "imgs": [(alt, src)], "rows": [data-label], "pre": str, "h1": str,
+    "p": str, "real": [data-real], "real_imgs": {label: [(alt, src)]}}; "imgs" are those outside real rows."""
 
     def __init__(self):
         super().__init__()
         self.sections, self.cur, self.cell, self.row, self.tag = {}, None, None, None, []
+        self.real_row = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         self.tag.append(tag)
         if tag == "section":
-            self.cur = self.sections.setdefault(a["id"], {"tables": [], "imgs": [], "rows": [], "pre": "", "h1": ""})
+            self.cur = self.sections.setdefault(a["id"], {"tables": [], "imgs": [], "rows": [], "pre": "", "h1": "",
+                                                          "p": "", "real": [], "real_imgs": {}})
         elif tag == "table":
             self.cur["tables"].append([])
         elif tag == "tr":
             self.row = []
             self.cur["tables"][-1].append(self.row)
+            self.real_row = int(a["data-real"]) if "data-real" in a else None
             if "data-label" in a:
                 self.cur["rows"].append(int(a["data-label"]))
+            if self.real_row is not None:
+                self.cur["real"].append(self.real_row)
         elif tag in ("td", "th"):
             self.cell = ""
         elif tag == "img":
-            self.cur["imgs"].append((a["alt"], a["src"]))
+            if self.real_row is None:
+                self.cur["imgs"].append((a["alt"], a["src"]))
+            else:
+                self.cur["real_imgs"].setdefault(self.real_row, []).append((a["alt"], a["src"]))
 
     def handle_endtag(self, tag):
         self.tag.pop()
@@ -238,7 +267,7 @@ class Page(HTMLParser):
     def handle_data(self, data):
         if self.cell is not None:
             self.cell += data
-        elif self.tag and self.tag[-1] in ("pre", "h1") and self.cur is not None:
+        elif self.tag and self.tag[-1] in ("pre", "h1", "p") and self.cur is not None:
             self.cur[self.tag[-1]] += data
 
 
@@ -271,7 +300,23 @@ def test_report_sections_match_their_files(job_out):
     for alt, src in s["preview"]["imgs"]:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]) == shard[alt]
-    assert [r[0] for r in s["preview"]["tables"][0]] == [f"{i} {c}" for i, c in enumerate(CLASSES)]
+    # each class: its name (after its label: they differ here) on the distilled row, then a row of
+    # real train images of the class from preview/real.parquet: the first of the random-real
+    # baseline's subset for seed 0 (IPC of the 5 per class), the source's pixels
+    grid = s["preview"]["tables"][0]
+    assert [r[0] for r in grid] == [x for i, c in enumerate(CLASSES) for x in (f"{i} {c}", "")]
+    assert [r[1] for r in grid] == ["distilled", "real"] * len(CLASSES)
+    assert s["preview"]["real"] == [0, 1, 2]
+    from mgd_ray.pipeline.evaluate import random_real_subset
+    src = FakeSource()
+    chosen = random_real_subset(src.labels, IPC, SEEDS[0])
+    for label, c in enumerate(CLASSES):
+        ids = [100 + i for i in chosen if src.labels[i] == label]
+        got = s["preview"]["real_imgs"][label]
+        assert [alt for alt, _ in got] == [f"real {c} (train id {i})" for i in ids]
+        for (_, src_uri), i in zip(got, ids):
+            assert np.array_equal(decode_png(base64.b64decode(src_uri.split(",", 1)[1])), src.images[i - 100])
+    assert "real train images of the class" in s["preview"]["p"]
     # results: recomputed here from results.json's runs (gain paired on set and training seed)
     head, *rows = s["results"]["tables"][0]
     assert head == ["dataset", "student", "runs", "final acc", "best acc", "gain over random real"]
@@ -291,6 +336,9 @@ def test_report_sections_match_their_files(job_out):
     head, *rows = s["distribution"]["tables"][0]
     dist = res["distribution"]
     assert head == ["metric", "set 0", "set 1", "mean"]
+    # the caption names the classifier once, where it is, and its accuracy in % (not a raw fraction)
+    assert s["distribution"]["p"] == ("in the features of the real-data classifier shipped beside "
+                                      "prior:fashion-mnist (classifier/; 90.7 % on the real test set)")
     metrics = [r[0] for r in rows]
     assert "fid" in metrics and "coverage" in metrics and "prior_fidelity_per_class" not in metrics
     for row in rows:
@@ -351,3 +399,56 @@ def test_report_renders_in_headless_chromium(job_out, tmp_path):
     # the embedded images are drawn: the preview's 64 px cells hold many distinct greys
     assert len(np.unique(a.reshape(-1, 3), axis=0)) > 100
     shutil.copy(shot, job_out.parent / "report-screenshot.png")  # kept for a person to look at
+
+
+def test_report_digits_real_rows_from_the_source_and_class_names_once(tmp_path):
+    """A digits job: classes "0".."9" are their own labels, so each row names its class once; the
+    real rows are the source's own pixels (sklearn's digits through ``open_source``), written by
+    ``write_real_preview`` and read back by the page from the output dir alone."""
+    from mgd_ray.data import open_source
+    from mgd_ray.pipeline.evaluate import random_real_subset
+    from mgd_ray.pipeline.report_page import build_html, class_title, write_real_preview
+    out = tmp_path / "digits"
+    job = job_from_dict({"name": "digits-twin", "data": {"source": "sklearn-digits"},
+                         "encode": {"preprocess": "none"}, "generate": {"ipc": 2, "seeds": [3]},
+                         "output": {"dir": str(out)}})
+    source = open_source(job.data)
+    names = [str(c) for c in source.classes.names]
+    assert names == [str(i) for i in range(10)]
+    st = Store(str(out))
+    units = make_units([3], range(10), names, 2, 2)
+    for u in units:
+        rows = [dict(sample_id=sample_id(3, u.label, j), label=u.label, class_name=u.class_name, target_id="t",
+                     seed=j, gen_seed=3, method="manifoldgd", image=png_bytes(np.full((8, 8, 1), 9 * j, np.uint8)),
+                     height=8, width=8, channels=1) for j in range(u.start, u.start + u.count)]
+        st.write_table(shard_table(rows, names), "shards", u.shard)
+    st.write_json({"name": job.name, "status": "complete", "config": job.model_dump(mode="json"),
+                   "classes": names, "model": {"source": "prior:digits"}}, "manifest.json")
+    html_without = build_html(st)
+    s = parse(html_without)["preview"]
+    assert s["real"] == [] and "preview/real.parquet is missing" in s["p"]   # an older output dir: no real rows
+    assert write_real_preview(st, job, source, None)
+    s = parse(build_html(st))["preview"]
+    assert [r[0] for r in s["tables"][0] if r[1] == "distilled"] == names            # "3", not "3 3"
+    assert [class_title(3, "3"), class_title(0, "T-shirt/top")] == ["3", "0 T-shirt/top"]
+    a = source.arrays("train")
+    _, ids, labels = source.select("train")
+    chosen = random_real_subset(labels, 2, 3)
+    for label in range(10):
+        want = [i for i in chosen if labels[i] == label]
+        got = s["real_imgs"][label]
+        assert len(got) == 2 and [alt for alt, _ in got] == [f"real {label} (train id {ids[i]})" for i in want]
+        for (_, uri), i in zip(got, want):
+            assert np.array_equal(decode_png(base64.b64decode(uri.split(",", 1)[1])), a["image"][i])
+
+
+def test_real_preview_failure_is_logged_not_raised(tmp_path, caplog):
+    from mgd_ray.pipeline.report_page import write_real_preview
+
+    class Broken(FakeSource):
+        def arrays_at(self, *a, **k):
+            raise OSError("bucket unreachable")
+    st = Store(str(tmp_path))
+    with caplog.at_level("WARNING", logger="mgd_ray"):
+        assert not write_real_preview(st, _job(tmp_path), Broken(), None)
+    assert "bucket unreachable" in caplog.text and not st.exists("preview", "real.parquet")

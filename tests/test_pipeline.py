@@ -241,6 +241,48 @@ def test_resume_after_killed_driver(ray_cluster, tiny_prior, tmp_path):
     assert len(ids) == len(set(ids)) == 40
 
 
+def _orphan_actors() -> list:
+    import ray
+    me = ray.get_runtime_context().get_job_id()
+    return [a for a in ray._private.state.actors().values()
+            if a.get("State") in ("ALIVE", "PENDING_CREATION", "RESTARTING") and a.get("JobID") != me
+            and not a.get("IsDetached")]
+
+
+def test_orphans_of_a_killed_driver_cannot_commit(ray_cluster, tiny_prior, tmp_path):
+    """Issue 22 §1, without waiting for the dead driver's actors: the rerun (other settings,
+    --fresh generate) starts while they still run. Their commits carry the old lease epoch and are
+    refused; done-ness reads each shard's settings hash. No old-settings shard survives."""
+    import ray
+
+    from mgd_ray.pipeline.settings import SHARD_KEY
+    out = tmp_path / "out"
+    d = twin_dict(out, tiny_prior, generate={"ipc": 4, "targets_per_unit": 1, "batch_size": 1, "num_actors": 2},
+                  sampler={"steps": 25}, guidance={"t_stop": 12}, evaluate={"enabled": False})
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(d))
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    p = subprocess.Popen([sys.executable, "-m", "mgd_ray.distill", str(job_file)], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    shards = out / "shards"
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(shards.glob("*.parquet"))) < 3 and p.poll() is None:
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert _orphan_actors(), "the killed driver's actors were already gone: nothing tested"
+    changed = twin_dict(out, tiny_prior, generate={"ipc": 4, "targets_per_unit": 1, "batch_size": 1},
+                        sampler={"steps": 25, "cfg_scale": 3.0}, guidance={"t_stop": 12}, evaluate={"enabled": False})
+    m = run_job(job_from_dict(changed), fresh="generate")
+    _wait_for_orphaned_actors()                      # only now: anything they could still do, they did
+    want = json.loads((shards / "_SETTINGS.json").read_text())["hash"]
+    footers = {f.name: pq.read_metadata(f).metadata[SHARD_KEY.encode()].decode() for f in shards.glob("*.parquet")}
+    assert m["status"] == "complete" and len(footers) == 40
+    assert set(footers.values()) == {want}, "a shard of the killed driver's settings survived"
+    ids = [r["sample_id"] for r in shard_rows(out)]
+    assert len(ids) == len(set(ids)) == 40
+
+
 def test_actor_killed_mid_unit_is_replaced(ray_cluster, tiny_prior, tmp_path):
     out = tmp_path / "out"
     unit = "s000-c00003-t00000"

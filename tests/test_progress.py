@@ -45,20 +45,20 @@ def test_progress_rate_eta_and_throttle():
         clk = Clock()
         p = Progress("encode", 1000, "images", every=5.0, clock=clk)
         clk.t += 2
-        assert not p.update(100)            # within 5 s of the start line: quiet
+        assert not p.update(100)            # within 5 s of the start line: quiet (the rate's origin)
         clk.t += 3
-        assert p.update(250)                # 5 s: 50 images/s, 750 left -> 15 s
+        assert p.update(250)                # 150 in 3 s since the first count: 50/s, 750 left -> 15 s
         clk.t += 1
         assert not p.update(300)            # throttled
         clk.t += 5
-        assert p.update(600)                # 11 s: 54.5/s, 400 left -> 7 s
+        assert p.update(600)                # 500 in 9 s: 55.6/s, 400 left -> 7 s
         clk.t += 0.5
-        assert p.update(1000)               # finishing always logs, once
+        assert p.update(1000)               # finishing always logs, once: 1000 in 11.5 s
         clk.t += 10
         assert not p.update(1000)           # nothing after the final line
     assert got[0] == "encode: 250/1000 images (25%), 50 images/s, elapsed 5s, ETA 15s"
-    assert got[1] == "encode: 600/1000 images (60%), 54.5 images/s, elapsed 11s, ETA 7s"
-    assert got[2].startswith("encode: 1000/1000 images (100%)") and got[2].endswith("ETA 0s")
+    assert got[1] == "encode: 600/1000 images (60%), 55.6 images/s, elapsed 11s, ETA 7s"
+    assert got[2] == "encode: 1000/1000 images (100%), 87 images/s, elapsed 12s, ETA 0s"
     assert len(got) == 3
 
 
@@ -107,11 +107,70 @@ def test_fractional_progress_line():
     with Lines() as got:
         clk = Clock()
         p = Progress("evaluate", 3, "trials", every=0.0, clock=clk)
+        clk.t += 10
+        assert p.update(0.25)               # the first count: no rate from it alone
+        clk.t += 20
+        assert p.update(1.5)                # 1.25 trials in 20 s since the first count
         clk.t += 30
-        assert p.update(1.5)
         assert p.update(3)
-    assert got == ["evaluate: 1.5/3 trials (50%), 0.05 trials/s, elapsed 30s, ETA 30s",
-                   "evaluate: 3/3 trials (100%), 0.1 trials/s, elapsed 30s, ETA 0s"]
+    assert got == ["evaluate: 0.25/3 trials (8%), 0.025 trials/s, elapsed 10s, ETA ?",
+                   "evaluate: 1.5/3 trials (50%), 0.0625 trials/s, elapsed 30s, ETA 24s",
+                   "evaluate: 3/3 trials (100%), 0.05 trials/s, elapsed 1m00s, ETA 0s"]
+
+
+def _plain_average_eta(done, total, elapsed):
+    """The ETA the helper printed before it ignored the start-up: total average since the start."""
+    return fmt_seconds((total - done) / (done / elapsed))
+
+
+def test_eta_ignores_the_start_up_and_the_first_token_count():
+    """The digits demo's evaluate (4 trials of 300 epochs on 2 Train workers, lines every 10 s):
+    ~20 s of start-up, then each worker writes its trial's first epoch (1 of 300 epochs on each of
+    two trials: 2/300 trials) and the next progress writes come 15 s later with 146 and 147 epochs
+    done. An average since the start printed ETA 3h19m, 4h59m, then 2m04s in 20 s; the
+    helper prints ? until there is a rate after the first count, then about a minute, which is
+    what is left (each worker did 0.49 trials in those 20 s and has 1.51 to go: ~62 s)."""
+    counts = [(20, 2 / 300), (30, 2 / 300), (40, (146 + 147) / 300)]
+    assert [_plain_average_eta(d, 4, t) for t, d in counts] == ["3h19m", "4h59m", "2m04s"]  # the jump, replayed
+    with Lines() as got:
+        clk = Clock()
+        p = Progress("evaluate", 4, "trials", every=10.0, clock=clk)
+        for t, d in counts:
+            clk.t = 100.0 + t
+            assert p.update(d)
+    etas = [g.split("ETA ")[1] for g in got]
+    assert etas[:2] == ["?", "?"], got
+    assert etas[2] == "1m02s", got                       # (4 - 0.977) / ((0.977 - 0.0067) / 20 s)
+    assert got[2].startswith("evaluate: 0.98/4 trials (24%), 0.0485 trials/s"), got
+
+
+def test_eta_waits_for_a_share_of_the_work_after_the_first_count():
+    """Two workers' first-epoch writes seen on successive polls (1/300, then 2/300 trials) are
+    progress, but far too little to extrapolate from: no ETA until 1 % of the total is done after
+    the first count; then the ETA is the rate since that count."""
+    counts = [(25, 1 / 300), (30, 2 / 300), (35, 2 / 300), (45, 0.6)]
+    assert [_plain_average_eta(d, 4, t) for t, d in counts[:3]] == ["8h19m", "4h59m", "5h49m"]
+    with Lines() as got:
+        clk = Clock()
+        p = Progress("evaluate", 4, "trials", every=0.0, clock=clk)
+        for t, d in counts:
+            clk.t = 100.0 + t
+            p.update(d)
+    etas = [g.split("ETA ")[1] for g in got]
+    assert etas[:3] == ["?", "?", "?"], got
+    assert etas[3] == "1m54s", got                        # (4 - 0.6) / ((0.6 - 1/300) / 20 s) = 114 s
+
+
+def test_eta_grows_while_the_count_stalls():
+    """The rate runs to now, not to the last change: a stage that stops moving shows an ETA that
+    grows instead of a stale one."""
+    with Lines() as got:
+        clk = Clock()
+        p = Progress("generate", 100, "images", every=0.0, clock=clk)
+        for dt, d in [(30, 10), (10, 30), (40, 30)]:
+            clk.t += dt
+            p.update(d)
+    assert [g.split("ETA ")[1] for g in got] == ["?", "35s", "2m55s"], got
 
 
 def test_trial_progress_files(tmp_path):

@@ -215,3 +215,23 @@ def test_bf16_model_keeps_float32_state_and_guidance(diffusion):
     # state leaves ~95 % of the elements exactly unchanged and the mean shift ~10x too small)
     assert (shift["bf16"] == 0).double().mean() < 0.05
     assert torch.allclose(shift["bf16"].mean(), ref.mean(), rtol=0.25)
+
+
+@pytest.mark.parametrize("basis", ["members", "noised", "reference"])
+def test_step_loop_reads_nothing_back(diffusion, basis):
+    """The sampling loop, guidance included, makes no tensor -> Python read (on a GPU each would be
+    a host synchronisation per step); only the diffusion's host-side schedule tables are read.
+    The guarded run gives the same latents as an unguarded one."""
+    from tests.test_guidance import no_host_reads
+
+    labels, seeds = torch.tensor([0, 2, 1]), [7, 8, 9]
+    kw = dict(null_label=3, cfg_scale=4.0, dtype=torch.float64)
+    ref = sample(_linear_model, diffusion, labels, seeds, SHAPE, guidance=_guide(3, basis=basis), **kw)
+    tables = [*diffusion._t.values(), diffusion.timesteps]
+    guide = _guide(3, basis=basis)
+    with no_host_reads(tables):
+        out = sample(_linear_model, diffusion, labels, seeds, SHAPE, guidance=guide, **kw)
+        with pytest.raises(AssertionError, match="host read"):
+            guide.last_stats                                   # a logger's read is the one that syncs
+    assert torch.equal(out, ref)
+    assert guide.last_stats["g_mode_norm"] > 0

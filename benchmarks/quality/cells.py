@@ -43,7 +43,7 @@ VARIANTS: list[tuple[str, list[str]]] = [
     # direction to the cluster, so a larger λ moves samples further toward their targets; MGD3 at the
     # same λ is the control that says whether a gain is the projection's or only the larger λ's
     # (measured at IPC 10 on the 22k prior: λ 0.2 lifts members by 1.0 and MGD3 by 0.2, inside the
-    # seed noise; λ 0.3 costs both ~2.5 points, off-manifold; README)
+    # seed noise; λ 0.3 costs both ~2.5 points, off-manifold; benchmarks/README.md)
     ("var-members-lam0.2", STRICT + ["guidance.basis=members", "guidance.d=8", "guidance.K=16", "guidance.lam_mode=0.2"]),
     ("var-members-lam0.3", STRICT + ["guidance.basis=members", "guidance.d=8", "guidance.K=16", "guidance.lam_mode=0.3"]),
     ("var-mgd3-lam0.2", ["method=mgd3", "guidance.lam_mode=0.2"]),

@@ -38,10 +38,11 @@ Where U comes from (``GuidanceParams.basis``):
 The ridge (1e-5) only shifts every covariance eigenvalue by the same amount, so it never
 changes singular vectors; it is kept as a recorded parameter for the reference path.
 The radius only shapes the reference cloud; noised/expected use the real neighbourhood given.
-Every basis is computed from the K×K Gram matrix of its K×D matrix (eigh, then u_i = Aᵀv_i/σ_i;
-``top_right_singular``), the same subspace as a thin SVD; directions with σ_i <= tol σ_1
-(``null_tol``) are not determined by the set and are zero rows on every path (rank-deficient
-sets give a lower-rank P_T, never arbitrary directions).
+Every basis is computed from the K×K Gram matrix of its K×D matrix (accumulated and eigh'd in
+float64, then u_i = Aᵀv_i/σ_i; ``top_right_singular``), the same subspace as a thin SVD; directions
+with σ_i <= tol σ_1 (``null_tol``: 1e-4 in float32, 1e-6 in float64) or at the data's rounding
+level are not determined by the set and are zero rows on every path (rank-deficient sets give a
+lower-rank P_T, never arbitrary directions).
 
 Guidance is on only while the respaced index t_index > t_stop (t_stop itself and below: off).
 Warm window: guided step i = 0, 1, ... (i = 0 at t_index = N−1), W_eff = min(W, n_guided),
@@ -77,59 +78,77 @@ BETA_SCHEDULES = ("constant", "anneal", "ramp", "decay")
 BASIS_METHODS = ("gram", "svd")
 
 
-def null_tol(dtype: torch.dtype) -> float:
-    """Default relative tolerance of the bases: a direction whose singular value is at most
-    tol × the largest is not a tangent direction (dropped).  -> 1e-6 for float64, 3e-3 otherwise.
+GRAM_CHUNK = 256      # CPU: columns of A per float64 piece of the Gram matrix (stays in cache)
 
-    3e-3 is a variance share of 1e-5: a float32 K×K Gram matrix resolves eigenvalues down to about
-    1e-7 of the largest (measured: exact null directions come out at 0.5e-7 .. 3e-7 λ_1), so the
-    rule decides with a margin of about 30 on either path; float64 resolves 1e-12 (σ ratio 1e-6,
-    the rule ``chord_basis`` always had).
-    """
-    return 1e-6 if dtype == torch.float64 else 3e-3
+
+def null_tol(dtype: torch.dtype) -> float:
+    """Default rule of the bases: a direction with σ_i <= tol σ_1 is not determined by the set.
+    -> 1e-6 (float64), 1e-4 (float32 and below: a float32 u_i = Aᵀv_i/σ_i carries ~eps σ_1/σ_i,
+    at most ~1e-3 at the rule; a float32 SVD is no more accurate there)."""
+    return 1e-6 if dtype == torch.float64 else 1e-4
+
+
+def _gram64(A: torch.Tensor) -> torch.Tensor:
+    """A Aᵀ (B, K, K) in float64, from A (B, K, D) of any float dtype. On a CPU the float64 copy
+    is made GRAM_CHUNK columns at a time (one whole float64 copy of A costs more memory traffic
+    than the products); on a GPU in one piece."""
+    if A.dtype == torch.float64 or A.device.type != "cpu":
+        A64 = A.to(torch.float64)
+        return torch.bmm(A64, A64.transpose(1, 2))
+    G = torch.zeros(A.shape[0], A.shape[1], A.shape[1], dtype=torch.float64)
+    for part in A.split(GRAM_CHUNK, dim=2):
+        p64 = part.to(torch.float64)
+        G.baddbmm_(p64, p64.transpose(1, 2))
+    return G
 
 
 def top_right_singular(A: torch.Tensor, d: int, *, method: str = "gram", rel_tol: float | None = None,
-                       scale: torch.Tensor | None = None) -> torch.Tensor:
+                       offset: torch.Tensor | None = None) -> torch.Tensor:
     """Top-d right singular vectors of each K×D matrix A (B, K, D), null directions zeroed.
 
-    -> U (B, d', D), d' = min(d, K, D): orthonormal rows in descending singular value, except the
-    rows whose singular value is <= rel_tol × the largest, or <= 8 eps(dtype) × scale (B,) (the
-    Frobenius norm of the data A was formed from by differences: below that, σ is the rounding of
-    the centring, e.g. a set of equal points), which are all zero, so P_T = UᵀU never holds a
-    direction the data does not determine (rank-deficient sets: lower rank; equal points: U = 0).
+    -> U (B, d', D) in A's dtype, d' = min(d, K, D): orthonormal rows in descending singular value,
+    except the rows whose singular value is <= rel_tol × the largest (default ``null_tol``) or
+    <= 8 eps(A.dtype) (‖A‖_F + offset), with offset (B,) the norm of what was subtracted to form
+    A (below that, σ is the rounding of the subtraction, e.g. a set of equal points). Those rows
+    are all zero, so P_T = UᵀU never holds a direction the data does not determine
+    (rank-deficient sets: a lower-rank P_T; equal points or an all-zero A: U = 0).
 
-    gram (default): eigendecomposition of the K×K Gram matrix G = A Aᵀ = V Λ Vᵀ, then
-        u_i = Aᵀ v_i / σ_i with σ_i = √λ_i: two batched matmuls (B·K²·D and B·d·K·D) and a K×K
-        eigh instead of a thin SVD of the D×K matrix. Same subspace as the SVD wherever the rule
-        keeps a direction: its eigenvalues are ≥ rel_tol² λ_1 (1e-5 λ_1 in float32), far above
-        the Gram matrix's rounding (~1e-7 λ_1). Directions below that are exactly the ones whose
-        Gram eigenvector would be rounding noise; they are dropped, not computed (the fallback is
-        the zero row, on both paths, with the same rule), so no input makes u_i = Aᵀv_i/σ_i divide
-        by a rounding-level σ_i. An all-zero A gives U = 0.
-    svd: thin SVD of the D×K transpose (LAPACK/cuSOLVER), the same null rule; kept as the
-        reference the Gram path is tested against (tests/test_guidance.py).
-    Neither path reads a value back to the host (on CUDA, torch.linalg's own error check of the
-    eigh/SVD is the only synchronisation).
+    gram (default): G = A Aᵀ = V Λ Vᵀ (K×K, eigh), then u_i = Aᵀ v_i / σ_i, σ_i = √λ_i: two batched
+        matmuls (B·K²·D and B·d·K·D) and a K×K eigh instead of a thin SVD of the D×K matrix; the
+        same subspace. G squares the condition number, so G and its eigh are float64 whatever A's
+        dtype (eigenvalues to ~1e-16 λ_1; a float32 G resolves only ~1e-7 λ_1 and loses the fine
+        directions of a set dominated by one direction, e.g. chords from a far x̂0); the u_i are
+        formed in A's dtype. The null rule above is the fallback for tiny eigenvalues: such a
+        direction is dropped (a zero row) on both paths, so u_i = Aᵀv_i/σ_i never divides by a
+        rounding-level σ_i. benchmarks/reports/guidance_basis.md: time, and both paths' distance
+        to a float64 SVD.
+    svd: thin SVD of the D×K transpose in A's dtype (LAPACK / cuSOLVER), the same null rule; kept as
+        the reference the Gram path is tested against (tests/test_guidance.py).
+    Neither path reads a value back to the host in Python; on CUDA, torch.linalg checks the
+    eigh's / SVD's error codes on the host (one synchronisation per call; benchmarks.gpu_check
+    counts them).
     """
     if method not in BASIS_METHODS:
         raise ValueError(f"method must be one of {BASIS_METHODS}, got {method!r}")
     K, D = A.shape[1], A.shape[2]
     d = min(int(d), K, D)
     tol = null_tol(A.dtype) if rel_tol is None else float(rel_tol)
-    floor = (8 * torch.finfo(A.dtype).eps * scale.to(A.dtype)).unsqueeze(-1) if scale is not None else 0.0
+    eps = 8 * torch.finfo(A.dtype).eps
     if method == "svd":
         # Aᵀ = W S Vᵀ  =>  the right singular vectors of A are the columns of W (tall input)
         W, S, _ = torch.linalg.svd(A.transpose(1, 2), full_matrices=False)     # W (B, D, min(K, D))
+        norm = S.square().sum(-1, keepdim=True).sqrt()                           # ‖A‖_F (B, 1)
+        floor = eps * (norm if offset is None else norm + offset.to(S.dtype).unsqueeze(-1))
         keep = ((S[:, :d] > tol * S[:, :1]) & (S[:, :d] > floor)).to(W.dtype)    # (B, d)
         return (W[:, :, :d] * keep.unsqueeze(1)).transpose(1, 2).contiguous()
-    G = torch.bmm(A, A.transpose(1, 2))                                           # (B, K, K)
+    G = _gram64(A)                                                                # (B, K, K) float64
+    norm = G.diagonal(dim1=1, dim2=2).sum(-1, keepdim=True).clamp_min(0).sqrt()  # ‖A‖_F (B, 1)
+    floor = eps * (norm if offset is None else norm + offset.to(G.dtype).unsqueeze(-1))
     lam, V = torch.linalg.eigh(G)                                                 # ascending
-    lam, V = lam.flip(-1)[:, :d], V.flip(-1)[:, :, :d]                            # (B, d), (B, K, d)
-    lam = lam.clamp_min(0)
+    lam, V = lam.flip(-1)[:, :d].clamp_min(0), V.flip(-1)[:, :, :d]              # (B, d), (B, K, d)
     keep = (lam > (tol * tol) * lam[:, :1]) & (lam > floor * floor)               # (B, d); none if A = 0
-    scale = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
-    return torch.bmm(V.transpose(1, 2), A) * scale.unsqueeze(-1)                  # (B, d, D)
+    inv_sigma = torch.where(keep, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
+    return torch.bmm(V.transpose(1, 2).to(A.dtype), A) * inv_sigma.to(A.dtype).unsqueeze(-1)   # (B, d, D)
 
 
 def tangent_basis(nbrs: torch.Tensor, d: int, mask: torch.Tensor | None = None, *, method: str = "gram",
@@ -142,13 +161,16 @@ def tangent_basis(nbrs: torch.Tensor, d: int, mask: torch.Tensor | None = None, 
     d + 1 distinct valid points) are zero rows.
     """
     if mask is None:
-        centred = nbrs - nbrs.mean(dim=1, keepdim=True)
+        mu = nbrs.mean(dim=1, keepdim=True)                                # (B, 1, D)
+        centred, n = nbrs - mu, torch.full((len(nbrs),), float(nbrs.shape[1]), dtype=nbrs.dtype,
+                                           device=nbrs.device)
     else:
         w = mask.to(nbrs.dtype).unsqueeze(-1)                              # (B, K, 1)
-        mu = (nbrs * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1.0)
+        n = w.sum(dim=(1, 2))
+        mu = (nbrs * w).sum(dim=1, keepdim=True) / n.clamp_min(1.0).view(-1, 1, 1)
         centred = (nbrs - mu) * w
-    scale = (nbrs if mask is None else nbrs * w).flatten(1).norm(dim=1)    # rounding level of the centring
-    return top_right_singular(centred, d, method=method, rel_tol=rel_tol, scale=scale)
+    # ‖valid rows‖_F <= ‖centred‖_F + √n ‖μ‖: the rounding level of the centring
+    return top_right_singular(centred, d, method=method, rel_tol=rel_tol, offset=n.sqrt() * mu[:, 0].norm(dim=1))
 
 
 def chord_basis(nbrs: torch.Tensor, x0_hat: torch.Tensor, d: int, mask: torch.Tensor | None = None,
@@ -158,14 +180,17 @@ def chord_basis(nbrs: torch.Tensor, x0_hat: torch.Tensor, d: int, mask: torch.Te
     nbrs (B, K, D), x0_hat (B, D), mask (B, K) bool (False rows ignored) -> U (B, d', D),
     d' = min(d, K, D): the top-d right singular vectors of the UNCENTRED K×D matrix of rows
     z_j − x̂0 (``top_right_singular``). Rows whose singular value is at most rel_tol × the largest
-    (default ``null_tol``: 1e-6 in float64, 3e-3 in float32) are zeroed (rank-deficient sets: fewer
-    chords than d), so P_T never contains an arbitrary direction.
+    (default ``null_tol``) or at the rounding level of the chords are zeroed (rank-deficient sets:
+    fewer chords than d), so P_T never contains an arbitrary direction.
     """
     chords = nbrs - x0_hat.unsqueeze(1)
-    w = torch.ones_like(chords[..., :1]) if mask is None else mask.to(chords.dtype).unsqueeze(-1)
-    chords = chords * w
-    scale = (nbrs * w).flatten(1).norm(dim=1) + w.sum(dim=(1, 2)).sqrt() * x0_hat.norm(dim=1)
-    return top_right_singular(chords, d, method=method, rel_tol=rel_tol, scale=scale)
+    if mask is None:
+        n = torch.full((len(nbrs),), float(nbrs.shape[1]), dtype=nbrs.dtype, device=nbrs.device)
+    else:
+        w = mask.to(chords.dtype).unsqueeze(-1)
+        chords, n = chords * w, w.sum(dim=(1, 2))
+    # ‖valid rows‖_F <= ‖chords‖_F + √n ‖x̂0‖: the rounding level of the subtraction
+    return top_right_singular(chords, d, method=method, rel_tol=rel_tol, offset=n.sqrt() * x0_hat.norm(dim=1))
 
 
 def project_tangent(v: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -245,7 +270,11 @@ def knn_rows(points: torch.Tensor, query: torch.Tensor, K: int, mask: torch.Tens
         score = score.masked_fill(~mask, float("inf"))
     k = min(int(K), points.shape[1])
     vals, idx = torch.topk(score, k, dim=1, largest=False)               # (B, k)
-    nbrs = torch.gather(points, 1, idx.unsqueeze(-1).expand(-1, -1, points.shape[2]))
+    B, M, D = points.shape
+    # whole rows by index_select on the flattened sets (a gather with an index expanded over D is
+    # ~6x slower on a CPU at B=64, M=64, D=4096)
+    rows = (idx + torch.arange(B, device=idx.device).unsqueeze(1) * M).reshape(-1)
+    nbrs = points.reshape(B * M, D).index_select(0, rows).reshape(B, k, D)
     valid = torch.isfinite(vals)
     dist_min = (nbrs[:, 0] - query).norm(dim=1)
     return nbrs, valid, dist_min

@@ -17,8 +17,9 @@ in guidance share x_T and every step's noise. A batch of B gives exactly the B s
 Host synchronisation: the loop reads nothing back from the device (no .item(), float(tensor),
 bool(tensor), .cpu()); host-made noise goes to the device by pinned, non-blocking copies; the
 schedule coefficients are filled on the device. Only ``return_trajectory`` (a debugging aid)
-and reading ``guidance.last_stats`` (a logger) synchronise. On CUDA the one remaining
-synchronisation is torch.linalg's own error check inside the guidance basis (eigh).
+and reading ``guidance.last_stats`` (a logger) synchronise. On CUDA, torch.linalg.eigh inside the
+guidance basis checks its error codes on the host: expected to be the one synchronisation left per
+guided step (not yet measured on a GPU; ``python -m benchmarks.gpu_check`` counts them by site).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from ..config import JobConfig
 from ..provenance import git_commit
 from .stage import BY_NAME, STAGE_NAMES, Context, check_settings, discard_from, stage_keys, stages_to_run
 from .settings import check_shards, key_hash
-from .store import Lease, Store, redact
+from .store import Lease, LeaseLost, Store, redact
 
 log = logging.getLogger("mgd_ray")
 
@@ -68,16 +68,18 @@ def versions() -> dict:
 def preflight(job: JobConfig):
     """Fail before any heavy work: data source, class list vs the generator, model loading."""
     from ..data import open_source
-    from ..models import load_generator
+    from ..models import read_generator_info
     from .labels import check_label_order
     source = open_source(job.data)
     n_train = source.num_rows("train")
     if n_train == 0:
         from ..data import DataError
         raise DataError(f"data source {job.data.source!r} has no train rows for the chosen classes")
-    from .door import door_checks; door_checks(job, source)  # noqa: E702 - bad input at the door (pipeline/door.py)
-    # every method needs the model: the VAE encodes the latents of every method
-    _, _, info = load_generator(job.model.generator, job.model.vae, allow_download=job.model.allow_download)
+    from .door import door_checks
+    door_checks(job, source)        # bad input at the door (pipeline/door.py), before any heavy work
+    # every method needs the model: the VAE encodes the latents of every method. Configs + weight-file
+    # hashes only, as load_generator would give them: the driver never holds the weights (3 GB for DiT-XL/2)
+    info = read_generator_info(job.model.generator, job.model.vae, allow_download=job.model.allow_download)
     check_label_order(source.classes, info)
     if job.evaluate.enabled:
         from .evaluate import load_job_teacher
@@ -115,6 +117,8 @@ class _FinalStatus:
             m["reason"] = reason
         try:
             self.store.write_json(m, "manifest.json")
+        except LeaseLost as e:          # another driver owns output.dir: its manifest is not ours to write
+            log.error(f"the final status {status!r} was not written: {e}")
         except Exception as e:  # noqa: BLE001 - say so loudly: the manifest may still read "running"
             log.error(f"could not write the final status {status!r} to {self.store.uri('manifest.json')} "
                       f"({type(e).__name__}: {e}); it may still say 'running'. Committed work is kept; "
@@ -156,10 +160,17 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
         return {"plan": dry_run_plan(job, stages)}
     source, info = preflight(job)
     p = plan(job, source, info, stages)
+    from . import runner
+    from .door import check_cluster_output
+    runner.init_ray(job)
+    check_cluster_output(job)      # a local output.dir that other nodes cannot see: refused before any write
     store = Store(job.output.dir, job.output.storage_options)
     store.makedirs()
     keys = stage_keys(job, info, source)
-    with Lease(store):
+    with Lease(store) as lease:
+        # every commit from here on, the driver's and its workers', checks this lease's epoch
+        store = lease.fenced(store)
+        job = job.model_copy(update={"output": job.output.model_copy(update={"lease_epoch": lease.epoch})})
         if fresh:
             check_settings(store, keys, before=fresh)   # refuse before discarding anything
             gone = discard_from(store, fresh)
@@ -201,11 +212,9 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
 
 def run_stages(ctx: Context, final: _FinalStatus):
     """The loop over the stages; then the counts and the final status."""
-    from . import runner
     from .nodes import clear_nodes, stage_nodes
     job, store, manifest = ctx.job, ctx.store, ctx.manifest
     t_start = time.time()
-    runner.init_ray(job)
     timings = manifest.setdefault("timings", {})
     nodes = manifest.setdefault("nodes", {})   # stage -> the Ray nodes its work ran on
     problems = []
@@ -272,8 +281,10 @@ def write_report_page(job: JobConfig):
 
 
 def dump_job_redacted(job: JobConfig) -> str:
+    """The job as ``config.yaml`` stores it: credentials redacted, no run-time lease epoch."""
     import yaml
-    return yaml.safe_dump(redact(job.model_dump(mode="json")), sort_keys=False)
+    return yaml.safe_dump(redact(job.model_dump(mode="json", exclude={"output": {"lease_epoch"}})),
+                          sort_keys=False)
 
 
 def base_manifest(job: JobConfig, source, info, keys: dict) -> dict:

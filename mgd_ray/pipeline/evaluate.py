@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import JobConfig
-from .store import Store
+from .store import Store, job_store
 from .units import decode_png
 
 
@@ -149,7 +149,7 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
     from ..eval import TrainConfig, train_and_evaluate
     from ..eval.train import to_float_images
     job = JobConfig.model_validate(cfg["job"])
-    store = Store(job.output.dir, job.output.storage_options)
+    store = job_store(job)
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
     size = job.evaluate.image_size
     device = "cuda" if torch.cuda.is_available() and job.evaluate.gpus_per_worker > 0 else "cpu"

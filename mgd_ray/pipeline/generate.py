@@ -17,7 +17,8 @@ from collections import Counter, deque
 from ..config import JobConfig
 from .generation import Crop, pad_crop
 from .progress import Progress
-from .store import Store
+from .settings import committed_shards, shard_committed
+from .store import Store, job_store
 from .units import Unit, group_units
 
 log = logging.getLogger("mgd_ray")
@@ -54,17 +55,6 @@ def generation_inputs(job: JobConfig, source, info) -> dict:
             "weights": {"transformer": info.transformer_sha256, "vae": info.vae_sha256}}
 
 
-def committed_shards(store: Store, names, settings_hash: str) -> set[str]:
-    """The shards among ``names`` that carry ``settings_hash`` in their footer (read in threads)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .generator import shard_committed
-    names = list(names)
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        ok = list(pool.map(lambda n: shard_committed(store, n, settings_hash), names))
-    return {n for n, good in zip(names, ok) if good}
-
-
 def attach_targets(units: list[Unit], index):
     """Give every unit the ids of its targets; ``index`` is the targets' index table (or any
     table with columns gen_seed, label, index). Checks each unit's targets exist."""
@@ -98,7 +88,7 @@ def run_generate(job: JobConfig, store: Store, units: list[Unit], settings_hash:
     inputs = generation_inputs(job, source, info)
     t0 = time.time()
     run = _run_actors if job.generative else _run_tasks
-    res = run(job, todo, settings_hash, inputs)
+    res = run(job, store, todo, settings_hash, inputs)
     failed = res.pop("failed_units")
     if failed:
         store.write_json(failed, "failed_units.json")
@@ -127,6 +117,8 @@ class _Tally:
         self.settled += sum(u.count for u in grp)
 
     def fail(self, grp, error: str):
+        if not grp:
+            return
         self.failed.extend({"unit": u.name, "error": error} for u in grp)
         self.settled += sum(u.count for u in grp)
         log.error("generate: units %s failed: %s", [u.name for u in grp], error)
@@ -134,6 +126,15 @@ class _Tally:
     def update(self):
         self.progress.update(self.settled, f"; {self.finished}/{self.n_units} units"
                              + (f", {len(self.failed)} failed" if self.failed else ""))
+
+
+def _why(e: BaseException, n: int = 500) -> str:
+    """A worker's error in one line: the original exception (not Ray's task header)."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        e = cause
+    lines = [x for x in str(e).splitlines() if x.strip() and not x.startswith(("\x1b[36mray::", "ray::"))]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"[:n]
 
 
 def _asked(g) -> str:
@@ -152,7 +153,7 @@ def _placement_error(g, waited: float) -> PlacementError:
         f"generate.start_timeout_s if nodes take longer to start")
 
 
-def _run_actors(job: JobConfig, todo: list[Unit], settings_hash: str, inputs: dict) -> dict:
+def _run_actors(job: JobConfig, store: Store, todo: list[Unit], settings_hash: str, inputs: dict) -> dict:
     """The actor pool. An actor gets work only once it has answered ``ready()`` (models loaded);
     the pool runs on the actors that started and takes late starters as they come. An actor that
     died after its Ray restarts (or whose node was lost) is killed for good and replaced (up to
@@ -255,8 +256,8 @@ def _run_actors(job: JobConfig, todo: list[Unit], settings_hash: str, inputs: di
                 no_live_since = None
                 if started_in_bound is None and len(live) == slots:
                     started_in_bound = slots
-                log.info("generate: generator actor %d/%d started on %s (%s)", started, slots, rec["where"],
-                         rec["device"])
+                log.info("generate: a generator actor started on %s (%s); %d/%d live", rec["where"], rec["device"],
+                         len(live), slots)
                 feed()
                 continue
             a, grp = in_flight.pop(ref)
@@ -270,14 +271,17 @@ def _run_actors(job: JobConfig, todo: list[Unit], settings_hash: str, inputs: di
                     log.warning("generate: units %s lost with their actor (%s); queued again (%d/%d)",
                                 list(key), why, lost[key], g.max_retries)
                     pending.append(grp)
-                else:
-                    tally.fail(grp, f"generator actor died {lost[key]} time(s) running these units: {why}")
+                else:   # what it committed before it died is done (two groups run at once on an actor)
+                    ok = [u for u in grp if shard_committed(store, u.shard, settings_hash)]
+                    tally.done(ok, {"images": sum(u.count for u in ok), "dit_batches": []})
+                    tally.fail([u for u in grp if u not in ok],
+                               f"generator actor died {lost[key]} time(s) running these units: {why}")
                 if any(x is a for x in live):
                     retire(a, why)
             except WeightsMismatch:
                 raise
             except Exception as e:  # the unit's own error, after its task retries; the actor lives on
-                tally.fail(grp, str(e).splitlines()[0][:500])
+                tally.fail(grp, _why(e))
             feed()
             tally.update()
     finally:
@@ -289,7 +293,7 @@ def _run_actors(job: JobConfig, todo: list[Unit], settings_hash: str, inputs: di
             "latent_reads": sum(tally.reads.values()), "classes_read": len(tally.reads)}
 
 
-def _run_tasks(job: JobConfig, todo: list[Unit], settings_hash: str, inputs: dict) -> dict:
+def _run_tasks(job: JobConfig, store: Store, todo: list[Unit], settings_hash: str, inputs: dict) -> dict:
     """Real-image methods: Ray tasks over the chosen ids (no actor, no model), class by class in
     chunks so that each task opens the source once for many units."""
     import ray
@@ -308,7 +312,7 @@ def _run_tasks(job: JobConfig, todo: list[Unit], settings_hash: str, inputs: dic
         try:
             tally.done(grp, ray.get(ready[0]))
         except Exception as e:  # noqa: BLE001 - after its retries: these units fail, the rest go on
-            tally.fail(grp, str(e).splitlines()[0][:500])
+            tally.fail(grp, _why(e))
         tally.update()
     return {"images": tally.images, "dit_calls": 0, "failed_units": tally.failed, "tasks": len(chunks)}
 
@@ -317,6 +321,6 @@ def _real_units_task(jd: dict, units: list[Unit], class_names: list[str], settin
     from .generator import write_real_units
     from .nodes import record_node
     job = JobConfig.model_validate(jd)
-    store = Store(job.output.dir, job.output.storage_options)
+    store = job_store(job)
     record_node(store, "generate")
     return write_real_units(job, store, units, class_names, settings_hash)

@@ -11,6 +11,7 @@ the class names, the crop, the driver's weight hashes): it reads no manifest.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -25,9 +26,9 @@ from ..models import ModelError
 from .accel import hide_ungranted_gpus
 from .generation import Crop, GenerationPipeline
 from .nodes import record_node
-from .settings import SHARD_KEY
+from .settings import SHARD_KEY, shard_committed
 from .stages import load_models, pick_device, read_class_latents, read_targets, set_threads
-from .store import Store
+from .store import Store, job_store
 from .units import Unit, dit_batches, png_bytes, sample_id, shard_table, target_id
 
 log = logging.getLogger("mgd_ray")
@@ -35,15 +36,6 @@ log = logging.getLogger("mgd_ray")
 
 class WeightsMismatch(ModelError):
     """A worker loaded other weights than the driver checked (its node holds other files)."""
-
-
-def shard_committed(store: Store, name: str, settings_hash: str) -> bool:
-    """A shard counts as committed only when its Parquet footer carries this job's settings hash
-    (a missing, truncated or other-settings file does not)."""
-    try:
-        return store.read_footer("shards", name).get(SHARD_KEY, "") == settings_hash
-    except Exception:  # noqa: BLE001 - absent or unreadable: not committed
-        return False
 
 
 def node_name() -> str:
@@ -83,18 +75,19 @@ class ClassLatents:
         self._lock = threading.Lock()
         self.reads: Counter = Counter()
 
-    def acquire(self, labels) -> dict:
-        """-> {label: (ids, Z)}; pair every acquire with a ``release`` of the same labels."""
-        out = {}
+    def acquire(self, labels) -> tuple[dict, list]:
+        """-> ({label: (ids, Z)}, the labels read now); pair it with a ``release`` of the same labels."""
+        out, read = {}, []
         with self._lock:
             for lab in sorted(set(labels)):
                 self._users[lab] += 1
                 if lab not in self._data:
                     self._data[lab] = self._read(lab)
                     self.reads[lab] += 1
+                    read.append(lab)
                 self._data.move_to_end(lab)
                 out[lab] = self._data[lab]
-        return out
+        return out, read
 
     def release(self, labels):
         with self._lock:
@@ -125,15 +118,59 @@ def commit_unit(store: Store, unit: Unit, rows: list[dict], class_names, setting
                       metadata={SHARD_KEY: settings_hash} if settings_hash else None)
 
 
-def maybe_fault(job: JobConfig, store: Store, unit: Unit):
-    """Testing only (``generate.fault_inject: unit=<name>``): kill this process once in that unit."""
-    spec = job.generate.fault_inject
-    if spec and spec == f"unit={unit.name}":
-        marker = ("_faults", f"{unit.name}.txt")
-        if not store.exists(*marker):
-            store.write_bytes(b"injected", *marker)
-            log.warning("fault injection: killing this worker in unit %s", unit.name)
-            os._exit(17)
+def parse_fault(spec: str | None) -> dict | None:
+    """``generate.fault_inject`` -> {"unit": name or None, "after_commits": n, "at": "start"|"commit"}.
+    The spec is ``key=value`` pairs joined by ``:`` (``unit=s000-c00002-t00000:after_commits=2``)."""
+    if not spec:
+        return None
+    out = {"unit": None, "after_commits": 0, "at": "start"}
+    for part in spec.split(":"):
+        k, _, v = part.partition("=")
+        if k not in out or not v:
+            raise ValueError(f"generate.fault_inject: unknown part {part!r} (unit=<name>, after_commits=<n>, "
+                             f"at=start|commit)")
+        out[k] = int(v) if k == "after_commits" else v
+    if out["at"] not in ("start", "commit"):
+        raise ValueError(f"generate.fault_inject: at={out['at']!r} (start or commit)")
+    return out
+
+
+def _claim(store: Store, marker: tuple[str, str], data: bytes) -> bool:
+    """Write the fault marker unless one exists; True for the one process that wrote it (a local
+    store: exclusive create, so two actors reaching the fault together do not both die)."""
+    if store.ls("_faults"):
+        return False
+    if store.is_local:
+        store.makedirs(marker[0])
+        try:
+            fd = os.open(store.path(*marker), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    store.write_bytes(data, *marker)
+    return True
+
+
+def maybe_fault(job: JobConfig, store: Store, unit: Unit, committed: list | None = None, at: str = "start"):
+    """Testing only (``generate.fault_inject``, see ``parse_fault``): kill this process once per
+    output dir, in the unit named by ``unit=`` (any unit without it), at its start (before its
+    images are made) or, with ``at=commit``, mid-unit (images made, shard not yet committed), and
+    only in a process that has already committed ``after_commits`` shards itself (``committed``:
+    the shards it committed). The marker ``_faults/<unit>.txt`` records, as JSON, the unit, the
+    pid and the shards this process had committed before it died."""
+    f = parse_fault(job.generate.fault_inject)
+    if f is None or f["at"] != at or f["unit"] not in (None, unit.name):
+        return
+    done = list(committed or [])
+    if len(done) < f["after_commits"]:
+        return
+    rec = {"unit": unit.name, "pid": os.getpid(), "at": at, "committed_before": done}
+    if _claim(store, ("_faults", f"{unit.name}.txt"), json.dumps(rec).encode()):
+        log.warning("fault injection: killing this worker in unit %s (%s; %d shard(s) committed by it)",
+                    unit.name, at, len(done))
+        os._exit(17)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +184,7 @@ class GeneratorWorker:
         self.gpus = hide_ungranted_gpus()          # before torch can open a GPU it was not granted
         set_threads(threads)
         self.job = JobConfig.model_validate(job)
-        self.store = Store(self.job.output.dir, self.job.output.storage_options)
+        self.store = job_store(self.job)
         self.settings_hash = settings_hash
         self.class_names = list(class_names)
         self.device = pick_device(self.job.model.device)
@@ -159,6 +196,7 @@ class GeneratorWorker:
         self.pipeline = GenerationPipeline.from_job(self.job, dit, vae, info, device=self.device, crop=crop)
         self.latents = ClassLatents(lambda lab: read_class_latents(self.store, lab), keep=latents_keep)
         self._gpu = threading.Lock()
+        self.committed: list[str] = []             # shards this process committed (fault injection reads it)
 
     def ready(self) -> dict:
         return {"where": self.where, "pid": os.getpid(), "device": self.device, "gpus": [str(g) for g in self.gpus],
@@ -177,7 +215,7 @@ class GeneratorWorker:
         record_node(self.store, "generate")
         todo = [u for u in units if not shard_committed(self.store, u.shard, self.settings_hash)]
         for u in todo:
-            maybe_fault(self.job, self.store, u)
+            maybe_fault(self.job, self.store, u, self.committed)
         out = {"units": [u.name for u in units], "skipped": len(units) - len(todo), "images": 0, "dit_batches": [],
                "latent_reads": [], "pid": os.getpid()}
         if todo:
@@ -185,15 +223,14 @@ class GeneratorWorker:
             targets = read_targets(self.store, {u.label for u in todo}, [i for u in todo for i in u.target_ids])
             items = [(u, targets[i]) for u in todo for i in u.target_ids]
             labels = {u.label for u in todo} if pipe.needs_neighbourhoods else set()
-            before = Counter(self.latents.reads)
-            lat = self.latents.acquire(labels)
+            lat, out["latent_reads"] = self.latents.acquire(labels)
             try:
-                out["latent_reads"] = sorted((self.latents.reads - before).elements())
                 nbrs = None
                 if pipe.needs_neighbourhoods:
                     from ..method import neighbourhood_for_target
-                    nbrs = [neighbourhood_for_target(*lat[u.label], target_of(t), self.job.coreset.neighbourhood_max,
-                                                     pipe.min_neighbours) for u, t in items]
+                    nbrs = [neighbourhood_for_target(lat[u.label][1], lat[u.label][0], target_of(t),  # Z, ids
+                                                     self.job.coreset.neighbourhood_max, pipe.min_neighbours)
+                            for u, t in items]
                 c = [t["target"] for _, t in items] if pipe.guidance is not None else None
                 with self._gpu:                       # the inputs above were read while another group ran
                     imgs = pipe([u.model_label for u, _ in items], [int(t["seed"]) for _, t in items], c, nbrs)
@@ -204,7 +241,9 @@ class GeneratorWorker:
             for u in todo:
                 rows = [shard_row(u, t, img, self.job.method) for (_, t), img in zip(items[k:k + u.count],
                                                                                        imgs[k:k + u.count])]
+                maybe_fault(self.job, self.store, u, self.committed, at="commit")
                 commit_unit(self.store, u, rows, self.class_names, self.settings_hash)
+                self.committed.append(u.shard)
                 k += u.count
                 out["images"] += len(rows)
         out["seconds"] = time.time() - t0

@@ -35,7 +35,10 @@ def compute_distribution(job: JobConfig, store, source, info, sets: dict | None 
         return {"skipped": "no real-data classifier"}
     clf = load_classifier(d)
     f_real = _real_features(store, d, clf, source)
-    out = {"feature_space": f"real-data classifier {d.name} ({clf.record.get('test_acc', 'n/a')} test acc)",
+    acc = clf.record.get("test_acc")
+    where = job.evaluate.classifier or f"shipped beside {info.source} ({d.name}/)"
+    out = {"feature_space": f"real-data classifier {where}" + (f" ({100 * acc:.1f} % on the real test set)"
+                                                                if isinstance(acc, (int, float)) else ""),
            "sets": {}}
     for s in (sets.keys() if sets is not None else job.generate.seeds):
         imgs, labels = sets[s] if sets is not None else load_shard_set(store, s)

@@ -29,22 +29,55 @@ def _num(x: float) -> str:
 
 class Progress:
     """Logs ``<stage>: done/total <unit> (pct), rate <unit>/s, ETA`` at most every ``every``
-    seconds, and always when ``done`` reaches ``total``; nothing after that line."""
+    seconds, and always when ``done`` reaches ``total``; nothing after that line.
 
-    def __init__(self, stage: str, total: int, unit: str, every: float = 5.0, clock=time.monotonic):
+    The rate behind the ETA is measured from the first observation with progress (``done > 0``),
+    not from the start: the time before it is start-up (actors loading models, a Train worker
+    group forming), and the first count is often a token (a trial's first epoch of 300), so an
+    average from the start extrapolates the start-up into an ETA of hours that drops to minutes
+    two lines later (tests/test_progress.py replays such counts). Until ``min_share`` of the
+    total has been done after that first observation the ETA is ``?`` and the rate shown is the
+    plain average since the start; after it both are the rate since the first observation. The
+    final line shows the stage's average rate since the start.
+    """
+
+    def __init__(self, stage: str, total: int, unit: str, every: float = 5.0, clock=time.monotonic,
+                 min_share: float = 0.01):
         self.stage, self.total, self.unit, self.every, self.clock = stage, int(total), unit, every, clock
+        self.min_share = min_share
         self.t0 = clock()
         self.last = None       # time of the last line
         self.logged_done = -1  # ``done`` of the last line
+        self.first = None      # (time, done) of the first observation with done > 0
         self._lock = threading.Lock()
 
+    def observe(self, done: float, now: float | None = None):
+        """Record an observation (``update`` does; a caller that counts more often than it logs
+        may call it between lines)."""
+        if self.first is None and done > 0:
+            self.first = (self.clock() if now is None else now, done)
+
+    def rate(self, done: float, now: float | None = None) -> float:
+        """Units per second since the first observation with progress; nan until ``min_share`` of
+        the total has been done after it (too little to extrapolate from)."""
+        now = self.clock() if now is None else now
+        if self.first is None:
+            return float("nan")
+        t1, d1 = self.first
+        if now <= t1 or done - d1 <= 0 or done - d1 < self.min_share * self.total:
+            return float("nan")
+        return (done - d1) / (now - t1)
+
     def line(self, done: float, extra: str = "") -> str:
-        el = max(self.clock() - self.t0, 1e-9)
-        rate = done / el
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        now = self.clock()
+        el = max(now - self.t0, 1e-9)
+        rate = self.rate(done, now)
+        finished = done >= self.total
+        shown = done / el if finished or rate != rate else rate
+        eta = "0s" if finished else fmt_seconds((self.total - done) / rate if rate == rate else float("nan"))
         pct = f" ({100 * done / self.total:.0f}%)" if self.total else ""
-        return (f"{self.stage}: {_num(done)}/{self.total} {self.unit}{pct}, {rate:.3g} {self.unit}/s, "
-                f"elapsed {fmt_seconds(el)}, ETA {fmt_seconds(eta) if done < self.total else '0s'}{extra}")
+        return (f"{self.stage}: {_num(done)}/{self.total} {self.unit}{pct}, {shown:.3g} {self.unit}/s, "
+                f"elapsed {fmt_seconds(el)}, ETA {eta}{extra}")
 
     def update(self, done: float, extra: str = "") -> bool:
         """Log a line when ``every`` seconds passed since the last line (or the start), or the work
@@ -52,6 +85,7 @@ class Progress:
         Returns whether a line was logged."""
         with self._lock:
             now = self.clock()
+            self.observe(done, now)
             if self.logged_done >= self.total:
                 return False  # the final line is out
             since = now - (self.t0 if self.last is None else self.last)  # first line: after the start line

@@ -1,10 +1,16 @@
 """``report.html``: one self-contained page per job, built from its output files only.
 
 Sections (each a ``<section id=...>``): ``summary`` (job, status, data, model), ``preview`` (the
-first distilled set's images, a row per class, embedded as data URIs), ``results`` (accuracy per
-dataset kind and student, with the paired gain over random real), ``distribution`` (the
-distribution metrics per set), ``timings`` (per stage) and ``config`` (the resolved job file).
-Nothing is fetched when the page is opened; ``mgd-ray report OUT`` rebuilds it.
+first distilled set's images, a row per class, each above a row of real train images of that
+class, embedded as data URIs), ``results`` (accuracy per dataset kind and student, with the paired
+gain over random real), ``distribution`` (the distribution metrics per set), ``timings`` (per
+stage) and ``config`` (the resolved job file). Nothing is fetched when the page is opened.
+
+The page is built from the output directory alone, so ``mgd-ray report OUT`` rebuilds it anywhere
+(also from ``s3://``, without the data source or its credentials). The real images come from
+``preview/real.parquet``, which the generate stage writes beside the preview grids
+(:func:`write_real_preview`: a few real train images per class, read from the source while the job
+has it open); an output directory without that file gets a page without the real rows.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
+import re
 
 import numpy as np
 
@@ -20,6 +28,9 @@ from .units import image_png
 
 THUMB = 64          # images larger than this are shrunk for the page (the shards keep the originals)
 MAX_IMAGES = 2000   # preview images on the page at most (10 per class up to 200 classes)
+REAL_PREVIEW = ("preview", "real.parquet")  # real train images beside the distilled rows
+
+log = logging.getLogger("mgd_ray")
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#1d2330;background:#fff}
@@ -29,6 +40,7 @@ th{background:#eef1f7}td.l,th.l{text-align:left}.muted{color:#6b7385}
 .pos{color:#17803d}.neg{color:#b42318}
 .grid td{padding:2px;border:none;text-align:left}.grid td.name{padding-right:10px;white-space:nowrap}
 .grid img{width:64px;height:64px;image-rendering:pixelated;background:#000;display:block}
+.grid td.kind{color:#6b7385;font-size:12px;padding-right:8px}.grid tr.real td{padding-bottom:10px}
 pre{background:#f6f7fa;border:1px solid #d6dbe6;padding:10px;overflow:auto;font-size:12px}
 """
 
@@ -72,10 +84,15 @@ def thumbnail(png: bytes) -> bytes:
     return buf.getvalue()
 
 
+def per_class_shown(n_classes: int) -> int:
+    """Images per class on the page (distilled and real alike): 10, fewer past 200 classes."""
+    return max(1, min(10, MAX_IMAGES // max(1, n_classes)))
+
+
 def preview_images(store: Store, n_classes: int, gen_seed: int) -> dict[int, list[tuple[str, bytes]]]:
     """``{label: [(sample_id, PNG bytes)]}`` of one distilled set, first images of each class;
     reads only the first shard(s) of each class."""
-    per_class = max(1, min(10, MAX_IMAGES // max(1, n_classes)))
+    per_class = per_class_shown(n_classes)
     by_label: dict[int, list[str]] = {}
     for name in store.ls("shards", suffix=".parquet"):
         if name.startswith(f"s{gen_seed:03d}-c"):
@@ -90,6 +107,59 @@ def preview_images(store: Store, n_classes: int, gen_seed: int) -> dict[int, lis
         rows.sort(key=lambda r: int(r["sample_id"].rsplit("-i", 1)[1]))
         out[label] = [(r["sample_id"], image_png(r["image"])) for r in rows[:per_class]]
     return out
+
+
+def real_preview_table(job, source, info):
+    """A pyarrow table ``label, class_name, id, image`` (PNG thumbnails): per class, the first
+    ``per_class_shown`` images (by id) of the random-real baseline subset of the first generation
+    seed (the IPC real images that baseline trains on), read from the source with the encoder's
+    geometry. Reads only those images (at most MAX_IMAGES), not the split."""
+    import pyarrow as pa
+
+    from .evaluate import random_real_subset
+    names = list(source.classes.names)
+    per_class = min(per_class_shown(len(names)), int(job.generate.ipc))
+    _, _, labels = source.select("train")
+    idx = random_real_subset(np.asarray(labels), int(job.generate.ipc), int(job.generate.seeds[0]))
+    keep = np.concatenate([idx[labels[idx] == c][:per_class] for c in np.unique(labels[idx])]) if len(idx) else idx
+    mode = job.encode.preprocess
+    # pad / none: the generator's images are cropped back to the native size, so show real ones there too
+    size = None if mode in ("pad", "none") else (job.encode.image_size or info.image_size)
+    a = source.arrays_at("train", np.sort(keep), image_size=size, mode="center-crop" if mode == "none" else mode)
+    from .units import png_bytes
+    lab = [int(x) for x in a["label"]]
+    return pa.table({"label": pa.array(lab, pa.int64()), "class_name": [names[x] for x in lab],
+                     "id": pa.array([int(x) for x in a["id"]], pa.int64()),
+                     "image": pa.array([thumbnail(png_bytes(im)) for im in a["image"]], pa.binary())})
+
+
+def write_real_preview(store: Store, job, source, info) -> bool:
+    """Write ``preview/real.parquet`` (see :func:`real_preview_table`) unless it is there; a
+    failure is logged, never raised (the page then shows the distilled rows alone)."""
+    try:
+        if store.exists(*REAL_PREVIEW):
+            return True
+        store.write_table(real_preview_table(job, source, info), *REAL_PREVIEW)
+        return True
+    except Exception as e:  # noqa: BLE001 - a preview must never fail the stage
+        log.warning(f"preview: no real-image preview for report.html ({type(e).__name__}: {e})")
+        return False
+
+
+def real_images(store: Store) -> dict[int, list[tuple[int, bytes]]] | None:
+    """``{label: [(id, PNG bytes)]}`` from ``preview/real.parquet``; None when it is missing."""
+    if not store.exists(*REAL_PREVIEW):
+        return None
+    out: dict[int, list] = {}
+    for r in store.read_table(*REAL_PREVIEW, columns=["label", "id", "image"]).to_pylist():
+        out.setdefault(int(r["label"]), []).append((int(r["id"]), r["image"]))
+    return out
+
+
+def class_title(label: int, name: str) -> str:
+    """A class's row header: its name, after its label only where the two differ (digits' class
+    ``"3"`` is label 3: shown once)."""
+    return str(name) if str(name) == str(label) else f"{label} {name}"
 
 
 def table(head: list[str] | None, rows: list[list], left: int = 1) -> str:
@@ -117,20 +187,33 @@ def summary_section(m: dict, failures: int | None) -> str:
             + table(None, rows, left=2) + "</section>")
 
 
+def _img(alt: str, png: bytes) -> str:
+    return (f"<td><img alt='{esc(alt)}' title='{esc(alt)}' src='data:image/png;base64,"
+            f"{base64.b64encode(thumbnail(png)).decode()}'></td>")
+
+
 def preview_section(store: Store, m: dict) -> str:
     classes = m.get("classes", [])
     seeds = m.get("config", {}).get("generate", {}).get("seeds") or [0]
     imgs = preview_images(store, len(classes), int(seeds[0]))
     if not imgs:
         return "<section id=preview><h2>Distilled images</h2><p>no shards committed yet</p></section>"
+    real = real_images(store)
     rows = []
     for label, name in enumerate(classes):
-        tds = "".join(f"<td><img alt='{esc(sid)}' title='{esc(sid)}' src='data:image/png;base64,"
-                      f"{base64.b64encode(thumbnail(png)).decode()}'></td>" for sid, png in imgs.get(label, []))
-        rows.append(f"<tr data-label={label}><td class=name>{label} {esc(name)}</td>{tds}</tr>")
+        tds = "".join(_img(sid, png) for sid, png in imgs.get(label, []))
+        rows.append(f"<tr data-label={label}><td class=name>{esc(class_title(label, name))}</td>"
+                    f"<td class=kind>distilled</td>{tds}</tr>")
+        if real is not None:
+            tds = "".join(_img(f"real {name} (train id {i})", png) for i, png in real.get(label, []))
+            rows.append(f"<tr class=real data-real={label}><td class=name></td><td class=kind>real</td>{tds}</tr>")
     shown = sum(len(v) for v in imgs.values())
-    return (f"<section id=preview><h2>Distilled images</h2><p class=muted>generation seed {seeds[0]}: "
-            f"the first {shown} images, a row per class</p><table class=grid>{''.join(rows)}</table></section>")
+    note = (f"generation seed {seeds[0]}: the first {shown} distilled images, a row per class"
+            + (f"; below each, real train images of the class (the first of the random-real baseline's "
+               f"set for seed {seeds[0]})" if real is not None else
+               "; no real-image rows (preview/real.parquet is missing: rerun the job to add it)"))
+    return (f"<section id=preview><h2>Distilled images</h2><p class=muted>{esc(note)}</p>"
+            f"<table class=grid>{''.join(rows)}</table></section>")
 
 
 RESULTS_HEAD = ["dataset", "student", "runs", "final acc", "best acc", "gain over random real"]
@@ -171,14 +254,36 @@ def results_section(r: dict | None) -> str:
             + table(RESULTS_HEAD, results_rows(r), left=2) + "</section>")
 
 
-def distribution_section(r: dict | None) -> str:
+FEATURE_SPACE = re.compile(r"real-data classifier (?P<dir>\S+) \((?P<acc>\S+) test acc\)")
+
+
+def feature_space_text(d: dict, m: dict) -> str:
+    """Where the distribution metrics were measured, for a person: results.json records
+    ``real-data classifier <its directory's name> (<test accuracy> test acc)`` (the name is
+    ``classifier`` for the one shipped beside the prior, and the accuracy a raw fraction)."""
+    raw = str(d.get("feature_space", ""))
+    got = FEATURE_SPACE.fullmatch(raw.strip())
+    if not got:
+        return f"in the features of the {raw}" if raw else ""
+    own = ((m.get("config") or {}).get("evaluate") or {}).get("classifier")
+    try:
+        acc = f"{100 * float(got['acc']):.1f} % on the real test set"
+    except ValueError:
+        acc = "test accuracy not recorded"
+    if own:
+        return f"in the features of the real-data classifier {own} ({acc})"
+    prior = (m.get("model") or {}).get("source") or "the prior"
+    return f"in the features of the real-data classifier shipped beside {prior} ({got['dir']}/; {acc})"
+
+
+def distribution_section(r: dict | None, m: dict | None = None) -> str:
     d = (r or {}).get("distribution")
     if not d or "sets" not in d:
         why = (d or {}).get("skipped", "not computed")
         return f"<section id=distribution><h2>Distribution metrics</h2><p>{esc(why)}</p></section>"
     head, rows = distribution_rows(d)
-    return (f"<section id=distribution><h2>Distribution metrics</h2><p class=muted>in the features of the "
-            f"{esc(d.get('feature_space', ''))}</p>" + table(head, rows) + "</section>")
+    return (f"<section id=distribution><h2>Distribution metrics</h2><p class=muted>"
+            f"{esc(feature_space_text(d, m or {}))}</p>" + table(head, rows) + "</section>")
 
 
 def timings_section(m: dict) -> str:
@@ -202,7 +307,7 @@ def build_html(store: Store) -> str:
     cfg = store.read_bytes("config.yaml").decode() if store.exists("config.yaml") else None
     fails = store.read_table("failures.parquet").num_rows if store.exists("failures.parquet") else None
     body = "".join([summary_section(m, fails), preview_section(store, m), results_section(r),
-                    distribution_section(r), timings_section(m), config_section(cfg)])
+                    distribution_section(r, m), timings_section(m), config_section(cfg)])
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{esc(m.get('name'))} - mgd_ray report"
             f"</title><style>{CSS}</style></head><body>{body}</body></html>\n")
 

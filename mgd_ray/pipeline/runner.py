@@ -1,5 +1,6 @@
-"""The one module that wires Ray: encode (Ray Data actor pool) -> coreset (Ray tasks) ->
-generate (a fixed pool of generator actors) -> evaluate (Ray Train ``TorchTrainer``).
+"""Ray wiring of the encode (Ray Data actor pool), coreset (Ray tasks) and evaluate (Ray Train
+``TorchTrainer``) stages, and ``init_ray``; the generate stage's is ``generate.py``. Which work
+runs and what is reused is the stage objects' call (``stage.py``); these functions do the work.
 
 Resource rules that keep a 2-core laptop from deadlocking (see the field notes): encoder
 actors are an ``ActorPoolStrategy(min, max)`` with fractional CPUs, Train workers ask for a
@@ -18,8 +19,7 @@ from ..config import JobConfig
 from .progress import Progress, polled
 from .stages import Encoder
 from .nodes import record_node
-from .store import Store
-from .units import Unit, group_units
+from .store import Store, job_store
 
 log = logging.getLogger("mgd_ray")
 
@@ -41,6 +41,9 @@ def init_ray(job: JobConfig):
              f"{ray.cluster_resources().get('GPU', 0):.0f} GPUs")
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, loopback-only cluster
+        # one node never drains: Ray Train's PreemptionWatcher has nothing to watch, and creating it
+        # (actor handles as constructor args, max_restarts -1) logs an alarming core_worker.cc ERROR
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         n = job.ray.num_cpus or max(4, os.cpu_count() or 1)
         # Ray Train's PlacementGroupCleaner asks the State API (served by the dashboard) every
         # second whether the Train controller lives; without a dashboard each ask logs a warning
@@ -95,6 +98,7 @@ def run_encode(job: JobConfig, store: Store, source, image_size: int) -> dict:
                         compute=ray.data.ActorPoolStrategy(min_size=e.min_actors, max_size=e.max_actors),
                         num_cpus=e.num_cpus, num_gpus=e.num_gpus or None, batch_size=e.batch_size,
                         batch_format="numpy")
+    store.check_fence()   # Ray Data writes the latents itself; the stage's record after it is a fenced commit
     try:
         with polled(Progress("encode", n, "images"), lambda: ray.get(counter.get.remote(), timeout=30)):
             ds.write_parquet(store.path("latents"), filesystem=store.arrow_fs(), partition_cols=["label"],
@@ -189,7 +193,7 @@ def _coreset_task(jd: dict, labels: list[int], seeds: list[int], threads: int) -
     from .accel import gpus_as_granted
     from .stages import write_class_targets
     j = JobConfig.model_validate(jd)
-    store = Store(j.output.dir, j.output.storage_options)
+    store = job_store(j)
     record_node(store, "coreset")
     with gpus_as_granted() as gpus:
         return write_class_targets(j, store, labels, seeds, threads=threads, gpus=len(gpus))
@@ -198,11 +202,7 @@ def _coreset_task(jd: dict, labels: list[int], seeds: list[int], threads: int) -
 def _merge_task(jd: dict, labels: list[int]) -> int:
     from .stages import merge_target_parts
     j = JobConfig.model_validate(jd)
-    return merge_target_parts(Store(j.output.dir, j.output.storage_options), labels)
-
-
-# ---- generate -------------------------------------------------------------------------------
-from .generate import attach_targets, run_generate  # noqa: F401  (moved; callers keep working)
+    return merge_target_parts(job_store(j), labels)
 
 
 # ---- evaluate -------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str, settings: s
 
         def loop(config):
             out = config["job"]["output"]
-            record_node(Store(out["dir"], out["storage_options"]), "evaluate")
+            record_node(Store(out["dir"], out["storage_options"], fence=out.get("lease_epoch")), "evaluate")
             ctx = ray.train.get_context()
             recs = run_trials(config, ctx.get_world_rank(), ctx.get_world_size())
             ray.train.report({"trials_done": len(recs)})

@@ -63,6 +63,25 @@ def changed(old: dict, new: dict) -> list[str]:
 SHARD_KEY = "mgd_ray.settings"  # Parquet footer key of a shard's generate-stage key hash
 
 
+def shard_committed(store: Store, name: str, settings_hash: str) -> bool:
+    """A shard counts as committed only when its Parquet footer carries this job's settings hash
+    (a missing, truncated or other-settings file does not)."""
+    try:
+        return store.read_footer("shards", name).get(SHARD_KEY, "") == settings_hash
+    except Exception:  # noqa: BLE001 - absent or unreadable: not committed
+        return False
+
+
+def committed_shards(store: Store, names, settings_hash: str) -> set[str]:
+    """The shards among ``names`` that carry ``settings_hash`` in their footer (read in threads:
+    cheap on S3 too)."""
+    from concurrent.futures import ThreadPoolExecutor
+    names = list(names)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        ok = list(pool.map(lambda n: shard_committed(store, n, settings_hash), names))
+    return {n for n, good in zip(names, ok) if good}
+
+
 def check_shards(store: Store, key: dict) -> list[str]:
     """Read every committed shard's footer (threads; cheap even on S3). A shard whose footer is
     missing (truncated, half-copied) is removed and listed so it is generated again; one made with

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import JobConfig, JobError
-from .settings import PLACEMENT, SHARD_KEY, SettingsChanged, changed, key_hash, section
+from .settings import PLACEMENT, SettingsChanged, changed, committed_shards, key_hash, section
 from .store import Store
 
 log = logging.getLogger("mgd_ray")
@@ -60,24 +60,8 @@ class Context:
 
     def committed_units(self) -> list:
         """Units whose shard is committed with this job's settings (its footer's hash)."""
-        have = set(committed_shards(self.store, key_hash(self.keys["generate"])))
+        have = committed_shards(self.store, self.store.ls("shards", suffix=".parquet"), key_hash(self.keys["generate"]))
         return [u for u in self.units if u.shard in have]
-
-
-def committed_shards(store: Store, want: str) -> list[str]:
-    """Names of the shards under ``shards/`` whose Parquet footer carries the settings hash
-    ``want`` (footers read in parallel: cheap on S3 too)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def ok(name):
-        try:
-            return store.read_footer("shards", name).get(SHARD_KEY) == want
-        except Exception:  # noqa: BLE001 - unreadable = not committed
-            return False
-
-    names = store.ls("shards", suffix=".parquet")
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return [n for n, good in zip(names, pool.map(ok, names)) if good]
 
 
 class Stage:
@@ -228,6 +212,9 @@ class GenerateStage(Stage):
             from .preview import class_grids
             for name, png in class_grids(store, list(ctx.source.classes.names), ctx.job.generate.seeds[0]):
                 store.write_bytes(png, "preview", name)
+        if ctx.job.output.preview:      # report.html's real-image rows: a few train images per class
+            from .report_page import write_real_preview
+            write_real_preview(store, ctx.job, ctx.source, ctx.info)
         return rec
 
     def placement(self, job, batch_mean: float = 0.0, **facts):

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import JobConfig
 from .nodes import record_node
-from .store import Store
+from .store import Store, job_store
 from .units import Unit, dit_batches, png_bytes, sample_id, shard_table, target_id, to_uint8
 
 log = logging.getLogger("mgd_ray")
@@ -60,9 +60,12 @@ class Encoder:
         import torch
         set_threads(threads)
         self.job = JobConfig.model_validate(job)
-        record_node(Store(self.job.output.dir, self.job.output.storage_options), "encode")
+        record_node(job_store(self.job), "encode")
         self.device = pick_device(self.job.model.device)
-        _, self.vae, self.info = load_models(self.job, self.device)
+        from ..models import load_vae        # the VAE only: an encoder never needs the DiT
+        m = self.job.model
+        self.vae, self.info = load_vae(m.generator, m.vae, allow_download=m.allow_download,
+                                       dtype=m.dtype if self.device != "cpu" else "float32", device=self.device)
         self.size = image_size_for(self.job, self.info)
         self.dtype = next(self.vae.parameters()).dtype
         self.torch = torch
@@ -187,6 +190,7 @@ def merge_target_parts(store: Store, labels: list[int]) -> int:
     import pyarrow.parquet as pq
     dest = store.path("coreset", "targets.parquet")
     tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}" if store.is_local else dest
+    store.check_fence()          # a streamed write, not a store commit: fenced by hand (before, and before the rename)
     writer, n = None, 0
     with store.fs.open(tmp, "wb") as f:
         for lab in labels:
@@ -197,6 +201,7 @@ def merge_target_parts(store: Store, labels: list[int]) -> int:
         if writer is not None:
             writer.close()
     if store.is_local:
+        store.check_fence()
         os.replace(tmp, dest)
     return n
 

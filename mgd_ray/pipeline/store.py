@@ -11,7 +11,6 @@ lease still has that epoch, and raises ``LeaseLost`` when another driver has tak
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import hashlib
 import json
@@ -186,6 +185,14 @@ class Store:
 
 
 # ---------------------------------------------------------------------------------------------
+def job_store(job) -> Store:
+    """The store of a job's ``output.dir`` as a worker of its driver sees it: fenced with the
+    driver's lease epoch (``output.lease_epoch``), so a worker of a driver whose lease was taken
+    over (an orphan of a killed driver, say) can no longer commit there."""
+    o = job.output
+    return Store(o.dir, o.storage_options, fence=o.lease_epoch)
+
+
 class LeaseHeld(RuntimeError):
     """Another driver holds this output directory."""
 

@@ -68,9 +68,9 @@ def model_facts(job: JobConfig):
         missing = gen if tc is None else (vae or f"{gen} (vae/)")
         raise ModelError(
             f"cannot plan: model {missing!r} is not a local directory, is {twhere if tc is None else vwhere}, "
-            f"and is not one of the known models ({', '.join(sorted(known.TRANSFORMER_CONFIGS))}). Fix: download it "
-            f"once (`hf download {missing}`), or set model.allow_download=true so the real run may fetch it, or point "
-            f"model.generator at a local directory in the diffusers DiT layout (transformer/, vae/).")
+            f"and is not one of the known models ({', '.join(sorted(known.TRANSFORMER_CONFIGS))}). Fix: fetch it "
+            f"once (`mgd-ray models fetch JOB.yaml`), or set model.allow_download=true so the run may fetch it, or "
+            f"point model.generator at a local directory in the diffusers DiT layout (transformer/, vae/).")
     path = resolve_model_path(gen)[0]
     src = gen if not vae else f"{gen} + {vae}"
     return info_from_configs(tc, vc, source=src, path=path,
