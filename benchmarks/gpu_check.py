@@ -2,7 +2,7 @@
 guidance, the SD VAE, the protocol students, and the ImageNet twin end to end on the GPU.
 
     python -m benchmarks.gpu_check [--out benchmarks/reports] [--budget 470]     # on a GPU, < 8 min
-    python -m benchmarks.gpu_check --dry --out /tmp/gpu-check                   # CPU, tiny, < 1 min
+    python -m benchmarks.gpu_check --dry --out out/gpu-check                     # CPU, tiny, < 1 min
 
 Sections (each with its own time budget; a failure or timeout is recorded, the next one runs):
   env             device name, torch / CUDA / cuDNN / diffusers / Ray versions, GPU memory
@@ -32,7 +32,7 @@ Writes OUT/gpu.json and OUT/gpu.md (device, versions, every figure, per-section 
 guidance on two of them, the twin as a plan only: ``--dry-run``) so the same code runs on a CPU;
 its report must not go to benchmarks/reports (the default --out of a dry run is out/gpu-check-dry).
 On the lent GPU machines, diffusers, Ray and pydantic are not installed: carry them as wheels
-(/work/.library/device/README.md); a section whose import fails is recorded as failed.
+(the device tool's README); a section whose import fails is recorded as failed.
 """
 from __future__ import annotations
 

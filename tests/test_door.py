@@ -185,10 +185,10 @@ def test_cluster_check_reads_real_ray_nodes(ray_cluster):
     """The rule on what ray.nodes() really returns: this one-machine Ray passes; the same entries
     with a second machine added are refused."""
     nodes = ray_cluster.nodes()
-    check_output_shared("/tmp/out", nodes, mounts="overlay / overlay rw 0 0\n")
+    check_output_shared("/data/out", nodes, mounts="overlay / overlay rw 0 0\n")
     other = dict(nodes[0], NodeID="f" * 56, NodeManagerAddress="192.0.2.7")
     with pytest.raises(JobError, match="on 2 machines"):
-        check_output_shared("/tmp/out", [*nodes, other], mounts="overlay / overlay rw 0 0\n")
+        check_output_shared("/data/out", [*nodes, other], mounts="overlay / overlay rw 0 0\n")
 
 
 # ---- 6. parquet integer labels with a gap -----------------------------------------------------

@@ -138,3 +138,25 @@ def test_no_undefined_names():
         for path in sorted((root / d).rglob("*.py")):
             checkPath(str(path), rep)
     assert not rep.found, "\n".join(rep.found)
+
+
+def test_nothing_imports_the_entry_module():
+    """``mgd_ray.distill`` is the front door (``python -m mgd_ray.distill``): it runs the CLI and
+    nothing imports it (the package, its tests and the benchmarks go to ``pipeline.driver``), so it
+    is never loaded twice as two modules."""
+    root = PKG.parent
+    files = [p for d in ("mgd_ray", "tests", "benchmarks") for p in (root / d).rglob("*.py")
+             if "__pycache__" not in p.parts]
+    graph = import_graph()
+    assert not [m for m, deps in graph.items() if "mgd_ray.distill" in deps]
+    offenders = []
+    for p in files:
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n == "mgd_ray.distill" or n.startswith("mgd_ray.distill.") for n in names):
+                offenders.append(str(p.relative_to(root)))
+            if isinstance(node, ast.ImportFrom) and node.module == "mgd_ray" and \
+                    any(a.name == "distill" for a in node.names):
+                offenders.append(str(p.relative_to(root)))
+    assert not offenders, f"these import the entry module: {offenders}"

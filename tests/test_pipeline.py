@@ -286,9 +286,13 @@ def test_orphans_of_a_killed_driver_cannot_commit(ray_cluster, tiny_prior, tmp_p
 def test_actor_killed_mid_unit_is_replaced(ray_cluster, tiny_prior, tmp_path):
     out = tmp_path / "out"
     unit = "s000-c00003-t00000"
-    m = run_job(job_from_dict(twin_dict(out, tiny_prior, generate={"fault_inject": f"unit={unit}",
-                                                                   "max_retries": 2})), GEN)
-    assert (out / "_faults" / f"{unit}.txt").is_file()  # the actor really died in that unit
+    spec = f"unit={unit}:after_commits=1:at=commit"    # mid-unit, after the actor committed some shards
+    m = run_job(job_from_dict(twin_dict(out, tiny_prior, generate={"fault_inject": spec, "max_retries": 2})), GEN)
+    marker = out / "_faults" / f"{unit}.txt"
+    fault = json.loads(marker.read_text())             # the actor really died in that unit, mid-unit
+    assert fault["unit"] == unit and fault["at"] == "commit" and fault["committed_before"], fault
+    for s in fault["committed_before"]:                # its restart did not rewrite what it had committed
+        assert (out / "shards" / s).stat().st_mtime_ns <= marker.stat().st_mtime_ns, s
     assert m["counts"]["units_committed"] == 10
     ids = [r["sample_id"] for r in shard_rows(out)]
     assert len(ids) == len(set(ids)) == 20

@@ -3,6 +3,7 @@ output.dir, actor loss in the generator pool, damaged shards, and the fault matr
 in each stage, S3 endpoint restarted during shard writes). Each fault test injects the fault, then
 reruns, then checks every unit exactly once and committed files untouched (bytes and mtime)."""
 
+import io
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -197,19 +199,42 @@ def test_settings_change_refuses_then_fresh(encoded, tiny_prior, tmp_path):
     assert_each_unit_once(out, 20)
 
 
+def test_fault_inject_spec():
+    from mgd_ray.pipeline.generator import parse_fault
+    assert parse_fault(None) is None
+    assert parse_fault("unit=s000-c00002-t00000") == {"unit": "s000-c00002-t00000", "after_commits": 0, "at": "start"}
+    assert parse_fault("after_commits=2:at=commit") == {"unit": None, "after_commits": 2, "at": "commit"}
+    for bad in ("unit", "after=2", "at=end", "after_commits=x"):
+        with pytest.raises(ValueError):
+            parse_fault(bad)
+
+
+def fault_marker(out: Path) -> dict:
+    """The one fault the generator hook injected (``generator.maybe_fault``): the unit, the pid,
+    and the shards that actor had committed before it was killed."""
+    marks = list((out / "_faults").glob("*.txt"))
+    assert len(marks) == 1, f"expected exactly one injected fault, found {marks}"
+    return json.loads(marks[0].read_text())
+
+
 def test_dead_actor_gets_no_more_work(encoded, tiny_prior, tmp_path):
     """Issue 12 §4f: one of two actors dies with no restarts left; before, every group later sent
-    to it failed at once. Now only the groups it held fail and the rest run on live actors."""
+    to it failed at once. Now only the groups it held fail and the rest run on live actors. The
+    fault fires mid-unit (images made, shard not written) in the first actor that has committed
+    two shards: what it committed before is kept, by the first run and by the rerun."""
     out = copy_base(encoded, tmp_path / "out")
     d = twin_dict(out, tiny_prior, evaluate={"enabled": False},
-                  generate={"num_actors": 2, "max_retries": 0, "fault_inject": "unit=s000-c00001-t00000"})
+                  generate={"num_actors": 2, "max_retries": 0, "fault_inject": "after_commits=2:at=commit"})
     m = run_job(job_from_dict(d), GEN)
+    fault = fault_marker(out)
+    assert len(fault["committed_before"]) >= 2 and fault["unit"] + ".parquet" not in fault["committed_before"]
     failed = json.loads((out / "failed_units.json").read_text())
     names = [f["unit"] for f in failed]
-    assert "s000-c00001-t00000" in names and len(names) <= 2, names   # only what the dead actor held
+    assert fault["unit"] in names and len(names) <= 2, names   # only what the dead actor held
     assert m["counts"]["units_committed"] == 10 - len(names)
     assert m["status"] == "partial" and not m["requested_done"] and "rerun the same command" in m["reason"]
     before = snapshot(out, "shards")
+    assert {f"shards/{s}" for s in fault["committed_before"]} <= set(before)   # the dead actor's commits stayed
     m = run_job(job_from_dict(d), GEN)   # the rerun runs only the missing units
     assert m["generate"]["ran"] == len(names) and m["counts"]["units_committed"] == 10
     assert not (out / "failed_units.json").exists()
@@ -218,11 +243,14 @@ def test_dead_actor_gets_no_more_work(encoded, tiny_prior, tmp_path):
 
 
 def test_all_actors_dead_exit_1_then_rerun(encoded, tiny_prior, tmp_path):
-    """One actor, max_retries 0, killed: no traceback, status partial with a reason, exit 1,
-    failed_units.json; `--stages encode` exits 0; the rerun runs only the missing units."""
+    """One actor, max_retries 0, killed mid-unit in its third unit after committing the first:
+    no traceback, status partial with a reason, exit 1, failed_units.json; `--stages encode` exits
+    0; the rerun runs only the missing units and keeps every shard committed before the kill."""
     out = copy_base(encoded, tmp_path / "out")
+    unit = "s000-c00002-t00000"
     d = twin_dict(out, tiny_prior, evaluate={"enabled": False},
-                  generate={"num_actors": 1, "max_retries": 0, "fault_inject": "unit=s000-c00002-t00000"})
+                  generate={"num_actors": 1, "max_retries": 0,
+                            "fault_inject": f"unit={unit}:after_commits=1:at=commit"})
     job_file = write_job(tmp_path / "job.yaml", d)
     r = cli([str(job_file), "--stages", "encode"], ray_env())
     assert r.returncode == 0, r.stderr[-2000:]
@@ -236,9 +264,12 @@ def test_all_actors_dead_exit_1_then_rerun(encoded, tiny_prior, tmp_path):
     assert "Traceback" not in r.stderr and "rerun the same command" in r.stderr.splitlines()[-1]
     man = json.loads((out / "manifest.json").read_text())
     assert man["status"] == "partial" and "failed" in man["reason"]
+    fault = fault_marker(out)
+    assert fault["unit"] == unit and "s000-c00000-t00000.parquet" in fault["committed_before"], fault
     failed = [f["unit"] for f in json.loads((out / "failed_units.json").read_text())]
-    assert "s000-c00002-t00000" in failed
+    assert unit in failed and man["counts"]["units_committed"] == 10 - len(failed)
     before = snapshot(out, "shards")
+    assert {f"shards/{s}" for s in fault["committed_before"]} <= set(before)
     r = cli([str(job_file)], ray_env())
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     man = json.loads((out / "manifest.json").read_text())
@@ -293,10 +324,11 @@ def settled(out: Path, pattern: str, quiet: float = 1.0, timeout: float = 30.0) 
 @pytest.mark.parametrize("stage", ["encode", "coreset", "generate", "evaluate"])
 def test_driver_killed_in_each_stage(encoded, tiny_prior, tmp_path, stage):
     """The driver's process group SIGKILLed once the stage has committed some of its work (coreset
-    parts, shards, trials): the manifest says ``running`` in that stage (no final status: SIGKILL
-    gives none), the rerun builds only what is missing, keeps what was committed (bytes and mtime)
-    and completes. Encode commits nothing until its end (Ray Data writes the latents; a half-written
-    encode is discarded): there the kill lands mid-write and the rerun's latents hold every row once."""
+    parts, shards, trials): exit -9, the manifest says ``running`` in that stage (SIGKILL leaves no
+    final status), and the rerun builds only what is missing, keeps what was committed (bytes and
+    mtime) and completes. Encode commits nothing before its end (Ray Data writes the latents in one
+    go; a half-written encode is discarded): it is killed once it has recorded its key, and the
+    rerun's latents hold every train row exactly once."""
     out = tmp_path / "out"
     if stage != "encode":   # the finished stages before the one under test, from the shared fixture
         copy_base(encoded, out, with_shards=stage == "evaluate")
@@ -330,7 +362,6 @@ def test_driver_killed_in_each_stage(encoded, tiny_prior, tmp_path, stage):
     assert len(hit) >= want, f"the kill did not land after a commit of the {stage} stage: {sorted(hit)}"
     if total:
         assert len(hit) < total, f"the {stage} stage had finished before the kill: nothing tested"
-    print(f"{stage}: {len(hit)} committed before the kill")
     assert not (out / BY_NAME[stage].dir / "_COMPLETE.json").exists() and not (out / "results.json").exists()
     m = run_job(job_from_dict(d))
     assert m["status"] == "complete" and m["runs"] == 2, m.get("reason")
@@ -338,38 +369,35 @@ def test_driver_killed_in_each_stage(encoded, tiny_prior, tmp_path, stage):
     if stage == "encode":   # Ray Data's half-written latents were discarded: every train row once
         ids = pq.read_table(out / "latents", columns=["id"]).column("id").to_pylist()
         assert len(ids) == len(set(ids)) == m["encode"]["rows"] == 120
-    elif stage == "coreset":   # only the missing classes were built; the kept parts are in the merge as written
+    elif stage == "coreset":
+        # only the missing classes were built (the merge then removes the parts, so their mtimes
+        # cannot be read after the rerun); the kept parts' rows are in targets.parquet as written
         assert m["coreset"]["classes_built"] == 10 - len(hit), (m["coreset"], sorted(hit))
         merged = pq.read_table(out / "coreset" / "targets.parquet")
         for name, (_, data) in hit.items():
-            import io
             part = pq.read_table(io.BytesIO(data))
-            label = part.column("label")[0].as_py()
-            mine = merged.filter(pyarrow_eq(merged, "label", label)).select(part.column_names)
-            assert mine.equals(part), f"{name} was rebuilt or changed by the rerun"
+            mine = merged.filter(pc.equal(merged.column("label"), part.column("label")[0])).select(part.column_names)
+            assert mine.equals(part), f"{name} was changed by the rerun"
     else:                      # committed shards / trials keep their bytes and mtime; the rest ran once
         assert_untouched(hit, files(out, pattern))
-        ran = m[stage]["ran"] if stage == "generate" else None
         if stage == "generate":
-            assert ran == 20 - len(hit)
+            assert m["generate"]["ran"] == 20 - len(hit)
         else:
-            trials = files(out, pattern)
-            assert len(trials) == 6 and m["evaluate"]["trials"] == 6
+            assert len(files(out, pattern)) == 6 and m["evaluate"]["trials"] == 6
             assert json.loads((out / "results.json").read_text())["results"]
     assert_each_unit_once(out, 20)
 
 
-def pyarrow_eq(table, column: str, value):
-    import pyarrow.compute as pc
-    return pc.equal(table.column(column), value)
+def test_s3_endpoint_restarted_during_shard_writes(encoded, tiny_prior, tmp_path, moto_s3):
+    """moto's server stopped once some shards are in the bucket, and kept down until the driver
+    reports a failed unit (its actor's shard write could not reach the endpoint), then started
+    again: the run ends ``partial`` with those units in failed_units.json, no half-written object
+    is ever listed under shards/, and the rerun runs exactly the failed units without touching
+    the committed objects."""
+    import logging
 
-
-@pytest.mark.slow
-def test_s3_endpoint_restarted_during_shard_writes(ray_cluster, tiny_prior, tmp_path, moto_s3):
-    """moto's server stopped for a few seconds while actors write shards: no half-written object
-    is ever listed under shards/, the run ends partial (non-zero for the CLI) or complete, and the
-    rerun completes it without touching what was committed."""
     import boto3
+    import s3fs
     from moto.server import ThreadedMotoServer
     from tests.test_job_submit import _free_ports
     (port,) = _free_ports(1)
@@ -381,45 +409,66 @@ def test_s3_endpoint_restarted_during_shard_writes(ray_cluster, tiny_prior, tmp_
     s3.create_bucket(Bucket="flaky")
     url = "s3://flaky/run"
     so = {"key": "testing", "secret": "testing", "endpoint_url": ep}
-    d = slow_job(url, tiny_prior, "generate")
-    d["output"] = {"dir": url, "storage_options": so}
-    outage = {}
+    fs = s3fs.S3FileSystem(**so)
+    for d in ("latents", "coreset"):   # the finished encode and coreset of the shared fixture
+        for f in sorted((encoded / d).rglob("*")):
+            if f.is_file():
+                fs.pipe_file(f"flaky/run/{f.relative_to(encoded)}", f.read_bytes())
+    # 20 one-image units of 25 steps on one actor: most are still to run when the server stops
+    d = twin_dict(url, tiny_prior, evaluate={"enabled": False}, generate={"targets_per_unit": 1, "batch_size": 1},
+                  sampler={"steps": 25}, guidance={"t_stop": 12}, output={"dir": url, "storage_options": so})
+    outage: dict = {}
+    down = threading.Event()
 
     def listing() -> dict:
         objs = s3.list_objects_v2(Bucket="flaky", Prefix="run/shards/").get("Contents", [])
         return {o["Key"]: (o["LastModified"], o["ETag"]) for o in objs if o["Key"].endswith(".parquet")}
 
-    def break_it():
-        nonlocal srv
-        deadline = time.time() + 600
-        while time.time() < deadline and len(listing()) < 3:
-            time.sleep(0.2)
+    def stop_when_shards_land():
+        deadline = time.time() + 300
+        while time.time() < deadline and len(listing()) < 2:
+            time.sleep(0.05)
         outage["at"] = len(listing())
-        srv.stop()           # moto keeps its state in this process: the restarted server has the objects
-        srv._server.server_close()   # stop() leaves the socket bound: close it (connections are refused)
-        time.sleep(5)
-        srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        srv.start()
+        srv.stop()                    # moto keeps its state in this process: a restarted server has the objects
+        srv._server.server_close()    # stop() leaves the socket bound: close it (connections are refused)
+        down.set()
 
-    t = threading.Thread(target=break_it, daemon=True)
+    class RestartOnFailure(logging.Handler):
+        """Runs in the driver's thread when it logs a failed unit: the outage hit a write."""
+
+        def emit(self, record):
+            nonlocal srv
+            if down.is_set() and "failed" in record.getMessage() and "restarted" not in outage:
+                outage["failure"] = record.getMessage()
+                srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+                srv.start()
+                outage["restarted"] = time.time()
+
+    handler = RestartOnFailure()
+    logging.getLogger("mgd_ray").addHandler(handler)
+    t = threading.Thread(target=stop_when_shards_land, daemon=True)
     t.start()
     try:
         m1 = run_job(job_from_dict(d))
         t.join()
-        assert outage.get("at", 0) >= 3
-        import s3fs
-        fs = s3fs.S3FileSystem(**so)
+        logging.getLogger("mgd_ray").removeHandler(handler)
+        assert outage.get("at", 0) >= 2 and "restarted" in outage, outage   # the outage hit a shard write
         first = listing()
-        for key in first:  # every listed shard is whole: its footer reads
+        for key in first:             # every listed shard is whole: its footer reads
             pq.read_metadata(fs.open(f"flaky/{key}", "rb"))
-        assert m1["status"] in ("partial", "complete")
+        failed = [f["unit"] for f in json.loads(fs.cat_file("flaky/run/failed_units.json"))]
+        assert m1["status"] == "partial" and m1["generate"]["failed"] == len(failed) >= 1, m1.get("reason")
+        assert len(first) == 20 - len(failed) == m1["counts"]["units_committed"]
+        assert not {f"run/shards/{u}.parquet" for u in failed} & set(first)
         m2 = run_job(job_from_dict(d))
-        assert m2["status"] == "complete" and m2["generate"]["ran"] == 40 - len(first)
+        assert m2["status"] == "complete" and m2["generate"]["ran"] == len(failed)
+        assert not fs.exists("flaky/run/failed_units.json")
         after = listing()
-        assert len(after) == 40 and all(after[k] == v for k, v in first.items())
+        assert len(after) == 20 and all(after[k] == v for k, v in first.items()), "a committed object was rewritten"
         ids = [r for k in after for r in pq.read_table(fs.open(f"flaky/{k}", "rb")).column("sample_id").to_pylist()]
-        assert len(ids) == len(set(ids)) == 40
+        assert len(ids) == len(set(ids)) == 20
     finally:
+        logging.getLogger("mgd_ray").removeHandler(handler)
         srv.stop()
         srv._server.server_close()
 
