@@ -241,44 +241,64 @@ def test_resume_after_killed_driver(ray_cluster, tiny_prior, tmp_path):
     assert len(ids) == len(set(ids)) == 40
 
 
-def _orphan_actors() -> list:
-    import ray
-    me = ray.get_runtime_context().get_job_id()
-    return [a for a in ray._private.state.actors().values()
-            if a.get("State") in ("ALIVE", "PENDING_CREATION", "RESTARTING") and a.get("JobID") != me
-            and not a.get("IsDetached")]
-
-
 def test_orphans_of_a_killed_driver_cannot_commit(ray_cluster, tiny_prior, tmp_path):
-    """Issue 22 §1, without waiting for the dead driver's actors: the rerun (other settings,
-    --fresh generate) starts while they still run. Their commits carry the old lease epoch and are
-    refused; done-ness reads each shard's settings hash. No old-settings shard survives."""
+    """Issue 22 §1, without waiting for the dead driver's actors. Driver A is SIGKILLed mid-generate;
+    driver B starts at once with other settings and --fresh generate. While B holds the lease, a
+    worker of A (the real GeneratorWorker, built from A's job with A's lease epoch, as A's actors
+    were) is asked to run a unit: its first commit (the node record, before the shard) is refused
+with LeaseLost, so it never writes the shard. A's own orphaned actors,
+    if Ray has not reaped them yet, are fenced the same way. At the end every shard carries B's
+    settings hash and every unit is there once."""
     import ray
 
+    from mgd_ray.pipeline.generate import attach_targets
+    from mgd_ray.pipeline.generator import GeneratorWorker
     from mgd_ray.pipeline.settings import SHARD_KEY
+    from mgd_ray.pipeline.stages import TARGET_INDEX_COLUMNS
+    from mgd_ray.pipeline.store import LeaseLost, Store
+    from mgd_ray.pipeline.units import make_units
     out = tmp_path / "out"
     d = twin_dict(out, tiny_prior, generate={"ipc": 4, "targets_per_unit": 1, "batch_size": 1, "num_actors": 2},
                   sampler={"steps": 25}, guidance={"t_stop": 12}, evaluate={"enabled": False})
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(d))
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    p = subprocess.Popen([sys.executable, "-m", "mgd_ray.distill", str(job_file)], cwd=ROOT, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def driver(job: dict, name: str, *args) -> subprocess.Popen:
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(yaml.safe_dump(job))
+        return subprocess.Popen([sys.executable, "-m", "mgd_ray.distill", str(f), *args], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
     shards = out / "shards"
+    a = driver(d, "a")
     deadline = time.time() + 600
-    while time.time() < deadline and len(list(shards.glob("*.parquet"))) < 3 and p.poll() is None:
+    while time.time() < deadline and len(list(shards.glob("*.parquet"))) < 3 and a.poll() is None:
         time.sleep(0.1)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    assert _orphan_actors(), "the killed driver's actors were already gone: nothing tested"
+    os.killpg(a.pid, signal.SIGKILL)
+    a.wait()
+    lease_a = json.loads((out / "_lease.json").read_text())
+    hash_a = pq.read_metadata(next(shards.glob("*.parquet"))).metadata[SHARD_KEY.encode()].decode()
     changed = twin_dict(out, tiny_prior, generate={"ipc": 4, "targets_per_unit": 1, "batch_size": 1},
                         sampler={"steps": 25, "cfg_scale": 3.0}, guidance={"t_stop": 12}, evaluate={"enabled": False})
-    m = run_job(job_from_dict(changed), fresh="generate")
-    _wait_for_orphaned_actors()                      # only now: anything they could still do, they did
+    b = driver(changed, "b", "--fresh", "generate")
+    while time.time() < deadline and b.poll() is None:   # until B holds the lease (a higher epoch)
+        cur = json.loads((out / "_lease.json").read_text()) if (out / "_lease.json").is_file() else {}
+        if cur.get("epoch", 0) > lease_a["epoch"] and not cur.get("released"):
+            break
+        time.sleep(0.05)
+    assert b.poll() is None, "driver B ended before the orphan could try"
+    # a worker of A, as A built its actors: A's job with A's epoch, A's settings hash
+    job_a = job_from_dict(d, [f"output.lease_epoch={lease_a['epoch']}"])
+    units = make_units([0], range(10), [str(i) for i in range(10)], 4, 1)[-1:]   # the last unit: B reaches it last
+    attach_targets(units, Store(str(out)).read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS))
+    orphan = GeneratorWorker(job_a.model_dump(mode="json"), 1, hash_a, class_names=[str(i) for i in range(10)])
+    with pytest.raises(LeaseLost):
+        orphan.run_units(units)
+    assert b.wait(timeout=600) == 0
     want = json.loads((shards / "_SETTINGS.json").read_text())["hash"]
     footers = {f.name: pq.read_metadata(f).metadata[SHARD_KEY.encode()].decode() for f in shards.glob("*.parquet")}
-    assert m["status"] == "complete" and len(footers) == 40
+    assert want != hash_a and len(footers) == 40
     assert set(footers.values()) == {want}, "a shard of the killed driver's settings survived"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     ids = [r["sample_id"] for r in shard_rows(out)]
     assert len(ids) == len(set(ids)) == 40
 

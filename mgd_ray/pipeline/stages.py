@@ -1,4 +1,5 @@
-"""The pipeline's stages as plain callable classes (no Ray here; ``runner.py`` wires them).
+"""The encode and coreset stages' workers, as plain classes and functions (``runner.py`` places
+them on Ray; the stage objects are in ``stage.py``). Their only Ray call is ``record_node``.
 
 - ``Encoder``: ``__init__`` loads the frozen VAE once; ``__call__`` maps a batch
   ``{id, label, image}`` -> ``{id, label, latent}`` (z = s * posterior mean, flattened).
