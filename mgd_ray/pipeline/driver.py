@@ -233,6 +233,7 @@ def run_stages(ctx: Context, final: _FinalStatus):
         t0 = time.time()
         clear_nodes(store, stage.name)
         rec = stage.run(ctx)
+        ctx.changed()
         timings[stage.name] = round(time.time() - t0, 2)
         nodes[stage.name] = stage_nodes(store, stage.name) or nodes.get(stage.name, [])  # none: nothing ran
         if rec is not None:

@@ -42,6 +42,7 @@ class Context:
     requested: list[str] = field(default_factory=list)
     targets: Any = None                   # the coreset's index table, once the coreset stage ran
     _units: list | None = None
+    _committed: list | None = None        # committed_units, until a stage runs (footers read once)
 
     @property
     def labels(self) -> list[int]:
@@ -59,9 +60,17 @@ class Context:
         return self._units
 
     def committed_units(self) -> list:
-        """Units whose shard is committed with this job's settings (its footer's hash)."""
-        have = committed_shards(self.store, self.store.ls("shards", suffix=".parquet"), key_hash(self.keys["generate"]))
-        return [u for u in self.units if u.shard in have]
+        """Units whose shard is committed with this job's settings (its footer's hash); the footers
+        are read once and again only after a stage ran (``changed``)."""
+        if self._committed is None:
+            have = committed_shards(self.store, self.store.ls("shards", suffix=".parquet"),
+                                    key_hash(self.keys["generate"]))
+            self._committed = [u for u in self.units if u.shard in have]
+        return self._committed
+
+    def changed(self):
+        """A stage ran: what is committed must be read again."""
+        self._committed = None
 
 
 class Stage:
