@@ -60,7 +60,7 @@ JOB = REPO / "jobs" / "imagenet1k.yaml"
 TWIN_JOB = REPO / "jobs" / "imagenet1k-twin.yaml"
 SECTIONS = ("env", "dit_generation", "vae_encode", "student_epoch", "twin_e2e")
 BUDGET_S = {"env": 15, "dit_generation": 150, "vae_encode": 45, "student_epoch": 90, "twin_e2e": 170}
-PRELOAD = ("diffusers", "ray", "pydantic", "mgd_ray.models", "mgd_ray.method", "mgd_ray.pipeline.stages",
+PRELOAD = ("diffusers", "ray", "pydantic", "mgd_ray.models", "mgd_ray.method", "mgd_ray.pipeline.workers",
            "mgd_ray.eval.train", "benchmarks.imagenet_twin")   # imported before any deadline runs
 TOTAL_BUDGET_S = 470          # the whole check, under 8 minutes on one GPU
 MIN_SECTION_S = 5.0           # a section with less left than this is skipped
@@ -278,7 +278,7 @@ def _build_vae(ctx: Ctx):
 def section_dit_generation(ctx: Ctx, fig: dict):
     from mgd_ray.method import (GaussianDiffusion, ManifoldGuidance, dit_model_fn, image_seed,
                                 pad_neighbourhoods, sample)
-    from mgd_ray.pipeline.stages import guidance_params
+    from mgd_ray.pipeline.workers import guidance_params
     S, job = ctx.sizes, ctx.job
     t0 = time.perf_counter()
     dit = _build_dit(ctx)

@@ -81,7 +81,7 @@ def _measure(raw: dict, c, targets: list, class_latents: dict, run_sampler) -> l
     label -> (ids, Z); run_sampler(job, guidance) -> final latents (B, D)."""
     from mgd_ray.config import apply_overrides, job_from_dict
     from mgd_ray.method import ManifoldGuidance, neighbourhood_for_target, pad_neighbourhoods
-    from mgd_ray.pipeline.stages import guidance_params
+    from mgd_ray.pipeline.workers import guidance_params
     results, x_dit = [], None
     for name, ov in SETTINGS:
         job = job_from_dict(apply_overrides(dict(raw), [f"{k}={'null' if v is None else v}" for k, v in ov.items()]))
@@ -121,7 +121,7 @@ def run_cell(cell: Path) -> dict:
 
     from mgd_ray.config import JobConfig
     from mgd_ray.method import GaussianDiffusion, dit_model_fn, sample
-    from mgd_ray.pipeline.stages import load_models, read_class_latents
+    from mgd_ray.pipeline.workers import load_models, read_class_latents
     from mgd_ray.pipeline.store import Store
     torch.set_num_threads(1)
     raw = yaml.safe_load((cell / "config.yaml").read_text())

@@ -83,7 +83,7 @@ def measure_generate(base, tmp, src) -> dict:
     """images/s with 1 and with 2 generator actors on the same units (the encode's latents)."""
     from mgd_ray.config import job_from_dict
     from mgd_ray.pipeline import generate
-    from mgd_ray.pipeline.stages import TARGET_INDEX_COLUMNS, merge_target_parts, write_class_targets
+    from mgd_ray.pipeline.workers import TARGET_INDEX_COLUMNS, merge_target_parts, write_class_targets
     from mgd_ray.pipeline.store import Store
     from mgd_ray.models import load_generator
     from mgd_ray.pipeline.units import make_units

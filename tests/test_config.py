@@ -135,7 +135,7 @@ def test_guidance_that_never_switches_on_is_an_error():
 
 
 def test_coreset_engine_reaches_the_coreset_builder():
-    from mgd_ray.pipeline.stages import coreset_kwargs
+    from mgd_ray.pipeline.workers import coreset_kwargs
     assert coreset_kwargs(job_from_dict({}))["engine"] == "auto"
     assert coreset_kwargs(job_from_dict({}, ["coreset.engine=numpy"]))["engine"] == "numpy"
     with pytest.raises(JobError) as e:
@@ -239,14 +239,14 @@ def test_guidance_defaults_agree_with_the_method_core():
     from dataclasses import asdict
 
     from mgd_ray.method.guidance import GuidanceParams
-    from mgd_ray.pipeline.stages import guidance_params
+    from mgd_ray.pipeline.workers import guidance_params
     got, want = asdict(guidance_params(JobConfig())), asdict(GuidanceParams())
     assert got.keys() == want.keys()
     assert {k: (got[k], want[k]) for k in got if got[k] != want[k]} == {}
 
 
 def test_guidance_variant_keys_reach_the_guidance():
-    from mgd_ray.pipeline.stages import guidance_params
+    from mgd_ray.pipeline.workers import guidance_params
     job = job_from_dict({}, ["guidance.basis=members", "guidance.beta_schedule=ramp", "guidance.t_project=37",
                              "guidance.d=16", "guidance.K=32"])
     p = guidance_params(job)

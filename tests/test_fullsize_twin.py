@@ -130,7 +130,7 @@ def test_encoder_loads_only_the_vae(hub, tmp_path, monkeypatch, layout):
     import torch
 
     from mgd_ray.models import encode_latents
-    from mgd_ray.pipeline import stages
+    from mgd_ray.pipeline import workers as stages
     from mgd_ray.pipeline.runner import job_dict
     if layout == "local":      # a local directory in the pipeline layout: the DiT's own vae/
         gen, vae = str(next((hub / "models--facebook--DiT-XL-2-256" / "snapshots").iterdir())), None

@@ -279,7 +279,7 @@ def test_coreset_task_engine_from_grant(base, tmp_path, monkeypatch):
 
     def probe(jd):
         import mgd_ray.method.coreset as cs
-        import mgd_ray.pipeline.stages as st
+        import mgd_ray.pipeline.workers as st
         from mgd_ray.pipeline.runner import _coreset_task
         cs._faiss_gpu = lambda: bool(os.environ.get("CUDA_VISIBLE_DEVICES"))    # faiss-gpu, as a process sees it
         seen, build = [], st.build_class_targets

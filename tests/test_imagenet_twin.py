@@ -144,7 +144,7 @@ def test_imagenet1k_job_twin(ray_cluster, hub_models, tmp_path):
     from mgd_ray.pipeline.generate import attach_targets
     from mgd_ray.pipeline.generation import GenerationPipeline
     from mgd_ray.pipeline.generator import target_of
-    from mgd_ray.pipeline.stages import load_models, read_class_latents, read_targets
+    from mgd_ray.pipeline.workers import load_models, read_class_latents, read_targets
     from mgd_ray.pipeline.store import Store
     from mgd_ray.pipeline.units import decode_png, make_units, sample_id
     torch.set_num_threads(1)
@@ -178,7 +178,7 @@ def test_imagenet_twin_encode_variable_sizes(ray_cluster, hub_models, tmp_path):
     out = tmp_path / "out"
     m = run_job(load_job(JOB, twin_overrides(data, hub_models, out)), stages=["encode"])
     assert m["status"] == "partial" and m["encode"]["rows"] == 12
-    from mgd_ray.pipeline.stages import read_class_latents
+    from mgd_ray.pipeline.workers import read_class_latents
     from mgd_ray.pipeline.store import Store
     for label in range(3):
         ids, Z = read_class_latents(Store(str(out)), label)

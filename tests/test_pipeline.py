@@ -254,7 +254,7 @@ with LeaseLost, so it never writes the shard. A's own orphaned actors,
     from mgd_ray.pipeline.generate import attach_targets
     from mgd_ray.pipeline.generator import GeneratorWorker
     from mgd_ray.pipeline.settings import SHARD_KEY
-    from mgd_ray.pipeline.stages import TARGET_INDEX_COLUMNS
+    from mgd_ray.pipeline.workers import TARGET_INDEX_COLUMNS
     from mgd_ray.pipeline.store import LeaseLost, Store
     from mgd_ray.pipeline.units import make_units
     out = tmp_path / "out"

@@ -5,8 +5,8 @@ Layout (what lives where)::
     cli.py                 the front door: `mgd-ray distill` (= python -m mgd_ray.distill), exit codes
     pipeline/driver.py     the walk: preflight -> lease -> settings check -> loop over STAGES -> status
     pipeline/stage.py      the stages as objects: name, key, outputs, completion, run(ctx), placement
-      encode    -> runner.run_encode     Ray Data read -> encoder actor pool (stages.Encoder, VAE only)
-      coreset   -> runner.run_coreset    Ray tasks, one per latents_per_task (stages: per-class targets)
+      encode    -> runner.run_encode     Ray Data read -> encoder actor pool (workers.Encoder, VAE only)
+      coreset   -> runner.run_coreset    Ray tasks, one per latents_per_task (workers: per-class targets)
       generate  -> generate.run_generate generator actors (generator.py) over the pure
                                          GenerationPipeline (generation.py); real-image methods: tasks
       evaluate  -> runner.run_evaluate   one Ray Train TorchTrainer running the trials (evaluate.py)

@@ -289,7 +289,7 @@ def dump_job_redacted(job: JobConfig) -> str:
 
 
 def base_manifest(job: JobConfig, source, info, keys: dict) -> dict:
-    from .stages import coreset_kwargs, guidance_params
+    from .workers import coreset_kwargs, guidance_params
     return {
         "name": job.name, "status": "running",
         "config": redact(job.model_dump(mode="json")),

@@ -67,7 +67,7 @@ class GenerationPipeline:
 
     @classmethod
     def from_job(cls, job: JobConfig, dit, vae, info, *, device: str = "cpu", crop: Crop | None = None):
-        from .stages import guidance_params
+        from .workers import guidance_params
         s = job.sampler
         vt = s.variance_type
         if vt == "auto":

@@ -27,7 +27,7 @@ from .accel import hide_ungranted_gpus
 from .generation import Crop, GenerationPipeline
 from .nodes import record_node
 from .settings import SHARD_KEY, shard_committed
-from .stages import load_models, pick_device, read_class_latents, read_targets, set_threads
+from .workers import load_models, pick_device, read_class_latents, read_targets, set_threads
 from .store import Store, job_store
 from .units import Unit, dit_batches, png_bytes, sample_id, shard_table, target_id
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import JobConfig
 from .progress import Progress, polled
-from .stages import Encoder
+from .workers import Encoder
 from .nodes import record_node
 from .store import Store, job_store
 
@@ -165,7 +165,7 @@ def run_coreset(job: JobConfig, store: Store, labels: list[int]) -> dict:
     """
     import ray
 
-    from .stages import part_name
+    from .workers import part_name
     t0 = time.time()
     have = set(store.ls("coreset", "parts", suffix=".parquet"))
     todo = [lab for lab in labels if part_name(lab) not in have]
@@ -191,7 +191,7 @@ def _coreset_task(jd: dict, labels: list[int], seeds: list[int], threads: int) -
     """One coreset task; its engine follows the GPUs Ray granted it, not those its node has (no
     grant: numpy, and the node's GPUs hidden before faiss or torch can open them)."""
     from .accel import gpus_as_granted
-    from .stages import write_class_targets
+    from .workers import write_class_targets
     j = JobConfig.model_validate(jd)
     store = job_store(j)
     record_node(store, "coreset")
@@ -200,7 +200,7 @@ def _coreset_task(jd: dict, labels: list[int], seeds: list[int], threads: int) -
 
 
 def _merge_task(jd: dict, labels: list[int]) -> int:
-    from .stages import merge_target_parts
+    from .workers import merge_target_parts
     j = JobConfig.model_validate(jd)
     return merge_target_parts(job_store(j), labels)
 

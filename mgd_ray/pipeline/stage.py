@@ -174,7 +174,7 @@ class CoresetStage(Stage):
 
     def run(self, ctx):
         from . import runner
-        from .stages import TARGET_INDEX_COLUMNS
+        from .workers import TARGET_INDEX_COLUMNS
         store = ctx.store
         if self.done(ctx):
             ctx.targets = store.read_table(self.dir, "targets.parquet", columns=TARGET_INDEX_COLUMNS)
