@@ -40,3 +40,16 @@ def tiny_prior(tmp_path_factory):
     save_generator(dit, vae, d)
     (d / "prior.json").write_text(json.dumps({"classes": [str(i) for i in range(10)]}))
     return d
+
+
+@pytest.fixture
+def offline_hf(tmp_path, monkeypatch):
+    """An empty Hugging Face hub cache that this process and its children use, offline."""
+    from huggingface_hub import constants
+    hub = tmp_path / "hf" / "hub"
+    hub.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))   # read once at import: in-process loads
+    return hub

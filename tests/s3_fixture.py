@@ -11,6 +11,7 @@ Fake credentials only ("testing"); the environment's AWS variables are restored 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -40,32 +41,46 @@ class S3Server:
         return name
 
 
-@pytest.fixture(scope="session")
-def moto_s3():
-    pytest.importorskip("moto.server", reason="moto[server] is not installed (dev extra)")
-    boto3 = pytest.importorskip("boto3")
+@contextlib.contextmanager
+def _fake_aws_env():
+    """Fake credentials in the environment (and none of the real ones) while a server runs; the
+    environment's AWS variables are restored afterwards."""
     saved = {k: os.environ.get(k) for k in (*_ENV, *_DROP)}
     os.environ.update(_ENV)
     for k in _DROP:
         os.environ.pop(k, None)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    from moto.server import ThreadedMotoServer
-
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
     try:
-        _, port = srv.get_host_and_port()
-        ep = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=ep, region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
-        yield S3Server(endpoint_url=ep, port=port, client=client)
+        yield
     finally:
-        srv.stop()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _server(port: int) -> S3Server:
+    import boto3
+    ep = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=ep, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    return S3Server(endpoint_url=ep, port=port, client=client)
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (dev extra)")
+    pytest.importorskip("boto3")
+    with _fake_aws_env():
+        from moto.server import ThreadedMotoServer
+
+        srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        srv.start()
+        try:
+            yield _server(srv.get_host_and_port()[1])
+        finally:
+            srv.stop()
 
 
 # ---- a server whose conditional writes are atomic, as S3's are (lease / compare-and-swap tests) ----
@@ -94,32 +109,19 @@ def moto_s3_atomic():
     """Like ``moto_s3`` (its own loopback server; buckets are shared with it, moto keeps them per
     process) but with atomic conditional writes (``_OneWriteAtATime``). Fake credentials only."""
     pytest.importorskip("moto.server", reason="moto[server] is not installed (dev extra)")
-    boto3 = pytest.importorskip("boto3")
+    pytest.importorskip("boto3")
     import threading
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
-    saved = {k: os.environ.get(k) for k in (*_ENV, *_DROP)}
-    os.environ.update(_ENV)
-    for k in _DROP:
-        os.environ.pop(k, None)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    srv = make_server("127.0.0.1", 0, _OneWriteAtATime(DomainDispatcherApplication(create_backend_app)), True,
-                      request_handler=MotoRequestHandler)
-    thread = threading.Thread(target=srv.serve_forever, name="moto-atomic", daemon=True)
-    thread.start()
-    try:
-        port = srv.server_address[1]
-        ep = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=ep, region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
-        yield S3Server(endpoint_url=ep, port=port, client=client)
-    finally:
-        srv.shutdown()
-        thread.join(timeout=10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with _fake_aws_env():
+        srv = make_server("127.0.0.1", 0, _OneWriteAtATime(DomainDispatcherApplication(create_backend_app)), True,
+                          request_handler=MotoRequestHandler)
+        thread = threading.Thread(target=srv.serve_forever, name="moto-atomic", daemon=True)
+        thread.start()
+        try:
+            yield _server(srv.server_address[1])
+        finally:
+            srv.shutdown()
+            thread.join(timeout=10)

@@ -258,16 +258,6 @@ def test_wrong_class_list_fails_the_preflight():
 
 
 # ---- --dry-run at ImageNet scale ----------------------------------------------------------------
-@pytest.fixture
-def offline_hf(tmp_path, monkeypatch):
-    hub = tmp_path / "hf" / "hub"
-    hub.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return hub
-
-
 def unreachable_bucket(moto_s3) -> list[str]:
     """Point the job's s3:// root at the loopback moto server, where YOUR-BUCKET does not exist."""
     return [f"data.storage_options={json.dumps(moto_s3.storage_options)}"]

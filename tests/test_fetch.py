@@ -66,17 +66,11 @@ def repos(tmp_path_factory):
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """An empty hub cache that this process and its children use, offline."""
+def hub(offline_hf):
+    """An empty hub cache that this process and its children use, offline (conftest's ``offline_hf``)."""
     from huggingface_hub import constants
-    h = tmp_path / "hf" / "hub"
-    h.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(h))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(h))   # read once at import: in-process loads
     assert constants.HF_HUB_OFFLINE
-    return h
+    return offline_hf
 
 
 def selected(files, patterns) -> list[str]:

@@ -146,6 +146,16 @@ def _units_for(job, out):
     return src, units
 
 
+def _job_on_base(base, tmp_path, **sections):
+    """A job on a copy of the base run's latents and coreset (``sections`` override the base's)."""
+    src_out, d = base
+    out = tmp_path / "out"
+    for sub in ("latents", "coreset"):
+        shutil.copytree(src_out / sub, out / sub)
+    job = job_from_dict({**d, "output": {"dir": str(out)}, **sections})
+    return (job, out, *_units_for(job, out))
+
+
 def _settings_hash(out: Path) -> str:
     return json.loads((out / "shards" / "_SETTINGS.json").read_text())["hash"]
 
@@ -190,12 +200,7 @@ def test_weights_mismatch_refuses_naming_node_and_hashes(base, tmp_path):
     from mgd_ray.models import load_generator
     from mgd_ray.pipeline.generate import run_generate
     from mgd_ray.pipeline.generator import WeightsMismatch
-    src_out, d = base
-    out = tmp_path / "out"
-    for sub in ("latents", "coreset"):
-        shutil.copytree(src_out / sub, out / sub)
-    job = job_from_dict({**d, "output": {"dir": str(out)}})
-    src, units = _units_for(job, out)
+    job, out, src, units = _job_on_base(base, tmp_path)
     info = load_generator(job.model.generator)[2]
     driver_saw = dataclasses.replace(info, transformer_sha256="00000000deadbeef")
     with pytest.raises(WeightsMismatch) as e:
@@ -215,13 +220,8 @@ def test_no_actor_can_start_fails_naming_the_ask(base, tmp_path):
 
     from mgd_ray.models import load_generator
     from mgd_ray.pipeline.generate import PlacementError, run_generate
-    src_out, d = base
-    out = tmp_path / "out"
-    for sub in ("latents", "coreset"):
-        shutil.copytree(src_out / sub, out / sub)
-    job = job_from_dict({**d, "output": {"dir": str(out)},
-                         "generate": {**d["generate"], "num_gpus": 1, "num_actors": 2, "start_timeout_s": 3}})
-    src, units = _units_for(job, out)
+    job, out, src, units = _job_on_base(base, tmp_path, generate={**base[1]["generate"], "num_gpus": 1,
+                                                                   "num_actors": 2, "start_timeout_s": 3})
     t0 = time.time()
     with pytest.raises(PlacementError) as e:
         run_generate(job, Store(str(out)), units, "h", source=src, info=load_generator(job.model.generator)[2])
@@ -315,12 +315,7 @@ def test_next_group_reads_while_the_current_one_generates(base, tmp_path, monkey
     import mgd_ray.pipeline.generator as gm
     from mgd_ray.models import load_generator
     from mgd_ray.pipeline.generate import PER_ACTOR, generation_inputs
-    src_out, d = base
-    out = tmp_path / "out"
-    for sub in ("latents", "coreset"):
-        shutil.copytree(src_out / sub, out / sub)
-    job = job_from_dict({**d, "output": {"dir": str(out)}})
-    src, units = _units_for(job, out)
+    job, out, src, units = _job_on_base(base, tmp_path)
     w = gm.GeneratorWorker(job.model_dump(mode="json"), 1, "h",
                            **generation_inputs(job, src, load_generator(job.model.generator)[2]))
     spans = {"read": [], "gen": []}
@@ -352,7 +347,7 @@ def test_next_group_reads_while_the_current_one_generates(base, tmp_path, monkey
     time.sleep(0.8)                                    # the first group is generating now
     w.run_units([units[1]])
     first.join()
-    (g1, g2), (r1, r2) = sorted(spans["gen"]), sorted(spans["read"])
+    (g1, g2), (_, r2) = sorted(spans["gen"]), sorted(spans["read"])
     assert r2[0] < g1[1], (spans, "the second group's read started only after the first generation")
     assert g2[0] >= g1[1] - 1e-3, "two generations ran at once"
     assert all((out / "shards" / u.shard).is_file() for u in units[:2])

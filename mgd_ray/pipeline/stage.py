@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import JobConfig, JobError
-from .settings import PLACEMENT, SettingsChanged, changed, committed_shards, key_hash, section
+from .settings import SettingsChanged, changed, committed_shards, key_hash, section
 from .store import Store
 
 log = logging.getLogger("mgd_ray")
@@ -355,5 +355,4 @@ def discard_from(store: Store, stage: str) -> list[str]:
 
 
 __all__ = ["Context", "Stage", "STAGES", "STAGE_NAMES", "BY_NAME", "ENCODE", "CORESET", "GENERATE", "EVALUATE",
-           "parse_stages", "stages_to_run", "stage_keys", "check_settings", "discard_from", "SettingsChanged",
-           "PLACEMENT", "committed_shards"]
+           "parse_stages", "stages_to_run", "stage_keys", "check_settings", "discard_from", "compute"]
