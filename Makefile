@@ -11,8 +11,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first: pins pip to the CPU build on disk (a bare `torch` pulls a multi-GB CUDA build)
-	$(BIN)/pip install --quiet torch==2.13.0
+	# torch first, with the torchvision built for it (0.29.1 needs torch 2.14.1; PyPI's build of this
+	# pair is the CUDA one, ~5.5 GB, and runs on the CPU too); then the package with its pinned deps
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -5,9 +5,11 @@ installed ``mgd_ray`` package, which reads none of their reports. Each writes
     python -m benchmarks.guidance_cost
     python -m benchmarks.coreset_speed [--quick] [--sizes 1300,100000]
     python -m benchmarks.pipeline_throughput [--images 20000]
+    python -m benchmarks.eval_data [--images 6000] [--runs 3]
     python -m benchmarks.guidance_strength --cell out/bench-quality/ipc10/manifoldgd-expected-leaves
     python -m benchmarks.guidance_strength --synthetic --name latent4096
     python -m benchmarks.quality {run,diagnose,report} ...
+    python -m benchmarks.eval_throughput     # needs torchvision (torch 2.14.1 + torchvision 0.29.1)
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ Hugging Face hub cache under their real repo ids, loaded with ``HF_HUB_OFFLINE=1
    While it runs, every process of its tree is polled (0.25 s): peak RSS (``VmHWM``) of the driver,
    and per kind of Ray worker (by process title: ``ray::GeneratorWorker``,
    ``ray::MapWorker(MapBatches(CountingEncoder))``, ``ray::_coreset_task``, ...).
-4. Probes, each in a fresh process: the driver's preflight (``models.read_generator_info``), an
+4. Probes, each in a fresh process: the preflight's model facts (``models.read_generator_info``,
+   which the driver runs in its ``mgd_ray.isolated`` child, so the driver itself never imports torch), an
    encoder actor's load (``models.load_vae``), a generator actor's load (``models.load_generator``):
    seconds and peak RSS; then seconds per DiT-XL/2 forward, defined as one transformer call on a
    batch of 2 latents (2 x 4 x 32 x 32, timestep and class label per row, no CFG doubling), float32,
@@ -147,6 +148,9 @@ def _status(pid: int) -> dict:
     return out
 
 
+ISOLATED_KIND = "driver's child (mgd_ray.isolated: preflight model facts, plan FLOPs)"
+
+
 def process_kind(title: str, name: str, args=()) -> str:
     """A Ray worker's kind from its process title (``ray::GeneratorWorker.run_units`` ->
     ``GeneratorWorker``; ``ray::MapWorker(MapBatches(CountingEncoder))`` as it is); other
@@ -161,6 +165,8 @@ def process_kind(title: str, name: str, args=()) -> str:
                 cut = i
                 break
         return "ray::" + kind[:cut].removesuffix("()")
+    if any("mgd_ray.isolated" in a for a in args):   # the driver's child for model facts (mgd_ray/isolated.py)
+        return ISOLATED_KIND
     if name.startswith("python"):            # Ray's helper scripts: by script (log_monitor.py, ...)
         script = next((a for a in args if a.endswith(".py")), None)
         return f"python {Path(script).name}" if script else name
@@ -261,8 +267,10 @@ def actor_peak(processes: dict, needle: str) -> float | None:
 
 # ---- probes (each in a fresh process) ----------------------------------------------------------
 def _peak_mb() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak RSS: ``VmHWM`` (reset by exec), not ``ru_maxrss``, which Linux carries
+    over from the parent's memory across fork + exec (a probe started by a benchmark process that
+    had just written the 3 GB DiT would report the parent's peak)."""
+    return _status(os.getpid())["VmHWM"] / MB
 
 
 def probe(name: str, repeats: int = 3) -> dict:
@@ -367,13 +375,18 @@ def rows_for(rec: dict) -> list[dict]:
                                                                                 f"{j['wall_seconds']} s wall"},
         {"what": "driver peak RSS (python -m mgd_ray.distill)", "value": f"{j['driver_peak_rss_mb']} MB"},
     ]
+    if ISOLATED_KIND in j["processes"]:
+        v = j["processes"][ISOLATED_KIND]
+        rows.append({"what": f"peak RSS, {ISOLATED_KIND}, ended before the first stage",
+                     "value": f"{v['peak_rss_mb']} MB"})
     for kind, v in j["processes"].items():
         if kind.startswith("ray::") and kind != "ray::IDLE":
             rows.append({"what": f"peak RSS, {kind} ({v['processes']} process(es))", "value": f"{v['peak_rss_mb']} MB"})
     for stage, s in j["timings"].items():
         rows.append({"what": f"stage time: {stage}", "value": f"{s} s"})
     rows += [
-        {"what": "driver preflight's model facts (read_generator_info: configs + weight-file hashes)",
+        {"what": "preflight's model facts (read_generator_info: configs + weight-file hashes), as the driver's "
+                 "child process reads them",
          "value": f"{pr['preflight']['seconds']} s, peak RSS {pr['preflight']['peak_rss_mb']} MB "
                   f"({pr['preflight']['peak_rss_before_mb']} MB after imports)"},
         {"what": "encoder actor's load (load_vae)",

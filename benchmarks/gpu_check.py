@@ -10,7 +10,7 @@ Sections (each with its own time budget; a failure or timeout is recorded, the n
                   channels (learned sigma), sample size 32, 1000 classes) with random weights, in
                   the job's dtype (bf16), built with diffusers' DiTTransformer2DModel (no download).
                   ``mgd_ray.method.sample`` at the job's batch (64) with CFG (4.0, first3) and the
-                  shipped guidance (jobs/imagenet1k.yaml through the pipeline's ``guidance_params``:
+                  shipped guidance (jobs/imagenet1k.yaml through the pipeline's ``JobConfig.guidance_params``:
                   members basis, d 8, K 16, beta 1, t_stop 25) on random targets with 128-member
                   neighbourhoods: images/s, the step time with and without guidance, the share of a
                   guided step the guidance takes (CUDA events around the guidance call), CFG-only
@@ -278,14 +278,13 @@ def _build_vae(ctx: Ctx):
 def section_dit_generation(ctx: Ctx, fig: dict):
     from mgd_ray.method import (GaussianDiffusion, ManifoldGuidance, dit_model_fn, image_seed,
                                 pad_neighbourhoods, sample)
-    from mgd_ray.pipeline.workers import guidance_params
     S, job = ctx.sizes, ctx.job
     t0 = time.perf_counter()
     dit = _build_dit(ctx)
     fig["build_s"] = time.perf_counter() - t0
     fig["params_M"] = sum(p.numel() for p in dit.parameters()) / 1e6
     fig["dtype"] = str(ctx.dtype).replace("torch.", "")
-    params = dataclasses.replace(guidance_params(job), **S.guidance_override)
+    params = job.guidance_params.replace(**S.guidance_override)
     fig["guidance"] = {k: v for k, v in params.to_dict().items()
                        if k in ("basis", "d", "K", "beta", "lam_mode", "t_stop", "manifold_scale", "warm")}
     B, (C, H, W) = S.batch, S.latent
@@ -402,10 +401,14 @@ def section_student_epoch(ctx: Ctx, fig: dict):
     xt, yt = x[:64], y[:64]
     fig.update(image_px=px, images=n, num_classes=classes, batch_size=bs, students={})
     for name in ev.students:
-        cfg = TrainConfig(student=name, epochs=1, n_evals=1, batch_size=bs, augment=ev.augment, flip=ev.flip,
-                          device=ctx.device, width=S.student_width, protocol=ev.protocol)
+        cfg = TrainConfig.build(ev, epochs=1, n_evals=1, batch_size=bs, student=name, device=ctx.device,
+                                width=S.student_width)
+        teacher = None
+        if ev.protocol == "soft-label-imagenet":       # its teacher's cost counts: a random torchvision ResNet-18
+            from mgd_ray.eval.soft_label_imagenet import build_torchvision
+            teacher = build_torchvision("resnet18", classes)
         t0 = time.perf_counter()
-        r = train_and_evaluate(x, y, xt, yt, classes, cfg)
+        r = train_and_evaluate(x, y, xt, yt, classes, cfg, teacher=teacher)
         ctx.sync()
         fig["students"][name] = {"train_images_per_s": r["images_per_s"], "epoch_s": n / r["images_per_s"],
                                  "total_s": time.perf_counter() - t0, "augment": r["augment"]}

@@ -81,11 +81,10 @@ def _measure(raw: dict, c, targets: list, class_latents: dict, run_sampler) -> l
     label -> (ids, Z); run_sampler(job, guidance) -> final latents (B, D)."""
     from mgd_ray.config import apply_overrides, job_from_dict
     from mgd_ray.method import ManifoldGuidance, neighbourhood_for_target, pad_neighbourhoods
-    from mgd_ray.pipeline.workers import guidance_params
     results, x_dit = [], None
     for name, ov in SETTINGS:
         job = job_from_dict(apply_overrides(dict(raw), [f"{k}={'null' if v is None else v}" for k, v in ov.items()]))
-        params = guidance_params(job)
+        params = job.guidance_params
         guidance = None
         if job.method != "dit":
             nb = None

@@ -94,7 +94,7 @@ def measure_generate(base, tmp, src) -> dict:
         j = job_from_dict(base, [f"output.dir={out}", f"generate.num_actors={actors}"])
         st = Store(str(out))
         write_class_targets(j, st, list(range(10)), [0])
-        merge_target_parts(st, list(range(10)))
+        merge_target_parts(st, list(range(10)), [0])
         units = make_units([0], range(10), src.classes.names, j.generate.ipc, j.generate.targets_per_unit)
         generate.attach_targets(units, st.read_table("coreset", "targets.parquet", columns=TARGET_INDEX_COLUMNS))
         with RSSPoller("GeneratorWorker") as poll:

@@ -76,6 +76,9 @@ def distill(job: str = typer.Argument(..., help="job file (YAML)"),
               f"the run had started). Committed work is kept; rerun the same command once the cause is fixed.", 1)
     if dry_run:
         typer.echo(json.dumps(out["plan"], indent=1))
+        ev = (out["plan"].get("estimate") or {}).get("evaluation") or {}
+        if ev.get("dominates"):                     # the bill before the run: said where a person looks
+            typer.echo(f"warning: {ev['message']}", err=True)
         return
     if out.get("status") == "complete":
         return

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .methods import METHODS, Method
+from .params import CoresetParams, GuidanceParams, TrainSettings
 
 
 class JobError(ValueError):
@@ -71,55 +72,21 @@ class ModelConfig(_Model):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-class CoresetConfig(_Model):
-    method: Literal["auto", "divisive", "kmeans", "random", "herding", "kcenter"] = "auto"
-    split: Literal["sse", "var"] = "sse"
-    selection: Literal["leaves", "levelwise"] = "leaves"
-    representative: Literal["mean", "medoid"] = "mean"
-    level_start: int = Field(default=1, ge=0)
-    depth_extra: int = Field(default=2, ge=0)
-    n_restarts: int = Field(default=3, ge=1)
-    niter: int = Field(default=20, ge=1)
+class CoresetConfig(CoresetParams):
+    """``coreset:``: the core's ``CoresetParams`` (names, defaults and checks from there) plus the
+    method's default kind (``auto``) and the Ray side of the stage."""
+    method: Literal["auto", "divisive", "kmeans", "random", "herding", "kcenter"] = Field(
+        default="auto", description="auto = the method's own coreset (mgd_ray/methods.py)")
     neighbourhood_max: int = Field(default=256, ge=1, description="real latents kept per target for the tangent basis")
     latents_per_task: int = Field(default=20000, ge=1, description="coreset fan-out: one Ray task per this many "
                                   "latents (whole classes, >= 1 class per task); not the cluster's CPUs")
     num_cpus: float = Field(default=1.0, gt=0, description="CPUs each coreset task asks for (its BLAS threads)")
-    engine: Literal["auto", "faiss", "numpy"] = Field(
-        default="auto", description="2-means engine: auto (FAISS where its build sees a GPU, else numpy: the "
-                                    "fastest measured, see coreset_speed.md), faiss, or numpy (restarts batched "
-                                    "into one BLAS pass); the manifest records the one used")
 
 
-class GuidanceConfig(_Model):
-    lam_mode: float = Field(default=0.1, ge=0)
+class GuidanceConfig(GuidanceParams):
+    """``guidance:``: the core's ``GuidanceParams`` (names, defaults and checks from there), with
+    ``manifold_scale`` left to the method unless set."""
     manifold_scale: float | None = Field(default=None, ge=0, description="None = by method (0 for mgd3)")
-    beta: float = Field(default=1.0, ge=0, le=1)
-    beta_schedule: Literal["constant", "anneal", "ramp", "decay"] = Field(
-        default="constant", description="beta_t over the guided steps (mgd_ray/method/guidance.py)")
-    t_project: int | None = Field(default=None, ge=0, description="normal removal only while the respaced step "
-                                  "index t <= t_project (a later window of the guided steps); None = every guided step")
-    basis: Literal["noised", "expected", "members", "reference"] = "expected"
-    d: int = Field(default=3, ge=1)
-    K: int = Field(default=12, ge=2)
-    ridge: float = Field(default=1e-5, ge=0)
-    radius: float = Field(default=0.1, gt=0)
-    radius_mult: float = Field(default=2.0, ge=1)
-    warm: int = Field(default=5, ge=0)
-    radius_kind: Literal["exp", "linear", "cosine", "none"] = "exp"
-    t_stop: int = Field(default=25, ge=-1)
-    lam_man: float = Field(default=0.1, ge=0)
-    bandwidth: float = Field(default=0.2, gt=0, description="reference basis: tanh bandwidth of the pull "
-                             "(the published code: 0.2 ImageNette/ImageWoof, 0.1 ImageNet-100)")
-    cloud_size: int = Field(default=300, ge=2)
-
-    @model_validator(mode="after")
-    def _dims(self):
-        if self.d >= self.K:
-            raise ValueError(f"d ({self.d}) must be smaller than K ({self.K}): the basis comes from K neighbours")
-        if self.t_project is not None and self.t_project <= self.t_stop:
-            raise ValueError(f"t_project ({self.t_project}) must be above t_stop ({self.t_stop}): guidance is off "
-                             f"at t <= t_stop, so the projection window would be empty")
-        return self
 
 
 class SamplerConfig(_Model):
@@ -158,25 +125,23 @@ class GenerateConfig(_Model):
         return seeds
 
 
-class EvaluateConfig(_Model):
+class EvaluateConfig(TrainSettings):
+    """``evaluate:``: the students' ``TrainSettings`` (names, defaults and checks from there) plus
+    which trials run and the Ray Train side."""
     enabled: bool = True
-    protocol: Literal["hard-label", "soft-label"] = "hard-label"
     teacher: str | None = Field(default=None, description="soft-label: local directory of a network trained on "
-                                "the real data (mgd_ray/eval/soft_label.py); None = the prior's classifier/")
-    temperature: float = Field(default=20.0, gt=0, description="soft-label: KL temperature (SRe2L/RDED use 20)")
+                                "the real data (mgd_ray/eval/soft_label.py); None = the prior's classifier/. "
+                                "soft-label-imagenet: a hub id, hub:ORG/NAME[@REV] (hub:timm/resnet18.tv_in1k: "
+                                "torchvision's ImageNet ResNet-18), read from the local hub cache that `mgd-ray "
+                                "models fetch JOB.yaml` fills (mgd_ray/eval/soft_label_imagenet.py)")
     students: list[str] = Field(default_factory=lambda: ["convnet3"], min_length=1)
     train_seeds: int = Field(default=3, ge=1)
-    epochs: int | None = Field(default=None, gt=0, description="None = the protocol's rule")
-    n_evals: int = Field(default=100, gt=0, description="periodic test evaluations (best_acc is their max)")
     image_size: int | None = Field(default=None, gt=0, description="student input size (224 for the ImageNet "
                                    "family: resize + centre crop); None = native size")
     baselines: list[Literal["random-real"]] = Field(default_factory=lambda: ["random-real"])
-    batch_size: int = Field(default=64, gt=0)
     num_workers: int = Field(default=1, ge=1)
     cpus_per_worker: float = Field(default=0.5, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0)
-    augment: Literal["auto", "dsa-grey", "rgb", "none"] = "auto"
-    flip: bool = True
     metrics: bool = True
     classifier: str | None = Field(default=None, description="real-data classifier for FID features; None = the prior's")
 
@@ -231,6 +196,20 @@ class JobConfig(_Model):
     @model_validator(mode="after")
     def _teacher_known(self):
         ev = self.evaluate
+        if ev.protocol == "soft-label-imagenet" or (ev.teacher or "").startswith("hub:"):
+            from .teachers import DEFAULT_TEACHER, parse_teacher
+            if ev.protocol == "soft-label":
+                raise ValueError(f"evaluate.teacher {ev.teacher!r} is a hub id: only evaluate.protocol "
+                                 f"soft-label-imagenet reads one (soft-label takes a local directory)")
+            if ev.protocol == "hard-label":
+                return self                      # the teacher is not read (e.g. the CPU twin of imagenet1k.yaml)
+            if ev.enabled and ev.teacher is None:
+                raise ValueError(f"evaluate.protocol soft-label-imagenet needs evaluate.teacher: the hub id of "
+                                 f"torchvision's ImageNet ResNet-18, {DEFAULT_TEACHER} (fetch it first with "
+                                 f"`mgd-ray models fetch JOB.yaml`)")
+            if ev.teacher is not None:
+                parse_teacher(ev.teacher)        # ValueError naming the form
+            return self
         if ev.enabled and ev.protocol == "soft-label" and ev.teacher is None \
                 and not self.model.generator.startswith("prior:"):
             raise ValueError(
@@ -275,6 +254,20 @@ class JobConfig(_Model):
     @property
     def lam_mode(self) -> float:
         return self.guidance.lam_mode if self.spec.guides else 0.0
+
+    @property
+    def coreset_params(self) -> CoresetParams | None:
+        """The core's coreset parameters with the kind resolved (None: the method has no coreset)."""
+        kind = self.coreset_method
+        if kind is None:
+            return None
+        return CoresetParams.build(self.coreset, method=kind)
+
+    @property
+    def guidance_params(self) -> GuidanceParams:
+        """The core's guidance parameters with the method's choices resolved (its manifold scale,
+        and no mode term for a method that does not guide)."""
+        return GuidanceParams.build(self.guidance, lam_mode=self.lam_mode, manifold_scale=self.manifold_scale)
 
 
 # ---------------------------------------------------------------------------------------

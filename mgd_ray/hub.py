@@ -59,6 +59,13 @@ class Component:
     def diffusers(cls, role: str, subfolder: str | None) -> "Component":
         return cls(role, subfolder, tuple(diffusers_files(subfolder).items()))
 
+    @classmethod
+    def teacher(cls, role: str) -> "Component":
+        """The soft-label-imagenet teacher: ``model.safetensors`` (torchvision's key names) + ``config.json``
+        at the repo root, loaded into ``torchvision.models.resnet18`` (``mgd_ray/teachers.py``)."""
+        from .teachers import TEACHER_CONFIG, TEACHER_WEIGHTS
+        return cls(role, None, (("config", TEACHER_CONFIG), ("weights", TEACHER_WEIGHTS)))
+
     @property
     def files(self) -> dict[str, str]:
         return dict(self.file_names)
@@ -114,14 +121,28 @@ def _is_hub_id(spec: str) -> bool:
     return True
 
 
+TEACHER_ROLE = "soft-label-imagenet teacher"
+
+
+def _hub_teacher(job) -> str | None:
+    """The job's hub teacher (``evaluate.teacher`` = ``hub:ORG/NAME[@REV]``) when its evaluation reads one."""
+    from .teachers import is_hub_teacher
+    ev = job.evaluate
+    return ev.teacher if ev.enabled and ev.protocol == "soft-label-imagenet" and is_hub_teacher(ev.teacher) else None
+
+
 def _job_parts(job) -> list[tuple[str, str, str | None]]:
-    """(role, spec, subfolder) of every model the job loads. New roles (a hub-hosted teacher or
-    feature network) are added here; today ``evaluate.teacher`` and ``evaluate.classifier`` are
-    local directories (their loaders take nothing else)."""
+    """(role, spec, subfolder) of every model the job loads: the generator's parts, the
+    soft-label-imagenet teacher (a hub repo: ``TEACHER_ROLE``, spec ``ORG/NAME@REV``); the soft-label
+    ``evaluate.teacher`` and ``evaluate.classifier`` are local directories (their loaders take nothing else)."""
     from .models import generator_parts
     parts = [(f"generator {role}", spec, sub) for role, spec, sub in
              generator_parts(job.model.generator, job.model.vae)]
     ev = job.evaluate
+    if _hub_teacher(job):
+        from .teachers import parse_teacher
+        repo, rev = parse_teacher(_hub_teacher(job))
+        parts.append((TEACHER_ROLE, f"{repo}@{rev}", None))
     if ev.enabled and ev.protocol == "soft-label" and ev.teacher:
         parts.append(("soft-label teacher (local directory)", ev.teacher, None))
     if ev.enabled and ev.classifier:
@@ -131,15 +152,19 @@ def _job_parts(job) -> list[tuple[str, str, str | None]]:
 
 def required_models(job, revision: str = DEFAULT_REVISION) -> list[HubModel]:
     """The hub repos ``job`` loads, each with the patterns of exactly the files its loader opens."""
-    by_repo: dict[str, list[Component]] = {}
+    by_repo: dict[tuple[str, str], list[Component]] = {}
     for role, spec, sub in _job_parts(job):
+        if role == TEACHER_ROLE:
+            repo, _, rev = spec.partition("@")
+            by_repo.setdefault((repo, rev), []).append(Component.teacher("teacher"))
+            continue
         if role.endswith("(local directory)") or not _is_hub_id(spec):
             continue
-        comps = by_repo.setdefault(spec, [])
+        comps = by_repo.setdefault((spec, revision), [])
         c = Component.diffusers(role.removeprefix("generator "), sub)
         if c not in comps:
             comps.append(c)
-    return [HubModel(repo, revision, tuple(comps)) for repo, comps in by_repo.items()]
+    return [HubModel(repo, rev, tuple(comps)) for (repo, rev), comps in by_repo.items()]
 
 
 def local_models(job) -> list[LocalModel]:
@@ -147,6 +172,8 @@ def local_models(job) -> list[LocalModel]:
     from .models import resolve_model_path
     out: dict[str, LocalModel] = {}
     for role, spec, _ in _job_parts(job):
+        if role == TEACHER_ROLE:
+            continue
         if role.endswith("(local directory)"):
             path = str(Path(os.path.expanduser(spec)))
         elif not _is_hub_id(spec):
@@ -186,7 +213,8 @@ def plan(jobs) -> dict:
     return {"cache_dir": hub_cache_dir(), "fetch": [m.to_dict() for m in hub],
             "local": [{"role": lm.role, "spec": lm.spec, "path": lm.path, "exists": Path(lm.path).exists()}
                       for lm in local],
-            "check_loads": _loads(jobs)}
+            "check_loads": _loads(jobs),
+            "check_teachers": sorted({t for j in jobs if (t := _hub_teacher(j))})}
 
 
 def _loads(jobs) -> list[dict]:
@@ -320,7 +348,7 @@ def check_repo(m: HubModel, cache: str) -> dict:
     missing: dict[str, str] = {}
     for c in m.components:          # what the loader opens
         need = [c.files["config"]]
-        if c.files["index"] in present:
+        if c.files.get("index") and c.files["index"] in present:
             idx = json.loads((snap / c.files["index"]).read_text())
             prefix = f"{c.subfolder}/" if c.subfolder else ""
             need += sorted({prefix + s for s in idx.get("weight_map", {}).values()})
@@ -400,6 +428,23 @@ def _check_main(spec_path: str, report_path: str) -> int:
               f"{info.scaling_factor}; weights sha256[:16] transformer {info.transformer_sha256}, "
               f"vae {info.vae_sha256}")
         del tr, vae
+    for spec in p.get("check_teachers", []):
+        from .eval.soft_label_imagenet import load_teacher
+        from .teachers import TEACHER_ARCH, TEACHER_CLASSES, teacher_weights_path
+        try:
+            weights = teacher_weights_path(spec)
+            net = load_teacher(spec)
+        except (OSError, ValueError) as e:
+            report["problems"].append(f"{spec}: does not load offline: {e}")
+            print(f"PROBLEM: {report['problems'][-1]}")
+            return done(2)
+        n = sum(x.numel() for x in net.parameters())
+        rec = {"teacher": spec, "architecture": f"torchvision.models.{TEACHER_ARCH}", "strict": True,
+               "num_classes": int(net.fc.out_features), "params": n, "weights_sha256": _sha256(weights)[:16]}
+        report["loads"].append(rec)
+        print(f"loaded offline into torchvision.models.{TEACHER_ARCH} (strict): {spec}, {n:,} params, "
+              f"{rec['num_classes']} classes (expected {TEACHER_CLASSES}); weights sha256[:16] {rec['weights_sha256']}")
+        del net
     return done(0)
 
 

@@ -125,6 +125,63 @@ GPU_UTILISATION = 0.40            # DiT and VAE: fraction of the bf16 dense peak
 STUDENT_UTILISATION = 0.20        # evaluation students: fp32 training, TF32 convolutions, batch 64
 CPU_FLOPS = 50e9                  # a 2-core CPU, order of magnitude
 
+# ---- the evaluation's throughput model (plan/cost.py; benchmarks/eval_throughput.py) -----------
+# GPU: ResNet-18 training on one A100, from FFCV's published ImageNet table (github.com/libffcv/
+# ffcv-imagenet README: rn18_configs/rn18_88_epochs.yaml, 88 epochs in 187.3 min on 1 x A100,
+# top-1 72.4 %). That run: batch 1024 with drop_last, fp16 autocast + channels_last, progressive
+# resizing 160 -> 192 px (train_imagenet.py get_resolution: start_ramp 65, end_ramp 76, rounded to
+# multiples of 32), one validation pass at the end (inside the 187.3 min: the rate is a lower bound).
+FFCV_RN18_RUN = {"epochs": 88, "minutes": 187.3, "batch": 1024, "min_res": 160, "max_res": 192,
+                 "start_ramp": 65, "end_ramp": 76}
+FFCV_SOURCE = ("FFCV ImageNet table (github.com/libffcv/ffcv-imagenet README, rn18_88_epochs.yaml: ResNet-18, "
+               "88 epochs in 187.3 min on 1 x A100, fp16 autocast, 160-192 px)")
+# fp16 -> TF32: the students train in fp32 (TF32 convolutions), so the fp16 rate is divided by the
+# A100 mixed-precision speedup NVIDIA publishes for ResNet-50 (github.com/NVIDIA/DeepLearningExamples
+# PyTorch/Classification/ConvNets/README.md, "Training performance: NVIDIA DGX A100 (8x A100 80GB)",
+# pytorch-20.12 container: 15,977 img/s mixed precision, 7,365 img/s TF32 on 8 GPUs, "2.16 x").
+NVIDIA_RN50_A100_AMP_IMAGES_PER_S = 15977 / 8
+NVIDIA_RN50_A100_TF32_IMAGES_PER_S = 7365 / 8
+NVIDIA_RN50_SOURCE = ("NVIDIA DeepLearningExamples PyTorch ConvNets README, DGX A100 (8x A100 80GB): ResNet-50 "
+                      "15,977 img/s mixed precision / 7,365 img/s TF32 per 8 GPUs")
+
+
+def ffcv_resolution(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
+    """FFCV's training resolution at ``epoch`` (ffcv-imagenet train_imagenet.py ``get_resolution``)."""
+    if epoch <= start_ramp:
+        return min_res
+    if epoch >= end_ramp:
+        return max_res
+    interp = min_res + (max_res - min_res) * (epoch - start_ramp) / (end_ramp - start_ramp)
+    return int(round(interp / 32)) * 32
+
+
+def a100_resnet18_train_images_per_s(size: int = 224) -> tuple[float, str]:
+    """Images/s of a ResNet-18 training step (fp32 with TF32 convolutions) on one A100 at ``size``
+    px, and how it follows from the published figures above: FFCV's images per second over its
+    whole 88-epoch run, scaled by pixels from its mean training resolution to ``size`` (a
+    convolution's FLOPs grow with the pixels), divided by NVIDIA's A100 mixed-precision speedup."""
+    r = FFCV_RN18_RUN
+    per_epoch = (IMAGENET1K_TRAIN // r["batch"]) * r["batch"]            # drop_last
+    res = [ffcv_resolution(e, r["min_res"], r["max_res"], r["start_ramp"], r["end_ramp"]) for e in range(r["epochs"])]
+    mean_px2 = sum(x * x for x in res) / len(res)
+    fp16 = r["epochs"] * per_epoch / (r["minutes"] * 60)
+    speedup = NVIDIA_RN50_A100_AMP_IMAGES_PER_S / NVIDIA_RN50_A100_TF32_IMAGES_PER_S
+    rate = fp16 * mean_px2 / (size * size) / speedup
+    text = (f"{FFCV_SOURCE}: {r['epochs']} x {per_epoch:,} images / {r['minutes']} min = {fp16:,.0f} img/s fp16 at a "
+            f"mean {mean_px2 ** 0.5:.0f} px; x ({mean_px2 ** 0.5:.0f}/{size})^2 by pixels; / {speedup:.2f} fp16->TF32 "
+            f"({NVIDIA_RN50_SOURCE}) = {rate:,.0f} img/s. An A100 figure: used for any GPU (an H100 is faster, so "
+            "the hours are an upper bound there); a batch of 64 on small sets runs below FFCV's batch 1024")
+    return rate, text
+
+
+# CPU: measured on the project's 2-core box by ``benchmarks/eval_throughput.py`` (torchvision
+# resnet18, batch 16, 224 px, one thread, timed in CPU seconds: per-core figures; the report is
+# benchmarks/reports/eval_throughput.md, and tests/test_plan.py checks these equal its JSON).
+# Images/s of: a training step; a training step with a frozen ResNet-18 teacher's forward; a test forward.
+EVAL_CPU_RESNET18_224 = {"train": 4.812, "train_with_teacher": 3.652, "test_forward": 17.319}
+EVAL_CPU_SOURCE = ("per core: python -m benchmarks.eval_throughput (torchvision 0.29.1), 2026-12-07 "
+                   "(benchmarks/reports/eval_throughput.md)")
+
 
 def is_sd_vae(info) -> bool:
     """The Stable Diffusion VAE architecture, whose FLOPs are in the table above."""

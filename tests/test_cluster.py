@@ -58,7 +58,7 @@ def test_launcher_node_types_and_setup(name):
     assert sum(v["max_workers"] for v in gpu.values()) >= cfg["max_workers"] > 0
     assert cfg["idle_timeout_minutes"] > 0
     setup = "\n".join(cfg["setup_commands"])
-    assert "torch==2.13.0" in setup and "-e ~/mgd_ray" in setup
+    assert "torch==2.14.1 torchvision==0.29.1" in setup and "-e ~/mgd_ray" in setup
     assert "mgd-ray models fetch" in setup    # offline model loads; tests/test_fetch.py runs the command
     workers = "\n".join(cfg["worker_setup_commands"])
     assert "mgd_ray[gpu]" in workers and "faiss-cpu" in workers and "faiss-gpu==1.15.1" in workers
@@ -158,7 +158,7 @@ def test_kuberay_rayjob_structure():
 def test_dockerfile_installs_the_package_and_models():
     text = (CLUSTER / "Dockerfile").read_text()
     assert re.search(r"^FROM rayproject/ray:2\.60\.0-py311", text, re.M)
-    assert "torch==2.13.0" in text and '-e ".[gpu]"' in text and "mgd-ray models fetch" in text   # test_fetch.py runs it
+    assert "torch==2.14.1 torchvision==0.29.1" in text and '-e ".[gpu]"' in text and "mgd-ray models fetch" in text   # test_fetch.py runs it
     assert "faiss-gpu==1.15.1" in text and "cu12" not in text
 
 
@@ -195,7 +195,7 @@ def test_job_file_validates_with_reference_settings(name):
     assert job.encode.image_size == 256 and job.encode.preprocess == "center-crop"
     s, g, gen = job.sampler, job.guidance, job.generate
     assert (s.kind, s.steps, s.cfg_scale, s.cfg_channels) == ("ddpm", 50, 4.0, "first3")
-    assert (g.lam_mode, g.t_stop, g.ridge, g.warm, g.radius_mult, g.radius_kind) == (0.1, 25, 1e-5, 5, 2.0, "exp")
+    assert (g.lam_mode, g.t_stop, g.warm, g.radius_mult, g.radius_kind) == (0.1, 25, 5, 2.0, "exp")
     # the shipped ManifoldGD default (issue 10 §4), not the beta-1 / d-3 rule measured to collapse to DiT
     assert (g.basis, g.beta, g.d, g.K, g.beta_schedule, g.t_project) == ("members", 1.0, 8, 16, "constant", None)
     assert g.radius == (0.05 if name == "imagenette" else 0.1)
@@ -205,7 +205,11 @@ def test_job_file_validates_with_reference_settings(name):
     assert 8 <= gen.num_actors <= 64 and gen.num_gpus == 1 and gen.batch_size == 64
     assert job.encode.batch_size == 256
     ev = job.evaluate
-    assert ev.protocol == "hard-label" and ev.students == ["resnetap10", "convnet6", "resnet18"]
+    if name == "imagenet1k":      # the ImageNet-1K soft-label protocol (RDED's), the teacher fetched from the hub
+        assert ev.protocol == "soft-label-imagenet" and ev.students == ["resnet18"]
+        assert ev.teacher == "hub:timm/resnet18.tv_in1k" and ev.image_size == 256
+    else:
+        assert ev.protocol == "hard-label" and ev.students == ["resnetap10", "convnet6", "resnet18"]
     assert ev.gpus_per_worker == 1 and "random-real" in ev.baselines
     assert job.output.dir.startswith("s3://")
     assert job.ray.address is None                          # ray job submit sets RAY_ADDRESS
@@ -304,8 +308,8 @@ def test_dry_run_imagenet1k_without_data_or_model(moto_s3, offline_hf):
     assert p["model"]["facts_from"].count("known table") == 2
     assert p["generator_labels"]["first"] == [0, 1, 2, 3, 4] and p["generator_labels"]["last"] == 999
     ev = p["estimate"]["stages"]["evaluate"]
-    assert ev["trials"] == 18 and ev["image_px"] == 224 and set(ev["per_student"]) == {
-        "resnetap10", "convnet6", "resnet18"}
+    # the soft-label ImageNet protocol (RDED's): torchvision's ResNet-18, distilled + random-real x 3 seeds
+    assert ev["trials"] == 6 and ev["image_px"] == 224 and set(ev["per_student"]) == {"resnet18"}
     assert not any(offline_hf.iterdir())                    # nothing was downloaded
 
 

@@ -29,7 +29,7 @@ def test_overrides_are_yaml_scalars():
     assert j.generate.ipc == 7 and j.generate.seeds == [3, 4] and j.sampler.cfg_scale == 1.5
     assert j.data.classes == ["a", "b"] and j.model.allow_download is True and j.output.dir == "s3://b/p"
     assert parse_override("a.b= 0.5")[1] == 0.5
-    assert job_from_dict({}, ["guidance.ridge=1e-3"]).guidance.ridge == 1e-3  # YAML 1.1 string, coerced
+    assert job_from_dict({}, ["guidance.lam_man=1e-3"]).guidance.lam_man == 1e-3  # YAML 1.1 string, coerced
 
 
 def test_unknown_key_names_path():
@@ -135,9 +135,8 @@ def test_guidance_that_never_switches_on_is_an_error():
 
 
 def test_coreset_engine_reaches_the_coreset_builder():
-    from mgd_ray.pipeline.workers import coreset_kwargs
-    assert coreset_kwargs(job_from_dict({}))["engine"] == "auto"
-    assert coreset_kwargs(job_from_dict({}, ["coreset.engine=numpy"]))["engine"] == "numpy"
+    assert job_from_dict({}).coreset_params.engine == "auto"
+    assert job_from_dict({}, ["coreset.engine=numpy"]).coreset_params.engine == "numpy"
     with pytest.raises(JobError) as e:
         job_from_dict({}, ["coreset.engine=cuda"])
     assert "[coreset -> engine]" in str(e.value)
@@ -156,6 +155,24 @@ def _schema_keys(model=None, prefix=()):
 
 
 JOB_FACTORIES = {"model_validate", "job_from_dict", "load_job", "absolute_output", "model_copy"}
+# the method core's parameter types (mgd_ray/params.py) -> the job section that derives from them:
+# a job key of such a section is read where the core reads that field on an object of its type
+CORE_TYPES = {"GuidanceParams": "guidance", "CoresetParams": "coreset", "TrainSettings": "evaluate",
+              "TrainConfig": "evaluate"}
+
+
+def _core_section(node) -> str | None:
+    """The section of a core type named by an annotation, or built by a call ``T(...)`` /
+    ``T.model_validate(...)``; None otherwise."""
+    import ast
+    if node is None:
+        return None
+    if isinstance(node, ast.Call):
+        fn = node.func
+        name = getattr(fn, "id", None) or getattr(getattr(fn, "value", None), "id", None)
+        return CORE_TYPES.get(name)
+    text = ast.unparse(node)
+    return next((s for t, s in CORE_TYPES.items() if t in text.replace("|", " ").split()), None)
 
 
 def _reads_in(source: str, config_module: bool = False) -> set[tuple[str, str]]:
@@ -174,6 +191,12 @@ def _reads_in(source: str, config_module: bool = False) -> set[tuple[str, str]]:
     found = set()
     job_methods = {id(f) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name == "JobConfig"
                    for f in c.body if isinstance(f, ast.FunctionDef)}
+    # methods of a class derived from a core type: ``self`` is one (``TrainConfig.resolved_augment``)
+    core_self = {id(f): _core_section(b) for c in ast.walk(tree) if isinstance(c, ast.ClassDef)
+                 for b in c.bases if _core_section(b) for f in c.body if isinstance(f, ast.FunctionDef)}
+    # attributes declared with a core type (``self.params: GuidanceParams = ...``), file-wide
+    core_attrs = {n.target.attr: _core_section(n.annotation) for n in ast.walk(tree)
+                  if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Attribute) and _core_section(n.annotation)}
     for scope in scopes:
         jobs = {"job", "j"} | ({"self"} if id(scope) in job_methods else set())
         if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -183,7 +206,8 @@ def _reads_in(source: str, config_module: bool = False) -> set[tuple[str, str]]:
             if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name) \
                     and isinstance(n.value, ast.Call):
                 fn = n.value.func
-                if (getattr(fn, "attr", None) or getattr(fn, "id", None)) in JOB_FACTORIES:
+                if (getattr(fn, "attr", None) or getattr(fn, "id", None)) in JOB_FACTORIES \
+                        and not _core_section(n.value):
                     jobs.add(n.targets[0].id)
 
         def is_job(node) -> bool:
@@ -193,6 +217,22 @@ def _reads_in(source: str, config_module: bool = False) -> set[tuple[str, str]]:
         sections = {n.targets[0].id: n.value.attr for n in ast.walk(scope)
                     if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
                     and isinstance(n.value, ast.Attribute) and is_job(n.value.value)}
+        # names holding a core parameter object: annotated parameters / assignments of a core type,
+        # or bound to a call that builds one
+        if id(scope) in core_self:
+            sections["self"] = core_self[id(scope)]
+        if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            sections |= {a.arg: _core_section(a.annotation) for a in scope.args.args + scope.args.kwonlyargs
+                         if _core_section(a.annotation)}
+        for n in ast.walk(scope) if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)) else ():
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and _core_section(n.annotation):
+                sections[n.target.id] = _core_section(n.annotation)
+            elif isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name) \
+                    and _core_section(n.value):
+                sections[n.targets[0].id] = _core_section(n.value)
+            elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute) and n.value.attr in core_attrs \
+                    and isinstance(n.value.value, ast.Name) and n.value.value.id == "self":
+                found.add((core_attrs[n.value.attr], n.attr))
         for n in ast.walk(scope):
             if isinstance(n, ast.Attribute) and is_job(n.value):
                 found.add(("job", n.attr))
@@ -224,6 +264,16 @@ def test_the_read_scan_resolves_reads_on_the_config_types():
                               ("job", "model"), ("sampler", "steps"), ("job", "sampler")}
 
 
+def test_the_read_scan_follows_the_core_parameter_types():
+    """A key the core takes through its parameter type is read where the core reads that field on
+    an object of the type; the same attribute of another object does not count."""
+    src = ("def f(P: GuidanceParams, q):\n    return P.radius, q.warm\n"
+           "def g(Z):\n    P = CoresetParams.model_validate({})\n    return P.split\n"
+           "class G:\n    def __init__(self, p):\n        self.params: GuidanceParams = p\n"
+           "    def h(self):\n        return self.params.cloud_size, self.other.bandwidth\n")
+    assert _reads_in(src) == {("guidance", "radius"), ("coreset", "split"), ("guidance", "cloud_size")}
+
+
 def test_every_schema_key_is_read_somewhere_in_the_package():
     reads = _package_reads()
     assert ("encode", "batch_size") in reads and ("data", "image_column") in reads   # the scan sees both forms
@@ -234,24 +284,13 @@ def test_every_schema_key_is_read_somewhere_in_the_package():
     assert not unread, f"job keys that nothing reads (wire them or remove them): {unread}"
 
 
-def test_guidance_defaults_agree_with_the_method_core():
-    """A default job hands the sampler exactly GuidanceParams' defaults (the reference scripts')."""
-    from dataclasses import asdict
-
-    from mgd_ray.method.guidance import GuidanceParams
-    from mgd_ray.pipeline.workers import guidance_params
-    got, want = asdict(guidance_params(JobConfig())), asdict(GuidanceParams())
-    assert got.keys() == want.keys()
-    assert {k: (got[k], want[k]) for k in got if got[k] != want[k]} == {}
-
-
 def test_guidance_variant_keys_reach_the_guidance():
-    from mgd_ray.pipeline.workers import guidance_params
     job = job_from_dict({}, ["guidance.basis=members", "guidance.beta_schedule=ramp", "guidance.t_project=37",
-                             "guidance.d=16", "guidance.K=32"])
-    p = guidance_params(job)
-    assert (p.basis, p.beta_schedule, p.t_project, p.d, p.K) == ("members", "ramp", 37, 16, 32)
-    assert guidance_params(job_from_dict({})).t_project is None
+                             "guidance.d=16", "guidance.K=32", "guidance.radius=0.05", "guidance.radius_mult=3"])
+    p = job.guidance_params
+    assert (p.basis, p.beta_schedule, p.t_project, p.d, p.K, p.radius, p.radius_mult) == \
+        ("members", "ramp", 37, 16, 32, 0.05, 3.0)
+    assert job_from_dict({}).guidance_params.t_project is None
     with pytest.raises(JobError, match=r"t_project \(25\) must be above t_stop \(25\)"):
         job_from_dict({}, ["guidance.t_project=25"])
     with pytest.raises(JobError, match="beta_schedule"):

@@ -142,8 +142,11 @@ def test_image_seed():
 
 def test_bad_arguments_are_explained():
     Z, ids = _blobs(n_per=5, k=2)
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match=r"CoresetParams: \[method\] Input should be 'divisive'.*"
+                                         r"\(got: 'agglomerative'\)"):
         build_coreset(Z, ids, 0, 2, method="agglomerative")
+    with pytest.raises(ValueError, match=r"CoresetParams: \[radius\] .*\(not a parameter\)"):  # not a knob of it
+        build_coreset(Z, ids, 0, 2, radius=1.0)
 
 
 def test_herding_and_kcenter_greedy_rules():

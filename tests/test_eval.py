@@ -236,6 +236,44 @@ def test_uint8_test_pixels_give_the_same_accuracy():
     assert as_uint8["history"] == as_float["history"]
 
 
+@pytest.mark.parametrize("aug,channels", [("dsa-grey", 1), ("rgb", 3)])
+def test_uint8_train_pixels_are_made_float_per_batch_as_before(monkeypatch, aug, channels):
+    """Train and test sets given as uint8 (NHWC, the pipeline's way) are held as uint8 and made float
+    one batch at a time on the device: the augmentation and the model see exactly the floats that
+    ``to_float_images`` of the whole set gives (the way before), so the run is the same."""
+    from mgd_ray.eval import train as train_mod
+    g = torch.Generator().manual_seed(5)
+    u8 = torch.randint(0, 256, (40, 16, 16, channels), generator=g, dtype=torch.uint8)
+    ytr = torch.arange(10).repeat_interleave(4)
+    te = torch.randint(0, 256, (30, 16, 16, channels), generator=g, dtype=torch.uint8)
+    yte = torch.arange(10).repeat_interleave(3)
+    real_make, real_tf = train_mod.make_augment, train_mod.to_float_images
+
+    def run(x_train, x_test):
+        seen, converted = [], []
+
+        def make(name, flip):
+            fn = real_make(name, flip)
+            return lambda x, gen: (seen.append(x.clone()), fn(x, gen))[1]
+
+        def tf(x, layout="auto"):
+            converted.append((x.dtype, tuple(x.shape)))
+            return real_tf(x, layout)
+        monkeypatch.setattr(train_mod, "make_augment", make)
+        monkeypatch.setattr(train_mod, "to_float_images", tf)
+        cfg = TrainConfig(**{**_TOY_CFG, "epochs": 3, "n_evals": 3, "augment": aug, "cutmix": True,
+                             "eval_batch_size": 7})
+        return train_and_evaluate(x_train, ytr, x_test, yte, 10, cfg), seen, converted
+
+    before, seen_f, _ = run(to_float_images(u8), to_float_images(te))   # whole sets float32 up front
+    after, seen_u, conv = run(u8, te)                                     # uint8 held, float per batch
+    assert len(seen_u) == len(seen_f) == 3 * 3
+    assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(seen_u, seen_f))
+    assert after["history"] == before["history"] and after["augment"] == aug
+    # only batches were converted (train batches of 16, test batches of 7), never a whole set
+    assert conv and all(d == torch.uint8 and s[0] <= 16 for d, s in conv)
+
+
 def test_shuffled_labels_stay_near_chance():
     xtr, ytr = _toy(8, seed=1)
     xte, yte = _toy(10, seed=2)

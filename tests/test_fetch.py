@@ -24,6 +24,7 @@ from mgd_ray.config import load_job
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 DIT, VAE = "facebook/DiT-XL-2-256", "stabilityai/sd-vae-ft-mse"
+TEACHER = "timm/resnet18.tv_in1k"      # the soft-label-imagenet teacher of jobs/imagenet1k.yaml
 IMAGENET_JOBS = ["imagenet1k", "imagenette", "imagewoof", "imagenet100"]
 
 
@@ -62,7 +63,9 @@ def repos(tmp_path_factory):
     vae.save_pretrained(base / "vae")
     torch.save(vae.state_dict(), base / "vae" / "diffusion_pytorch_model.bin")
     dit.save_pretrained(base / "dit-sharded" / "transformer", max_shard_size="20KB")
-    return {DIT: repo_files(d), VAE: repo_files(base / "vae"), "sharded": repo_files(base / "dit-sharded")}
+    from tests.test_soft_label_imagenet import teacher_files
+    return {DIT: repo_files(d), VAE: repo_files(base / "vae"), "sharded": repo_files(base / "dit-sharded"),
+            TEACHER: teacher_files()}
 
 
 @pytest.fixture
@@ -100,7 +103,8 @@ def run_cli(args):
 def test_required_models_of_imagenet1k():
     from mgd_ray.hub import required_models
     ms = {m.repo_id: m for m in required_models(load_job(ROOT / "jobs" / "imagenet1k.yaml"))}
-    assert set(ms) == {DIT, VAE}
+    assert set(ms) == {DIT, VAE, TEACHER}
+    assert ms[TEACHER].allow_patterns == ["config.json", "model.safetensors"]
     assert all(m.revision == "main" for m in ms.values())
     assert [(c.role, c.subfolder) for c in ms[DIT].components] == [("transformer", "transformer")]
     assert [(c.role, c.subfolder) for c in ms[VAE].components] == [("vae", None)]
@@ -155,7 +159,8 @@ def test_dry_run_prints_what_would_be_fetched(hub):
     r = run_cli(["models", "fetch", str(ROOT / "jobs" / "imagenet1k.yaml"), "--dry-run"])
     assert r.exit_code == 0, r.output
     p = json.loads(r.stdout)
-    assert p["cache_dir"] == str(hub) and [m["repo_id"] for m in p["fetch"]] == [DIT, VAE]
+    assert p["cache_dir"] == str(hub) and [m["repo_id"] for m in p["fetch"]] == [DIT, VAE, TEACHER]
+    assert p["check_teachers"] == [f"hub:{TEACHER}"]
     assert p["check_loads"] == [{"generator": DIT, "vae": VAE, "dtype": "bfloat16"}]
     assert not any(hub.iterdir())
 
@@ -224,7 +229,8 @@ def test_fetch_finds_loads_and_proves_offline(hub, repos):
             assert f"{len(b):,} B" in line and _sha256(b) in line and "= hub listing" in line
         assert sorted(f["path"] for r in rep["repos"] if r["repo_id"] == repo for f in r["files"]) == sorted(files)
     assert ".bin" not in out and "model_index.json" not in out
-    (ld,) = rep["loads"]
+    ld, teacher = rep["loads"]
+    assert teacher["architecture"] == "torchvision.models.resnet18" and teacher["num_classes"] == 1000
     assert ld["transformer"] == "DiTTransformer2DModel" and ld["vae"] == "AutoencoderKL"
     assert ld["num_classes"] == 1000 and ld["latent_size"] == 4 and ld["scaling_factor"] == pytest.approx(0.18215)
     t_sha = _sha256(repos[DIT]["transformer/diffusion_pytorch_model.safetensors"])[:16]

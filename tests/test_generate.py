@@ -302,7 +302,7 @@ def test_coreset_task_engine_from_grant(base, tmp_path, monkeypatch):
     assert seen and all(s == ("", False, "numpy") for s in seen), seen
     assert rec["engine"] == "numpy" and rec["targets"] == 4
     assert after == "0"                                  # restored for whatever runs next in the worker
-    assert (out / "coreset" / "parts" / "c00000.parquet").is_file()
+    assert (out / "coreset" / "parts" / "c00000-s000.parquet").is_file()
 
 
 def test_next_group_reads_while_the_current_one_generates(base, tmp_path, monkeypatch):

@@ -57,15 +57,26 @@ def _arrays_in(obj) -> list:
 
 
 def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path, monkeypatch):
-    import ray.train.torch
+    import ray
+
+    from mgd_ray.pipeline import runner
     configs = []
+    real_remote = ray.remote
 
-    class RecordingTrainer(ray.train.torch.TorchTrainer):
-        def __init__(self, *a, train_loop_config=None, **kw):
-            configs.append(train_loop_config)
-            super().__init__(*a, train_loop_config=train_loop_config, **kw)
+    class _Recorded:                 # what the driver hands the task that fits the TorchTrainer
+        def __init__(self, fn):
+            self.fn, self.opts = fn, {}
 
-    monkeypatch.setattr(ray.train.torch, "TorchTrainer", RecordingTrainer)
+        def options(self, **kw):
+            self.opts = kw
+            return self
+
+        def remote(self, cfg, *a):
+            configs.append(cfg)
+            return real_remote(self.fn).options(**self.opts).remote(cfg, *a)
+
+    monkeypatch.setattr(ray, "remote", lambda *a, **k: _Recorded(a[0]) if a and a[0] is runner._fit_task
+                        else real_remote(*a, **k))
     out = tmp_path / "out"
     job = job_from_dict(twin_dict(out, tiny_prior))
     m = run_job(job)
@@ -73,6 +84,9 @@ def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path, monkeypatch):
     # evaluation pixels went by reference (ObjectRefs), none inside the Train config ...
     assert len(configs) == 1 and not _arrays_in(configs[0])
     assert isinstance(configs[0]["test"], ray.ObjectRef) and len(configs[0]["baseline_sets"]) == 1
+    # the real test split was decoded once (Ray Data) into a cache under output.dir, read back from it
+    caches = list((out / "eval" / "_testset").glob("test-*/_COMPLETE.json"))
+    assert len(caches) == 1 and json.loads(caches[0].read_text())["rows"] == 50
     # ... and the trials are those of the same arrays passed by value (same accuracy)
     from mgd_ray.data import open_source
     from mgd_ray.pipeline.evaluate import run_trials
@@ -167,7 +181,9 @@ def test_coreset_fans_out_by_class_and_targets_stay_off_the_driver(ray_cluster, 
     assert m["coreset"]["tasks"] == 10 and m["coreset"]["classes_per_task"] == 1
     assert m["coreset"]["engine"] == ["numpy"]                    # engine: auto on a machine without a GPU
     assert m["coreset"]["targets"] == 20 and m["counts"]["units_committed"] == 10
-    assert not (out / "coreset" / "parts").exists()
+    # one part per (class, generation seed), kept after the merge (an added seed reuses them)
+    assert sorted(p.name for p in (out / "coreset" / "parts").glob("*.parquet")) == \
+        [f"c{k:05d}-s000.parquet" for k in range(10)]
     for f in (out / "shards").glob("*.parquet"):
         os.remove(f)
     m2 = run_job(job_from_dict(d), GEN)                          # targets reused, units regenerated
@@ -354,6 +370,7 @@ def test_s3_output(ray_cluster, tiny_prior, tmp_path, moto_s3):
     url = f"s3://{bucket}/runs/twin"
     m = run_job(job_from_dict(twin_dict(url, tiny_prior, output={"dir": url, "storage_options": so})), GEN)
     assert m["counts"]["units_committed"] == 10
+    assert m["encode"]["rows"] == 120 and m["coreset"]["classes_per_task"] == 1666   # the latents' rows, counted
     import s3fs
     fs = s3fs.S3FileSystem(**so)
     files = [f for f in fs.ls(f"{bucket}/runs/twin/shards") if f.endswith(".parquet")]

@@ -1,5 +1,8 @@
 """The dry-run plan on a small job (the ImageNet-scale plans are in test_cluster.py)."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from mgd_ray.config import job_from_dict
@@ -21,3 +24,111 @@ def test_dry_run_plan_digits(tiny_prior):
     assert st["generate_dit"]["forward_passes"] == 480 and st["generate_dit"]["seconds_per_forward_per_image"] > 0
     assert p["estimate"]["total_device_hours"] == pytest.approx(
         sum(s.get("device_hours", 0) for s in st.values()), abs=0.01)
+
+
+# ---- the evaluation's bill (plan/cost.py: eval_rates, _evaluation_estimate, evaluation_cuts) -----------
+ROOT = Path(__file__).resolve().parents[1]
+IPC50 = ["generate.ipc=50", "generate.targets_per_unit=50"]
+
+
+def _imagenet1k_plan(tmp_path, sets=()):
+    """The ImageNet-1K job's dry-run plan with neither the data (a missing local root: the known split
+    sizes) nor the model (an empty offline hub cache: the known configs) at hand."""
+    from mgd_ray.config import load_job
+    from mgd_ray.pipeline.plan import dry_run_plan
+    job = load_job(ROOT / "jobs" / "imagenet1k.yaml", [f"data.root={tmp_path / 'no-imagenet'}", *sets])
+    return dry_run_plan(job, ["encode", "coreset", "generate", "evaluate"])
+
+
+def test_a100_figure_follows_from_the_published_numbers():
+    from mgd_ray import known
+    rate, text = known.a100_resnet18_train_images_per_s(224)
+    # FFCV rn18_88_epochs: 71 epochs at 160 px (<= 70: ramp rounds to 160), 17 at 192; 1,251 batches of 1,024
+    mean_px2 = (71 * 160 ** 2 + 17 * 192 ** 2) / 88
+    fp16 = 88 * 1251 * 1024 / (187.3 * 60)
+    assert rate == pytest.approx(fp16 * mean_px2 / 224 ** 2 / (15977 / 7365))
+    assert 2000 < rate < 3000 and "187.3 min" in text and "7,365" in text
+    # the cross-check the benchmark prints: NVIDIA's ResNet-50 TF32 per A100 x FLOP ratio (4.09 / 1.81 GMACs)
+    assert rate == pytest.approx(7365 / 8 * 4.09 / 1.81, rel=0.25)
+
+
+def test_evaluation_hours_follow_from_the_throughput_model(tmp_path, offline_hf):
+    from mgd_ray import known
+    from mgd_ray.pipeline.plan.flops import student_flops
+    p = _imagenet1k_plan(tmp_path, IPC50)
+    ev = p["estimate"]["stages"]["evaluate"]
+    r, _ = known.a100_resnet18_train_images_per_s(224)
+    if ev["protocol"] == "soft-label-imagenet":          # the job file's protocol: RDED's recipe
+        # 300 epochs; 256 px cropped to 224; tests after epochs 250, 260, ..., 300 (RDED: every 10 after 80 %)
+        assert ev["epochs"] == 300 and ev["image_px"] == 224 and ev["n_evals"] == 6
+        teacher = 1 / (3 * r)                            # a frozen ResNet-18 forward per training image
+    else:
+        teacher = 0.0
+    for student, c in ev["per_student"].items():
+        scale = student_flops(student, 3, 1000, ev["image_px"]) / student_flops("resnet18", 3, 1000, 224)
+        s_train, s_test = scale / r + scale * teacher, scale / (3 * r)
+        assert c["seconds_per_train_image"] == pytest.approx(s_train)
+        assert c["train_images_per_trial"] == ev["epochs"] * 1000 * 50 and c["ipc"] == 50
+        assert c["test_images_per_trial"] == ev["n_evals"] * 50_000
+        # trials: (the method + random real) x 3 generation seeds x 1 training seed
+        assert c["trials"] == 6 and c["baseline_trials"] == 3
+        assert c["device_hours"] == pytest.approx(
+            6 * (c["train_images_per_trial"] * s_train + c["test_images_per_trial"] * s_test) / 3600, rel=1e-3)
+    e = p["estimate"]
+    assert ev["device_hours"] == pytest.approx(sum(c["device_hours"] for c in ev["per_student"].values()), abs=0.01)
+    assert e["evaluation"]["share"] == pytest.approx(ev["device_hours"] / e["total_device_hours"], rel=1e-2)
+
+
+def test_imagenet1k_ipc50_warns_that_the_evaluation_dominates(tmp_path, offline_hf):
+    p = _imagenet1k_plan(tmp_path, IPC50)
+    ev = p["estimate"]["evaluation"]
+    assert ev["dominates"] and ev["share"] > 0.5
+    for setting in ("generate.seeds", "evaluate.baselines", "evaluate.epochs"):
+        assert setting in ev["message"]
+    assert any(line.startswith("WARNING: the evaluation is") for line in p["summary"])
+    # the hard-label protocol with its three students: each named with its hours, and the test passes
+    p = _imagenet1k_plan(tmp_path, IPC50 + ["evaluate.protocol=hard-label", "evaluate.image_size=224",
+                                            "evaluate.students=[resnetap10, convnet6, resnet18]"])
+    ev = p["estimate"]["evaluation"]
+    st = p["estimate"]["stages"]["evaluate"]
+    assert ev["dominates"] and st["epochs"] == 1000 and st["n_evals"] == 100
+    for setting in ("evaluate.students", "resnetap10", "convnet6", "evaluate.n_evals", "evaluate.protocol"):
+        assert setting in ev["message"]
+
+
+def test_a_small_job_has_no_warning(tmp_path, offline_hf):
+    """ImageNette (the family's small job) with a short evaluation: encoding 13,000 images and 30,000
+    DiT forwards outweigh one student's 10 epochs over 100 images; the share is computed, not assumed.
+    (With the protocol's 2,000 epochs and three students, its evaluation dominates as well.)"""
+    from mgd_ray.config import load_job
+    from mgd_ray.pipeline.plan import dry_run_plan
+    small = ["evaluate.students=[convnet6]", "evaluate.epochs=10", "evaluate.n_evals=2"]
+    base = [f"data.root={tmp_path / 'no-imagenet'}"]
+    stages = ["encode", "coreset", "generate", "evaluate"]
+    p = dry_run_plan(load_job(ROOT / "jobs" / "imagenette.yaml", base + small), stages)
+    e = p["estimate"]
+    ev, st = e["evaluation"], e["stages"]
+    assert st["evaluate"]["epochs"] == 10 and st["evaluate"]["trials"] == 6
+    exact = sum(s["device_seconds"] for s in st.values())
+    assert ev["share"] == pytest.approx(st["evaluate"]["device_seconds"] / exact, abs=1e-4)
+    assert 0 < ev["share"] < 0.5 and not ev["dominates"] and "message" not in ev
+    assert not any("WARNING" in line for line in p["summary"])
+    # the same job with the protocol's evaluation: it dominates, and the plan says so
+    p = dry_run_plan(load_job(ROOT / "jobs" / "imagenette.yaml", base), stages)
+    assert p["estimate"]["evaluation"]["dominates"]
+
+
+def test_cpu_figures_are_the_committed_benchmark_report():
+    """known.py's measured CPU throughput is what benchmarks/eval_throughput.py wrote (no drift)."""
+    from mgd_ray import known
+    rep = json.loads((ROOT / "benchmarks" / "reports" / "eval_throughput.json").read_text())
+    by = {r["measure"]: r["images_per_s"] for r in rep["rows"]}
+    assert known.EVAL_CPU_RESNET18_224 == {"train": by["train"], "train_with_teacher": by["train+teacher"],
+                                           "test_forward": by["test forward"]}
+    assert rep["rows"][0]["px"] == 224 and "eval_throughput" in known.EVAL_CPU_SOURCE
+
+
+def test_the_plans_protocol_names_are_the_eval_modules():
+    from mgd_ray.eval import soft_label, soft_label_imagenet
+    from mgd_ray.pipeline.plan import cost
+    assert (cost.SOFT_LABEL, cost.SOFT_LABEL_IMAGENET) == (soft_label.PROTOCOL, soft_label_imagenet.PROTOCOL)

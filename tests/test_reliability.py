@@ -127,8 +127,9 @@ def test_evaluation_key_names_trial_settings_and_ignores_placement(tmp_path):
     base = job_from_dict({"evaluate": {"students": ["convnet3"], "epochs": 5}})
     for stage, key in stage_keys(base, info).items():
         BY_NAME[stage].record_key(store, key)
+    # cpus_per_worker 0.75: one thread, as the default 0.5 (on a CPU the thread count is in the key)
     placement = job_from_dict({"evaluate": {"students": ["convnet3"], "epochs": 5, "num_workers": 4,
-                                            "cpus_per_worker": 2}, "generate": {"num_actors": 8, "batch_size": 64},
+                                            "cpus_per_worker": 0.75}, "generate": {"num_actors": 8, "batch_size": 64},
                                "encode": {"batch_size": 7, "max_actors": 9}, "model": {"device": "cpu"}})
     check_settings(store, stage_keys(placement, info))  # placement only: accepted
     more = job_from_dict({"evaluate": {"students": ["convnet3", "resnet18"], "train_seeds": 5, "epochs": 5}})
@@ -370,9 +371,10 @@ def test_driver_killed_in_each_stage(encoded, tiny_prior, tmp_path, stage):
         ids = pq.read_table(out / "latents", columns=["id"]).column("id").to_pylist()
         assert len(ids) == len(set(ids)) == m["encode"]["rows"] == 120
     elif stage == "coreset":
-        # only the missing classes were built (the merge then removes the parts, so their mtimes
-        # cannot be read after the rerun); the kept parts' rows are in targets.parquet as written
+        # only the missing classes were built; the kept parts keep their bytes and mtime, and their
+        # rows are in targets.parquet as written
         assert m["coreset"]["classes_built"] == 10 - len(hit), (m["coreset"], sorted(hit))
+        assert_untouched(hit, files(out, pattern))
         merged = pq.read_table(out / "coreset" / "targets.parquet")
         for name, (_, data) in hit.items():
             part = pq.read_table(io.BytesIO(data))

@@ -250,6 +250,34 @@ class BaseSource:
         """(path, size, mtime/etag) of the files behind a split; none for in-memory sources."""
         return []
 
+    def class_fingerprints(self, split: str = "train") -> list[str]:
+        """One hash per selected class (label order), of what that class's rows are, reading no
+        pixels: the source kind, the class's label and name, the ids of its selected rows, and the
+        files its rows come from (``_class_file_facts``). A file added, removed or rewritten under
+        one class changes that class's fingerprint; so does anything that moves its ids (an
+        imagefolder's ids are positions in the whole sorted listing, so a file added before them
+        moves them too). Classes whose fingerprint is unchanged keep their work (per-class keys,
+        ``pipeline.stage.class_keys``)."""
+        import hashlib
+        import json
+        pos, ids, labels = self.select(split)
+        facts = self._class_file_facts(split, pos, labels)
+        out = []
+        for k, name in enumerate(self.classes.names):
+            h = hashlib.sha256(json.dumps([self.kind, k, name]).encode())
+            h.update(np.ascontiguousarray(ids[labels == k], dtype=np.int64).tobytes())
+            for fact in facts.get(k, []):
+                h.update(json.dumps(fact, default=str).encode())
+            out.append(h.hexdigest()[:16])
+        return out
+
+    def _class_file_facts(self, split: str, pos: np.ndarray, labels: np.ndarray) -> dict[int, list]:
+        """label -> the file facts behind that class's selected rows. By default every file of the
+        split for every class (a file may hold rows of any class: conservative); sources that know
+        which file holds a row narrow it."""
+        facts = self._file_facts(split)
+        return {k: facts for k in range(len(self.classes))}
+
     def describe(self) -> dict:
         """A JSON-able summary: source, where, class list, rows per split. Never credentials."""
         d = {"source": self.kind, "root": self.root, "class_list": self.classes.to_dict(),

@@ -60,6 +60,15 @@ class ImageFolderSource(BaseSource):
         self._list(split)
         return self._facts[split]
 
+    def _class_file_facts(self, split, pos, labels):
+        """Each class: the facts (path, size, stamp) of exactly the files of its selected rows."""
+        rel = self._list(split)[0]
+        by_path = {f[0]: f for f in self._facts[split]}
+        out: dict[int, list] = {}
+        for p, k in zip(np.asarray(pos).tolist(), np.asarray(labels).tolist()):
+            out.setdefault(int(k), []).append(by_path[rel[p]])
+        return out
+
     # -- listing ------------------------------------------------------------------------
     def _list(self, split: str) -> tuple[list[str], list[str]]:
         """(relative paths, class dirs) of every image file of the split, sorted by path."""

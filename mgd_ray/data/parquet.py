@@ -47,6 +47,16 @@ class ParquetSource(BaseSource):
         fs, found = self.files(split)
         return [(f, info.get("size"), file_stamp(info)) for f in found for info in [fs.info(f)]]
 
+    def _class_file_facts(self, split, pos, labels):
+        """Each class: the facts of the files that hold its selected rows (a file holding rows of
+        two classes is behind both)."""
+        facts = self._file_facts(split)
+        self._labels_raw(split)
+        starts = self._starts[split]
+        file = np.searchsorted(starts, np.asarray(pos, dtype=np.int64), side="right") - 1
+        labels = np.asarray(labels, dtype=np.int64)
+        return {k: [facts[f] for f in np.unique(file[labels == k]).tolist()] for k in range(len(self.classes))}
+
     # -- files and columns --------------------------------------------------------------
     def files(self, split: str) -> tuple[Any, list[str]]:
         check_split(split)

@@ -6,6 +6,7 @@ from .metrics import (diversity, distribution_report, fid, mean_l2, mmd2_rbf_unb
 from .students import STUDENT_CHOICES, ConvNet, ResNet18, ResNetAP10, build_student
 from .train import (PROTOCOL, PROTOCOL_VERSION, TrainConfig, eval_epochs, evaluate, lr_at,
                     lr_milestones, pad_to, protocol_epochs, to_float_images, train_and_evaluate)
+from . import soft_label_imagenet  # noqa: E402,F401 - registers the soft-label-imagenet protocol with .train
 
 __all__ = [
     "classifier",

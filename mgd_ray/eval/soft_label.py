@@ -29,18 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..teachers import TeacherError  # noqa: F401  (raised here; defined torch-free for the door)
+
 PROTOCOL = "soft-label"
 PROTOCOL_VERSION = "1"
 EPOCHS = 300
 LR = 1e-3
 WEIGHT_DECAY = 0.01
-DEFAULT_TEMPERATURE = 20.0
 TEACHER_JSON = "teacher.json"
 TEACHER_WEIGHTS = "teacher.safetensors"
 
 
-class TeacherError(FileNotFoundError):
-    """The soft-label protocol's teacher is missing or unusable; the message says how to fix it."""
 
 
 def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

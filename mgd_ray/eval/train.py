@@ -22,9 +22,7 @@ permutation and takes its slice of each global batch of 64; the pipeline does no
 """
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -32,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import TrainSettings
 from . import soft_label
 from .augment import AUGMENT_CHOICES, cutmix, cutmix_loss, make_augment
 from .students import build_student
@@ -39,6 +38,14 @@ from .students import build_student
 PROTOCOL = "hard-label"
 PROTOCOL_VERSION = "1"
 PROTOCOLS = {PROTOCOL: PROTOCOL_VERSION, soft_label.PROTOCOL: soft_label.PROTOCOL_VERSION}
+PROTOCOL_LOOPS: dict[str, Callable[..., dict]] = {}   # protocols with a loop of their own (register_protocol)
+
+
+def register_protocol(name: str, version: str, loop: Callable[..., dict]) -> None:
+    """A protocol whose training loop lives in its own module (``soft_label_imagenet`` registers itself
+    when ``mgd_ray.eval`` is imported): ``train_and_evaluate`` hands it its arguments unchanged."""
+    PROTOCOLS[name] = version
+    PROTOCOL_LOOPS[name] = loop
 LR_DECAY = 0.2
 LR_MILESTONE_FRACTIONS = (2 / 3, 5 / 6)
 SMALL_DATA_MAX_PX = 28  # at or below this size the small-data rule (1000 epochs) applies
@@ -96,8 +103,34 @@ def eval_epochs(epochs: int, n_evals: int) -> list[int]:
     return pts
 
 
+def pixel_layout(x: Any, layout: str = "auto") -> str:
+    """The layout ``to_float_images`` reads uint8 images ``x`` in: "NHW" (3-D), "NHWC" or "NCHW".
+
+    ``"auto"`` treats a 4-D array whose last axis is 1 or 3 as NHWC, else NCHW. Resolve it once for
+    a whole set, then convert its batches with that layout (a batch cannot change what it means)."""
+    if x.ndim == 3:
+        return "NHW"
+    if x.ndim != 4:
+        raise ValueError(f"expected (N,H,W) or 4-D images, got shape {tuple(x.shape)}")
+    if layout == "auto":
+        return "NHWC" if x.shape[-1] in (1, 3) else "NCHW"
+    if layout not in ("NHWC", "NCHW"):
+        raise ValueError(f"layout must be auto, NHWC or NCHW, got {layout!r}")
+    return layout
+
+
+def pixel_geometry(x: Any, layout: str) -> tuple[int, int]:
+    """(channels, image size) of uint8 images ``x`` in ``layout`` (see ``pixel_layout``)."""
+    if layout == "NHW":
+        return 1, int(x.shape[-1])
+    if layout == "NHWC":
+        return int(x.shape[3]), int(x.shape[2])
+    return int(x.shape[1]), int(x.shape[-1])
+
+
 def to_float_images(x: Any, layout: str = "auto") -> torch.Tensor:
-    """uint8 images (N,H,W), (N,H,W,C) or (N,C,H,W), numpy or torch -> float32 NCHW in [-1,1].
+    """uint8 images (N,H,W), (N,H,W,C) or (N,C,H,W), numpy or torch -> float32 NCHW in [-1,1],
+    on the device ``x`` is on (the training loop converts each batch there: pixels stay uint8).
 
     ``layout="auto"`` treats a 4-D array whose last axis is 1 or 3 as NHWC, else NCHW; pass
     ``"NHWC"``/``"NCHW"`` to force it.
@@ -106,15 +139,11 @@ def to_float_images(x: Any, layout: str = "auto") -> torch.Tensor:
     if t.dtype != torch.uint8:
         raise TypeError(f"to_float_images expects uint8 pixels 0..255, got {t.dtype}; "
                         "float images must already be NCHW in [-1, 1]")
-    if t.ndim == 3:
+    layout = pixel_layout(t, "auto" if layout == "NHW" else layout)
+    if layout == "NHW":
         t = t.unsqueeze(1)
-    elif t.ndim == 4:
-        if layout == "NHWC" or (layout == "auto" and t.shape[-1] in (1, 3)):
-            t = t.permute(0, 3, 1, 2)
-        elif layout not in ("auto", "NCHW"):
-            raise ValueError(f"layout must be auto, NHWC or NCHW, got {layout!r}")
-    else:
-        raise ValueError(f"expected (N,H,W) or 4-D images, got shape {tuple(t.shape)}")
+    elif layout == "NHWC":
+        t = t.permute(0, 3, 1, 2)
     return t.contiguous().float().div_(127.5).sub_(1.0)
 
 
@@ -127,17 +156,15 @@ def pad_to(x: torch.Tensor, size: int, value: float = -1.0) -> torch.Tensor:
     return F.pad(x, (left, size - w - left, top, size - h - top), value=value)
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(TrainSettings):
+    """One trial's training: the job's ``TrainSettings`` (``params.py``: protocol, temperature,
+    epochs, n_evals, batch size, augment, flip: names and defaults from there) plus what is per
+    trial (student, seed, device) and what only the protocol, tests and twins set."""
     student: str = "convnet3"
-    epochs: int | None = None        # None -> protocol_epochs(ipc, num_classes, im_size)
     lr: float = 0.01
     momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    n_evals: int = 100
-    augment: str = "auto"            # "auto" (grey -> dsa-grey, RGB -> rgb), "dsa-grey", "rgb", "none"
-    flip: bool = True                # set False where mirror images change the class (digits)
+    weight_decay: float = 5e-4       # soft-label: lr/momentum/weight_decay unused (AdamW lr 1e-3, wd 0.01,
+    #                                  cosine; see eval.soft_label)
     cutmix: bool = True
     cutmix_alpha: float = 1.0
     seed: int = 0
@@ -145,9 +172,6 @@ class TrainConfig:
     eval_batch_size: int = 512
     width: int | None = None         # None = protocol width; only tests/tiny twins change it
     num_threads: int | None = None   # torch.set_num_threads for this run (Ray workers: set it)
-    protocol: str = PROTOCOL         # "hard-label" | "soft-label" (then lr/momentum/weight_decay are
-                                     # unused: AdamW lr 1e-3, wd 0.01, cosine; see eval.soft_label)
-    temperature: float = soft_label.DEFAULT_TEMPERATURE   # soft-label KL temperature
 
     def resolved_augment(self, channels: int) -> str:
         if self.augment == "auto":
@@ -160,16 +184,20 @@ class TrainConfig:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
-             device: str | torch.device = "cpu") -> float:
+             device: str | torch.device = "cpu", layout: str = "auto") -> float:
     """Top-1 accuracy (fraction) of ``model`` on x / y (N,): x float (N,C,H,W) in [-1, 1], or uint8
-    pixels (any layout ``to_float_images`` takes), made float one batch at a time."""
+    pixels (any layout ``to_float_images`` takes; ``layout`` as there), made float one batch at a
+    time on the device the pixels are on (``train_and_evaluate`` puts uint8 pixels on ``device``
+    once), then moved to ``device`` (a no-op when they are there already)."""
     base = getattr(model, "module", model)  # unwrap DDP: no collectives during evaluation
     was_training = base.training
     base.eval()
+    if x.dtype == torch.uint8:
+        layout = pixel_layout(x, layout)
     correct = 0
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
-        xb = (to_float_images(xb) if xb.dtype == torch.uint8 else xb).to(device, non_blocking=True)
+        xb = (to_float_images(xb, layout) if xb.dtype == torch.uint8 else xb).to(device, non_blocking=True)
         yb = y[i:i + batch_size].to(device, non_blocking=True)
         correct += int((base(xb).argmax(1) == yb).sum())
     base.train(was_training)
@@ -178,7 +206,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor, num_classes: int, what: str, uint8_ok: bool = False) -> None:
     if uint8_ok and x.dtype == torch.uint8 and x.ndim in (3, 4):
-        pass                                  # evaluation pixels: float per batch in evaluate()
+        pass                                  # uint8 pixels: made float per batch on the device
     elif x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"{what}: expected float (N,C,H,W) in [-1,1], got {x.dtype} "
                          f"{tuple(x.shape)}; use to_float_images() for uint8 data")
@@ -200,7 +228,10 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
     ``cfg.protocol == "soft-label"`` needs ``teacher`` (frozen here; see :mod:`.soft_label`): the
     loss is the KL to its softened outputs on each augmented batch, y_train is not used for it.
 
-    x_* float (N,C,H,W) in [-1,1] (x_test may be uint8 pixels, see ``evaluate``); y_* long (N,). ``report(metrics)`` is called at every
+    x_* float (N,C,H,W) in [-1,1], or uint8 pixels in any layout ``to_float_images`` takes (the
+    pipeline's way): uint8 sets are moved to the device as they are (1 byte a pixel, not 4) and
+    each batch is made float there, with the same values ``to_float_images`` gives on the host
+    (augmentation sees the same inputs); y_* long (N,). ``report(metrics)`` is called at every
     evaluation point with ``{"epoch", "acc", "best_acc", "lr", "loss"}``. ``model_wrapper``
     (e.g. Ray Train's ``prepare_model``) receives the freshly built model and returns the
     model to train (DDP-wrapped or moved to the device); without it the model is moved to
@@ -214,14 +245,19 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
     cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
     y_train, y_test = torch.as_tensor(y_train).long(), torch.as_tensor(y_test).long()
-    _check_inputs(x_train, y_train, num_classes, "x_train")
+    _check_inputs(x_train, y_train, num_classes, "x_train", uint8_ok=True)
     _check_inputs(x_test, y_test, num_classes, "x_test", uint8_ok=True)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     if cfg.protocol not in PROTOCOLS:
         raise ValueError(f"[protocol] unknown {cfg.protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if cfg.protocol in PROTOCOL_LOOPS:                 # e.g. soft-label-imagenet: RDED's recipe, its own loop
+        return PROTOCOL_LOOPS[cfg.protocol](x_train, y_train, x_test, y_test, num_classes, cfg, report,
+                                            model_wrapper, rank, world_size, teacher, on_epoch)
     soft = cfg.protocol == soft_label.PROTOCOL
-    channels, im_size = x_train.shape[1], x_train.shape[-1]
+    train_u8 = x_train.dtype == torch.uint8
+    train_layout = pixel_layout(x_train) if train_u8 else "NCHW"
+    channels, im_size = pixel_geometry(x_train, train_layout)
     if soft:
         if teacher is None:
             raise soft_label.TeacherError("protocol soft-label needs a teacher (a network trained on the real data)")
@@ -251,7 +287,11 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
                               weight_decay=cfg.weight_decay)
     order_gen = torch.Generator().manual_seed(cfg.seed)               # same on every rank
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1009 + 7919 * (rank + 1))
-    x_dev, y_dev = x_train.to(device), y_train.to(device)
+    x_dev, y_dev = x_train.to(device), y_train.to(device)       # uint8 stays uint8 on the device
+    test_layout = "NCHW"
+    if x_test.dtype == torch.uint8:                               # the test pixels too, once per trial
+        test_layout = pixel_layout(x_test)
+        x_test, y_test = x_test.to(device), y_test.to(device)
     n, bs = len(x_dev), cfg.batch_size
     evals = set(eval_epochs(epochs, cfg.n_evals))
     history: list[tuple[int, float]] = []
@@ -271,7 +311,10 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
             if len(glob) < world_size:  # every DDP rank must step, or the others hang
                 continue
             idx = glob[rank::world_size].to(device)
-            xb, yb = augment(x_dev[idx], aug_gen), y_dev[idx]
+            xb = x_dev[idx]
+            if train_u8:
+                xb = to_float_images(xb, train_layout)            # on the device, this batch only
+            xb, yb = augment(xb, aug_gen), y_dev[idx]
             if soft:
                 if cfg.cutmix and len(idx) > 1:
                     xb = cutmix(xb, yb, aug_gen, cfg.cutmix_alpha)[0]
@@ -292,7 +335,7 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
         t_train += time.perf_counter() - te
         loss_val = loss_sum / max(1, n_batches)
         if (epoch + 1) in evals:
-            acc = evaluate(model, x_test, y_test, cfg.eval_batch_size, device)
+            acc = evaluate(model, x_test, y_test, cfg.eval_batch_size, device, test_layout)
             history.append((epoch + 1, acc))
             if acc > best_acc:
                 best_acc, best_epoch = acc, epoch + 1
@@ -317,7 +360,7 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
                        "schedule": "step x0.2 at 2/3 and 5/6"}),
         "student": cfg.student,
         "augment": aug_name,
-        "config": dataclasses.asdict(cfg),
+        "config": cfg.to_dict(),
         "seed": cfg.seed,
         "n_train": n,
         "ipc": ipc,

@@ -31,10 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-METHODS = ("divisive", "kmeans", "random", "herding", "kcenter")
-SPLITS = ("sse", "var")
-SELECTIONS = ("leaves", "levelwise")
-REPRESENTATIVES = ("mean", "medoid")
+from ..params import CoresetParams
+
 _SMALL_NODE = 1 << 22          # nodes with fewer numbers than this run FAISS on one thread
 
 
@@ -260,7 +258,22 @@ def _two_means_numpy(X: np.ndarray, rng: np.random.Generator, n_restarts: int, n
     return assign[:, r].copy(), max(float(obj[r]), 0.0)
 
 
-ENGINES = {"faiss": _two_means, "numpy": _two_means_numpy}
+# 2-means engines: (X, rng, n_restarts, niter, row_sq, total) -> (assign (m,) bool, objective)
+ENGINES = {
+    "faiss": lambda X, rng, n_restarts, niter, row_sq=None, total=None: _two_means(X, rng, n_restarts, niter),
+    "numpy": lambda X, rng, n_restarts, niter, row_sq=None, total=None: _two_means_numpy(
+        X, rng, n_restarts, niter, row_sq=row_sq, total=total),
+}
+
+# split criteria of the divisive tree: a leaf's score (the largest is split next)
+SPLIT_SCORES = {"sse": lambda nd: nd.sse, "var": lambda nd: nd.sse / len(nd.idx)}
+
+
+def _choice(table: dict, name: str, what: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"{what} must be one of {tuple(table)}, got {name!r}") from None
 
 
 def resolve_engine(engine: str, gpus: int | None = None) -> str:
@@ -294,6 +307,7 @@ def grow_tree(Z: np.ndarray, n_leaves: int, *, split: str = "sse", n_restarts: i
     n = len(Z)
     if not 1 <= n_leaves <= n:
         raise ValueError(f"cannot grow {n_leaves} leaves from {n} points")
+    split_score, two_means = _choice(SPLIT_SCORES, split, "split"), _choice(ENGINES, engine, "engine")
     rng = np.random.default_rng(seed)
     row_sq, total = _row_stats(Z)                          # (n,) |x|², (D,) Σ x   (float64, once)
     nodes = [_Node(np.arange(n), 0, -1, _sse_from(row_sq.sum(), total, n), total=total)]
@@ -301,16 +315,12 @@ def grow_tree(Z: np.ndarray, n_leaves: int, *, split: str = "sse", n_restarts: i
     while len(leaves) < n_leaves:
         def score(i):
             nd = nodes[i]
-            s = nd.sse if split == "sse" else nd.sse / len(nd.idx)
-            return (len(nd.idx) >= 2, s)          # splittable first, then the criterion
+            return (len(nd.idx) >= 2, split_score(nd))          # splittable first, then the criterion
         pick = max(leaves, key=lambda i: (score(i), -i))
         node = nodes[pick]
         X = Z if len(node.idx) == n else Z[node.idx]
         rs = row_sq[node.idx]
-        if engine == "numpy":
-            assign, _ = _two_means_numpy(X, rng, n_restarts, niter, row_sq=rs, total=node.total)
-        else:
-            assign, _ = ENGINES[engine](X, rng, n_restarts, niter)
+        assign, _ = two_means(X, rng, n_restarts, niter, row_sq=rs, total=node.total)
         s1 = _masked_sum(X, assign)                        # exact child sums, one float64 pass
         for side, tot in ((~assign, node.total - s1), (assign, s1)):
             k = int(side.sum())                            # SSE = Σ|x|² − |Σx|²/k, all float64
@@ -404,24 +414,29 @@ def _kcenter(Z: np.ndarray, ipc: int) -> list[int]:
 # ----------------------------------------------------------------------------------------
 # entry point
 # ----------------------------------------------------------------------------------------
-def _representative(Z: np.ndarray, idx: np.ndarray, ids: np.ndarray, representative: str):
-    """Mean or medoid of rows idx.  -> (target (D,) float32, source_id or -1)."""
+def _mean_of(Z: np.ndarray, idx: np.ndarray, ids: np.ndarray):
+    return _mean64(Z[idx]).astype(np.float32), -1
+
+
+def _medoid_of(Z: np.ndarray, idx: np.ndarray, ids: np.ndarray):
     X = Z[idx]
-    mu = _mean64(X)
-    if representative == "mean":
-        return mu.astype(np.float32), -1
-    j = int(np.argmin(_sqdist_to(X, mu)))
+    j = int(np.argmin(_sqdist_to(X, _mean64(X))))
     return X[j].astype(np.float32).copy(), int(ids[idx[j]])
 
 
-def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, *, method: str = "divisive",
-                  split: str = "sse", selection: str = "leaves", representative: str = "mean",
-                  level_start: int = 1, depth_extra: int = 2, n_restarts: int = 3, niter: int = 20,
+# a cluster's target: (Z, member rows, ids) -> (target (D,) float32, source_id or -1)
+REPRESENTATIVES = {"mean": _mean_of, "medoid": _medoid_of}
+
+
+def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, params: CoresetParams | None = None, *,
                   seed: int = 0, n_threads: int | None = None, global_seed: int | None = None,
-                  engine: str = "faiss") -> list[Target]:
+                  **changes) -> list[Target]:
     """Exactly ``ipc`` targets for one class.
 
     Z (n, D) latents of class ``label`` (any float dtype; used as float32), ids (n,) int64.
+    ``params``: the coreset's knobs (``params.CoresetParams``: kind, split, selection, ...; its
+    defaults where not given), any of which ``changes`` may override by name
+    (``build_coreset(Z, ids, 0, 5, method="kmeans")``), validated like the job's ``coreset:``.
     levelwise grows min(n, ipc * 2**depth_extra) leaves, then applies ``select_levelwise``
     (depth_extra = how many levels deeper than the IPC-leaf tree, for a balanced tree).
     ipc = 1 gives the root (the class mean, or its medoid) under both selections.
@@ -429,11 +444,9 @@ def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, *, metho
     Image seeds are image_seed(global_seed, label, j), global_seed defaulting to ``seed``.
     -> list[Target] of length ipc, index j = 0..ipc-1.
     """
-    engine = resolve_engine(engine)
-    for name, val, ok in (("method", method, METHODS), ("split", split, SPLITS), ("engine", engine, tuple(ENGINES)),
-                          ("selection", selection, SELECTIONS), ("representative", representative, REPRESENTATIVES)):
-        if val not in ok:
-            raise ValueError(f"{name} must be one of {ok}, got {val!r}")
+    P = CoresetParams.build(params, **changes)
+    builder = BUILDERS[P.method]
+    engine = resolve_engine(P.engine)
     Z = np.ascontiguousarray(np.asarray(Z).reshape(len(Z), -1), dtype=np.float32)
     ids = np.asarray(ids, dtype=np.int64)
     n = len(Z)
@@ -444,10 +457,17 @@ def build_coreset(Z: np.ndarray, ids: np.ndarray, label: int, ipc: int, *, metho
             f"ipc={ipc} does not fit class {label}, which has {n} latents: each target needs at "
             f"least one distinct latent. Lower ipc to at most {n} (or drop this class); "
             f"sampling with replacement is not offered.")
+    label, ipc = int(label), int(ipc)
+    gseed = seed if global_seed is None else global_seed
+    tag = builder.tag(P)
+
+    def make(j, depth, parent, node, idx, target, source_id):
+        return Target(label=label, index=j, depth=int(depth), parent=int(parent), node=int(node),
+                      size=int(len(idx)), member_ids=ids[idx].astype(np.int64), target=target,
+                      seed=image_seed(gseed, label, j), source_id=int(source_id), method=tag)
+
     with _thread_limits(n_threads):
-        return _build(Z, ids, int(label), int(ipc), method, split, selection, representative,
-                      level_start, depth_extra, n_restarts, niter, seed,
-                      gseed=seed if global_seed is None else global_seed, engine=engine)
+        return builder(Z, ids, ipc, P.model_copy(update={"engine": engine}), seed, make)
 
 
 @contextlib.contextmanager
@@ -472,62 +492,82 @@ def _thread_limits(n_threads: int | None):
         faiss.omp_set_num_threads(old)
 
 
-def _build(Z, ids, label, ipc, method, split, selection, representative, level_start, depth_extra,
-           n_restarts, niter, seed, gseed, engine="faiss") -> list[Target]:
-    """build_coreset after validation (see there).  -> list[Target]."""
+# ---- the coreset kinds: (Z, ids, ipc, params, seed, make) -> list[Target] ---------------------
+def _kind(tag):
+    """Register a coreset kind's builder with its manifest tag ``tag(params)``."""
+    def wrap(fn):
+        fn.tag = tag
+        return fn
+    return wrap
+
+
+@_kind(lambda P: f"divisive/{P.selection}/{P.split}/{P.representative}")
+def _divisive(Z, ids, ipc, P: CoresetParams, seed, make) -> list[Target]:
+    """ManifoldGD's hierarchical tree: ``leaves`` (the reference code) or ``levelwise`` (the paper)."""
     n = len(Z)
-    tag = f"{method}/{selection}/{split}/{representative}" if method == "divisive" else f"{method}/{representative}"
-
-    def make(j, depth, parent, node, idx, target, source_id):
-        return Target(label=int(label), index=j, depth=int(depth), parent=int(parent), node=int(node),
-                      size=int(len(idx)), member_ids=ids[idx].astype(np.int64), target=target,
-                      seed=image_seed(gseed, label, j), source_id=int(source_id), method=tag)
-
-    if method == "divisive":
-        n_leaves = ipc if (selection == "leaves" or ipc == 1) else min(n, ipc * 2 ** max(0, depth_extra))
-        nodes, leaves = grow_tree(Z, n_leaves, split=split, n_restarts=n_restarts, niter=niter, seed=seed,
-                                  engine=engine)
-        if ipc == 1:                                   # IPC = 1 is the class mean (root) for both rules
-            order = [0]
-        elif selection == "leaves":
-            order = sorted(leaves, key=lambda i: (nodes[i].depth, i))
-        else:
-            order = select_levelwise(nodes, leaves, ipc, level_start)
-        out = []
-        for j, i in enumerate(order):
-            nd = nodes[i]
-            c, src = _representative(Z, nd.idx, ids, representative)
-            out.append(make(j, nd.depth, nd.parent, i, nd.idx, c, src))
-        return out
-
-    if method == "kmeans":
-        import faiss
-        km = faiss.Kmeans(Z.shape[1], ipc, niter=niter, nredo=max(1, n_restarts), seed=int(seed) + 1, gpu=_faiss_gpu(),
-                          max_points_per_centroid=n, min_points_per_centroid=1, verbose=False)
-        with _faiss_threads(Z.size):
-            km.train(Z)
-            _, a = km.index.search(Z, 1)
-        a = a[:, 0]
-        sizes = np.bincount(a, minlength=ipc)
-        out = []
-        for j, k in enumerate(sorted(range(ipc), key=lambda k: (-sizes[k], k))):
-            idx = np.flatnonzero(a == k)
-            if len(idx) == 0:                        # FAISS left a cluster empty: its nearest point
-                idx = np.array([int(np.argmin(_sqdist_to(Z, km.centroids[k])))])
-                c, src = (km.centroids[k].astype(np.float32).copy(), -1) if representative == "mean" \
-                    else (Z[idx[0]].copy(), int(ids[idx[0]]))
-            else:
-                c, src = _representative(Z, idx, ids, representative)
-            out.append(make(j, 0, -1, -1, idx, c, src))
-        return out
-
-    if method == "random":
-        chosen = np.random.default_rng(seed).choice(n, size=ipc, replace=False).tolist()
-    elif method == "herding":
-        chosen = _herding(Z, ipc)
+    levelwise = P.selection == "levelwise" and ipc > 1
+    n_leaves = min(n, ipc * 2 ** max(0, P.depth_extra)) if levelwise else ipc
+    nodes, leaves = grow_tree(Z, n_leaves, split=P.split, n_restarts=P.n_restarts, niter=P.niter, seed=seed,
+                              engine=P.engine)
+    if ipc == 1:                                   # IPC = 1 is the class mean (root) for both rules
+        order = [0]
+    elif levelwise:
+        order = select_levelwise(nodes, leaves, ipc, P.level_start)
     else:
-        chosen = _kcenter(Z, ipc)
-    return [make(j, 0, -1, -1, np.array([r]), Z[r].copy(), int(ids[r])) for j, r in enumerate(chosen)]
+        order = sorted(leaves, key=lambda i: (nodes[i].depth, i))
+    represent = REPRESENTATIVES[P.representative]
+    out = []
+    for j, i in enumerate(order):
+        nd = nodes[i]
+        c, src = represent(Z, nd.idx, ids)
+        out.append(make(j, nd.depth, nd.parent, i, nd.idx, c, src))
+    return out
+
+
+@_kind(lambda P: f"kmeans/{P.representative}")
+def _kmeans(Z, ids, ipc, P: CoresetParams, seed, make) -> list[Target]:
+    """MGD3's modes: FAISS k-means with k = ipc, largest clusters first."""
+    import faiss
+    n = len(Z)
+    km = faiss.Kmeans(Z.shape[1], ipc, niter=P.niter, nredo=max(1, P.n_restarts), seed=int(seed) + 1,
+                      gpu=_faiss_gpu(), max_points_per_centroid=n, min_points_per_centroid=1, verbose=False)
+    with _faiss_threads(Z.size):
+        km.train(Z)
+        _, a = km.index.search(Z, 1)
+    a = a[:, 0]
+    sizes = np.bincount(a, minlength=ipc)
+    represent = REPRESENTATIVES[P.representative]
+    out = []
+    for j, k in enumerate(sorted(range(ipc), key=lambda k: (-sizes[k], k))):
+        idx = np.flatnonzero(a == k)
+        if len(idx) == 0:                        # FAISS left a cluster empty: its nearest point
+            idx = np.array([int(np.argmin(_sqdist_to(Z, km.centroids[k])))])
+            c, src = (km.centroids[k].astype(np.float32).copy(), -1) if P.representative == "mean" \
+                else (Z[idx[0]].copy(), int(ids[idx[0]]))
+        else:
+            c, src = represent(Z, idx, ids)
+        out.append(make(j, 0, -1, -1, idx, c, src))
+    return out
+
+
+def _real_images(pick, name: str):
+    """A kind whose targets are ``ipc`` real latents chosen by ``pick(Z, ipc, seed)``."""
+    @_kind(lambda P: f"{name}/{P.representative}")
+    def build(Z, ids, ipc, P: CoresetParams, seed, make) -> list[Target]:
+        return [make(j, 0, -1, -1, np.array([r]), Z[r].copy(), int(ids[r])) for j, r in enumerate(pick(Z, ipc, seed))]
+    build.__name__ = f"_{name}"
+    return build
+
+
+# the coreset kinds (``CoresetParams.method``): a new kind is one builder and one entry
+BUILDERS = {
+    "divisive": _divisive,
+    "kmeans": _kmeans,
+    "random": _real_images(lambda Z, ipc, seed: np.random.default_rng(seed).choice(len(Z), size=ipc,
+                                                                                   replace=False).tolist(), "random"),
+    "herding": _real_images(lambda Z, ipc, seed: _herding(Z, ipc), "herding"),
+    "kcenter": _real_images(lambda Z, ipc, seed: _kcenter(Z, ipc), "kcenter"),
+}
 
 
 def tree_sse(Z: np.ndarray, targets: list[Target], ids: np.ndarray) -> float:

@@ -35,8 +35,8 @@ Where U comes from (``GuidanceParams.basis``):
              n̂ the unit vector −P_N(x_t − μ)/|·| from x_t toward the PCA plane through the
              neighbours' mean μ and dist_min the distance from x_t to the nearest cloud point.
              The mode term is NOT projected in this variant.
-The ridge (1e-5) only shifts every covariance eigenvalue by the same amount, so it never
-changes singular vectors; it is kept as a recorded parameter for the reference path.
+The reference code's ridge (1e-5) only shifts every covariance eigenvalue by the same amount, so
+it never changes singular vectors; it is not a parameter here (it would change no output).
 The radius only shapes the reference cloud; noised/expected use the real neighbourhood given.
 Every basis is computed from the K×K Gram matrix of its K×D matrix (accumulated and eigh'd in
 float64, then u_i = Aᵀv_i/σ_i; ``top_right_singular``), the same subspace as a thin SVD; directions
@@ -61,15 +61,13 @@ g_mode (β_t is reported as 0 there). None = every guided step.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-BASES = ("noised", "expected", "members", "reference")
-RADIUS_KINDS = ("exp", "linear", "cosine", "none")
-BETA_SCHEDULES = ("constant", "anneal", "ramp", "decay")
+from ..params import GuidanceParams
 
 
 # ----------------------------------------------------------------------------------------
@@ -214,28 +212,53 @@ def mode_term(x0_hat: torch.Tensor, c: torch.Tensor, sigma_t, lam_mode: float) -
     return -lam_mode * sigma_t * (x0_hat - c)
 
 
+# s(p) of the warm window, by ``radius_kind`` (p = 1 at the first guided step, -> 0)
+WARM_SHAPES = {
+    "exp": lambda p: (math.exp(p) - 1.0) / (math.e - 1.0),
+    "linear": lambda p: p,
+    "cosine": lambda p: (1.0 - math.cos(math.pi * p)) / 2.0,
+    "none": lambda p: 0.0,
+}
+
+
+def _choice(table: dict, name: str, what: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"{what} must be one of {tuple(table)}, got {name!r}") from None
+
+
 def warm_shape(step_i: int, n_guided_total: int, warm: int, kind: str = "exp") -> float:
     """s(p) of the warm window: 1 at the first guided step, 0 from step W_eff = min(W, n_guided) on."""
-    if kind not in RADIUS_KINDS:
-        raise ValueError(f"radius_kind must be one of {RADIUS_KINDS}, got {kind!r}")
+    shape = _choice(WARM_SHAPES, kind, "radius_kind")
     span = min(int(warm), int(n_guided_total))
-    if kind == "none" or span <= 0 or step_i >= span or step_i < 0:
+    if span <= 0 or step_i >= span or step_i < 0:
         return 0.0
-    p = (span - step_i) / span
-    if kind == "exp":
-        return (math.exp(p) - 1.0) / (math.e - 1.0)
-    if kind == "linear":
-        return p
-    return (1.0 - math.cos(math.pi * p)) / 2.0
+    return float(shape((span - step_i) / span))
 
 
 def radius_schedule(step_i: int, n_guided_total: int, r: float, m: float, warm: int,
                     kind: str = "exp") -> float:
-    """r_t = r (1 + (m − 1) s(p)); i = 0 is the first guided step.  -> float.
+    """r_t = r (1 + (m − 1) s(p)); i = 0 is the first guided step (r = ``radius``, m =
+    ``radius_mult``).  -> float.
 
     r=1, m=2, W=5, exp: 2.000, 1.713, 1.478, 1.286, 1.129, then 1.0.
     """
     return float(r) * (1.0 + (float(m) - 1.0) * warm_shape(step_i, n_guided_total, warm, kind))
+
+
+def _done_fraction(i: int, n: int) -> float:
+    """q = i / (n − 1), the fraction of the guided steps done (1 when there is one)."""
+    return min(1.0, max(0.0, i / (n - 1))) if n > 1 else 1.0
+
+
+# β_t / β by ``beta_schedule``: f(step_i, n_guided_total, warm, radius_kind)
+BETA_RULES = {
+    "constant": lambda i, n, w, k: 1.0,
+    "anneal": lambda i, n, w, k: 1.0 - warm_shape(i, n, w, k),
+    "ramp": lambda i, n, w, k: _done_fraction(i, n),
+    "decay": lambda i, n, w, k: 1.0 - _done_fraction(i, n),
+}
 
 
 def beta_schedule(step_i: int, n_guided_total: int, beta: float, warm: int, kind: str = "exp",
@@ -245,14 +268,8 @@ def beta_schedule(step_i: int, n_guided_total: int, beta: float, warm: int, kind
     constant β; anneal β (1 − s(p)) over the radius's warm window; ramp β q and decay β (1 − q)
     over all guided steps, q = i / (n_guided_total − 1) (q = 1 when there is one guided step).
     """
-    if schedule not in BETA_SCHEDULES:
-        raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {schedule!r}")
-    if schedule == "constant":
-        return float(beta)
-    if schedule == "anneal":
-        return float(beta) * (1.0 - warm_shape(step_i, n_guided_total, warm, kind))
-    q = min(1.0, max(0.0, step_i / (n_guided_total - 1))) if n_guided_total > 1 else 1.0
-    return float(beta) * (q if schedule == "ramp" else 1.0 - q)
+    rule = _choice(BETA_RULES, schedule, "beta_schedule")
+    return float(beta) * float(rule(step_i, n_guided_total, warm, kind))
 
 
 def knn_rows(points: torch.Tensor, query: torch.Tensor, K: int, mask: torch.Tensor | None = None,
@@ -343,47 +360,6 @@ class StepInfo:
         return self.i
 
 
-@dataclass(frozen=True)
-class GuidanceParams:
-    """All knobs of mode + manifold guidance (defaults: the ImageNet reference scripts)."""
-    lam_mode: float = 0.1           # λ_mode of the mode term
-    beta: float = 1.0               # β: 1 = strict tangent projection of g_mode
-    beta_schedule: str = "constant"  # "constant" | "anneal" | "ramp" | "decay" (module docstring)
-    t_project: int | None = None    # normal removal only while t_index <= t_project (None: always)
-    d: int = 3                      # tangent dimension
-    K: int = 12                     # neighbours for the local PCA
-    ridge: float = 1e-5             # recorded; does not change singular vectors (see module doc)
-    basis: str = "expected"         # "noised" | "expected" | "members" | "reference"
-    r: float = 0.1                  # radius of the reference cloud (0.05 ImageNette)
-    m: float = 2.0                  # radius multiplier at the first guided step
-    warm: int = 5                   # W, warm steps
-    radius_kind: str = "exp"        # "exp" | "linear" | "cosine" | "none"
-    t_stop: int = 25                # guidance on while t_index > t_stop
-    lam_man: float = 0.1            # λ_man of the reference pull toward the PCA plane
-    bandwidth: float = 0.2          # tanh bandwidth of the reference pull (0.2 nette/woof, 0.1 in100)
-    cloud_size: int = 300           # points in the reference synthetic cloud
-    manifold_scale: float = 1.0     # s_man; 0 -> pure MGD3 mode term (no basis computed)
-
-    def __post_init__(self):
-        if self.basis not in BASES:
-            raise ValueError(f"basis must be one of {BASES}, got {self.basis!r}")
-        if self.radius_kind not in RADIUS_KINDS:
-            raise ValueError(f"radius_kind must be one of {RADIUS_KINDS}, got {self.radius_kind!r}")
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
-        if self.d < 1 or self.K < 2:
-            raise ValueError(f"need d >= 1 and K >= 2, got d={self.d}, K={self.K}")
-
-    @property
-    def min_neighbours(self) -> int:
-        """Neighbourhood size to pad up to with the nearest non-members (``neighbourhood_for_target``'s
-        K): K, or 1 for the ``members`` basis, whose chords go to the target's own members only."""
-        return 1 if self.basis == "members" else self.K
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class NoGuidance:
     """Plain DiT: never on."""
 
@@ -411,7 +387,7 @@ class ManifoldGuidance:
         if basis_method not in BASIS_METHODS:
             raise ValueError(f"basis_method must be one of {BASIS_METHODS}, got {basis_method!r}")
         self.basis_method = basis_method     # "gram" (K×K eigh) | "svd": same subspace (top_right_singular)
-        self.params = params or GuidanceParams()
+        self.params: GuidanceParams = params or GuidanceParams()
         self.c = torch.as_tensor(c).reshape(len(c), -1)
         if isinstance(neighbourhoods, (tuple, list)):
             nbrs, mask = neighbourhoods
@@ -424,7 +400,7 @@ class ManifoldGuidance:
             if nbrs.shape[0] != self.c.shape[0] or nbrs.shape[2] != self.c.shape[1]:
                 raise ValueError(f"neighbourhoods must be (B, M, D) = ({self.c.shape[0]}, M, {self.c.shape[1]}), "
                                  f"got {tuple(nbrs.shape)}")
-        elif self.params.basis != "reference" and self.params.manifold_scale != 0:
+        elif self.params.basis in TANGENT_BASES and self.params.manifold_scale != 0:
             raise ValueError(f"basis={self.params.basis!r} needs neighbourhoods (B, M, D) of real latents; "
                              f"pass them, or use basis='reference' / manifold_scale=0")
         self.nbrs, self.mask, self._sq = nbrs, mask, None
@@ -455,7 +431,7 @@ class ManifoldGuidance:
 
     def __call__(self, x_t: torch.Tensor, x0_hat: torch.Tensor, step: StepInfo) -> torch.Tensor:
         """x_t, x0_hat (B, D) -> g (B, D) (zeros when off)."""
-        P = self.params
+        P: GuidanceParams = self.params
         if not self.is_on(step):
             return torch.zeros_like(x_t)
         out_dtype = x_t.dtype
@@ -464,17 +440,18 @@ class ManifoldGuidance:
         c = self._target(x_t)
         sigma_t = step.sigma_t.to(x_t.device, wd) if torch.is_tensor(step.sigma_t) else step.sigma_t
         n_g = self._n_guided(step)
-        r_t = radius_schedule(step.i_guided, n_g, P.r, P.m, P.warm, P.radius_kind)
+        r_t = radius_schedule(step.i_guided, n_g, P.radius, P.radius_mult, P.warm, P.radius_kind)
         beta_t = beta_schedule(step.i_guided, n_g, P.beta, P.warm, P.radius_kind, P.beta_schedule) \
             if self.projects(step) else 0.0
         g_mode = mode_term(x0_hat, c, sigma_t, P.lam_mode)
         stats = {"g_mode_norm": g_mode.norm(dim=1).mean(), "r_t": r_t, "beta_t": beta_t}
-        if P.manifold_scale == 0 or (P.basis != "reference" and beta_t == 0):
+        pull, basis = PULLS.get(P.basis), TANGENT_BASES.get(P.basis)
+        if P.manifold_scale == 0 or (pull is None and beta_t == 0):
             g = g_mode                      # nothing to remove: skip the basis
-        elif P.basis == "reference":
-            g = g_mode + P.manifold_scale * self._reference_pull(x_t, c, step, r_t, stats)
-        else:
-            U = self._basis(x_t, x0_hat, step)
+        elif pull is not None:              # a correction added to the unprojected mode term
+            g = g_mode + P.manifold_scale * pull(self, x_t, c, step, r_t, stats)
+        else:                               # the normal component of g_mode removed
+            U = basis(self, x_t, x0_hat, step)
             normal = project_normal(g_mode, U)
             g = g_mode - P.manifold_scale * beta_t * normal
             gn = g_mode.norm(dim=1).clamp_min(1e-30)
@@ -491,27 +468,35 @@ class ManifoldGuidance:
             self._sq = (self.nbrs * self.nbrs).sum(-1)
         return self.nbrs, self.mask, self._sq
 
-    def _basis(self, x_t: torch.Tensor, x0_hat: torch.Tensor, step: StepInfo) -> torch.Tensor:
-        """U (B, d, D) from the real neighbourhood (noised: Eq. 5; expected: clean, near x̂0;
-        members: chords from x̂0 to the nearest cluster members)."""
-        P = self.params
+    def _members_basis(self, x_t: torch.Tensor, x0_hat: torch.Tensor, step: StepInfo) -> torch.Tensor:
+        """members: chords from x̂0 to its K nearest real members.  -> U (B, d, D)."""
+        P: GuidanceParams = self.params
         nbrs, mask, sq = self._neigh(x_t)
-        if P.basis == "members":
-            pts, valid, _ = knn_rows(nbrs, x0_hat, P.K, mask, sq)
-            return chord_basis(pts, x0_hat, P.d, valid, method=self.basis_method)
-        if P.basis == "expected":
-            pts, valid, _ = knn_rows(nbrs, x0_hat, P.K, mask, sq)
-        else:
-            noise = _per_image_randn(step.generators, nbrs.shape, nbrs)          # (B, M, D)
-            ab = float(step.alpha_bar_t)
-            M_t = math.sqrt(ab) * nbrs + math.sqrt(1.0 - ab) * noise
-            pts, valid, _ = knn_rows(M_t, x_t, P.K, mask)
+        pts, valid, _ = knn_rows(nbrs, x0_hat, P.K, mask, sq)
+        return chord_basis(pts, x0_hat, P.d, valid, method=self.basis_method)
+
+    def _expected_basis(self, x_t: torch.Tensor, x0_hat: torch.Tensor, step: StepInfo) -> torch.Tensor:
+        """expected: the K clean real neighbours nearest x̂0, centred.  -> U (B, d, D)."""
+        P: GuidanceParams = self.params
+        nbrs, mask, sq = self._neigh(x_t)
+        pts, valid, _ = knn_rows(nbrs, x0_hat, P.K, mask, sq)
+        return tangent_basis(pts, P.d, valid, method=self.basis_method)
+
+    def _noised_basis(self, x_t: torch.Tensor, x0_hat: torch.Tensor, step: StepInfo) -> torch.Tensor:
+        """noised (Eq. 5): the neighbourhood noised to ᾱ_t with fresh per-image noise, the K points
+        nearest x_t, centred.  -> U (B, d, D)."""
+        P: GuidanceParams = self.params
+        nbrs, mask, _ = self._neigh(x_t)
+        noise = _per_image_randn(step.generators, nbrs.shape, nbrs)          # (B, M, D)
+        ab = float(step.alpha_bar_t)
+        M_t = math.sqrt(ab) * nbrs + math.sqrt(1.0 - ab) * noise
+        pts, valid, _ = knn_rows(M_t, x_t, P.K, mask)
         return tangent_basis(pts, P.d, valid, method=self.basis_method)
 
     def _reference_pull(self, x_t: torch.Tensor, c: torch.Tensor, step: StepInfo, r_t: float,
                         stats: dict) -> torch.Tensor:
         """λ_man tanh(dist_min/bandwidth) n̂ toward the PCA plane of a noised synthetic cloud.  -> (B, D)."""
-        P = self.params
+        P: GuidanceParams = self.params
         B, D = x_t.shape
         S = int(P.cloud_size)
         gens = _generators(step.generators, B)
@@ -532,6 +517,14 @@ class ManifoldGuidance:
         pull = P.lam_man * weight * n_hat
         stats["pull_norm"] = pull.norm(dim=1).mean()
         return pull
+
+
+# The bases (``GuidanceParams.basis``), each one method of ManifoldGuidance: a tangent basis
+# (x_t, x̂0, step) -> U (B, d, D), whose normal component of g_mode is removed; or a pull
+# (x_t, c, step, r_t, stats) -> (B, D) added to the unprojected g_mode. A new basis is one entry.
+TANGENT_BASES = {"noised": ManifoldGuidance._noised_basis, "expected": ManifoldGuidance._expected_basis,
+                 "members": ManifoldGuidance._members_basis}
+PULLS = {"reference": ManifoldGuidance._reference_pull}
 
 
 def _generators(generators, B: int) -> list:

@@ -33,6 +33,7 @@ def door_checks(job: JobConfig, source) -> None:
     check_output_location(job)
     check_class_sizes(job, source)
     check_eval_weights(job)
+    check_hub_teacher(job, source)
 
 
 # ---- output.dir vs the data ----------------------------------------------------------------
@@ -160,6 +161,22 @@ def check_eval_weights(job: JobConfig) -> None:
         dirs.append(str(Path(path) / "classifier"))
     for d in dirs:
         check_safetensors(d)
+
+
+def check_hub_teacher(job: JobConfig, source=None) -> None:
+    """soft-label-imagenet: its teacher (``evaluate.teacher`` = ``hub:ORG/NAME``) must be in the local hub
+    cache, readable (``models.check_safetensors``), and the job's classes must be ImageNet-1K wnids (the
+    teacher's classes). Reads the cache only; nothing is downloaded. TeacherNotFetched names the fetch
+    command."""
+    ev = job.evaluate
+    if not (ev.enabled and ev.protocol == "soft-label-imagenet"):
+        return
+    from ..models import check_safetensors
+    from ..teachers import teacher_weights_path
+    check_safetensors(teacher_weights_path(ev.teacher).parent)
+    if source is not None:
+        from ..teachers import imagenet_index
+        imagenet_index(list(source.classes.names))
 
 
 # ---- a local output.dir on a multi-machine cluster ------------------------------------------

@@ -78,13 +78,25 @@ def preflight(job: JobConfig):
     from .door import door_checks
     door_checks(job, source)        # bad input at the door (pipeline/door.py), before any heavy work
     # every method needs the model: the VAE encodes the latents of every method. Configs + weight-file
-    # hashes only, as load_generator would give them: the driver never holds the weights (3 GB for DiT-XL/2)
-    info = read_generator_info(job.model.generator, job.model.vae, allow_download=job.model.allow_download)
+    # hashes only, as load_generator would give them: the driver never holds the weights (3 GB for DiT-XL/2),
+    # and reads the configs in a child process (``isolated``): the driver itself never imports torch
+    from .. import isolated
+    if not job.model.allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    info = isolated.call(read_generator_info, job.model.generator, job.model.vae,
+                         allow_download=job.model.allow_download)
     check_label_order(source.classes, info)
-    if job.evaluate.enabled:
-        from .evaluate import load_job_teacher
-        load_job_teacher(job)   # soft-label: the teacher must exist before hours of generation
+    if job.evaluate.enabled:     # soft-label: the teacher must load before hours of generation
+        isolated.call(check_job_teacher, job)
     return source, info
+
+
+def check_job_teacher(job: JobConfig) -> int:
+    """Load the job's teacher as a trial would (in the ``isolated`` child: torch stays out of the
+    driver); -> its parameter count (0: the protocol has no teacher)."""
+    from .evaluate import load_job_teacher
+    teacher = load_job_teacher(job)
+    return sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
 
 
 def absolute_output(job: JobConfig) -> JobConfig:
@@ -152,6 +164,14 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
     re-raised). ``fresh``: discard that stage's outputs and every later stage's first, after
     checking that the stages before it match this job's settings.
     """
+    from .. import isolated
+    try:
+        return _run_job(job, stages, dry_run, fresh)
+    finally:
+        isolated.shutdown()           # the preflight's child process, if one is still up
+
+
+def _run_job(job: JobConfig, stages: list[str] | None, dry_run: bool, fresh: str | None) -> dict:
     setup_logging()
     job = absolute_output(job)
     stages = stages or list(STAGE_NAMES)
@@ -160,6 +180,8 @@ def run_job(job: JobConfig, stages: list[str] | None = None, dry_run: bool = Fal
         return {"plan": dry_run_plan(job, stages)}
     source, info = preflight(job)
     p = plan(job, source, info, stages)
+    from .. import isolated
+    isolated.shutdown()      # the model facts and FLOP counts are in: the child's memory goes back now
     from . import runner
     from .door import check_cluster_output
     runner.init_ray(job)
@@ -289,14 +311,13 @@ def dump_job_redacted(job: JobConfig) -> str:
 
 
 def base_manifest(job: JobConfig, source, info, keys: dict) -> dict:
-    from .workers import coreset_kwargs, guidance_params
     return {
         "name": job.name, "status": "running",
         "config": redact(job.model_dump(mode="json")),
         "method": {
             "name": job.method, "summary": job.spec.summary, "guidance_rule": job.spec.guidance_rule,
-            "coreset": coreset_kwargs(job) if job.coreset_method else None,
-            "guidance": guidance_params(job).to_dict() if job.spec.guides else None,
+            "coreset": job.coreset_params.to_dict() if job.coreset_params else None,
+            "guidance": job.guidance_params.to_dict() if job.spec.guides else None,
             "sampler": job.sampler.model_dump(),
             "choices": {
                 "projection": "paper Eq. 4: g = g_mode - beta_t * P_N g_mode" if job.guidance.basis != "reference"

@@ -74,10 +74,16 @@ def trials_progress(store: Store, names: list[str]) -> float:
     return total
 
 
-def load_shard_set(store: Store, gen_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """-> images uint8 (N, H, W, C), labels (N,) of one distilled set, ordered by sample_id."""
+def load_shard_set(store: Store, gen_seed: int, names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """-> images uint8 (N, H, W, C), labels (N,) of one distilled set, ordered by sample_id.
+    ``names``: the job's shards of that seed (the pipeline passes them: shards of a class the job
+    no longer has stay on disk and must not be read); default every shard of the seed."""
     rows = []
-    for name in store.ls("shards", suffix=".parquet"):
+    on_disk = store.ls("shards", suffix=".parquet")         # a fresh listing (object stores cache them)
+    if names is not None and set(names) - set(on_disk):
+        raise RuntimeError(f"shards of generation seed {gen_seed} missing under {store.uri('shards')}: "
+                           f"{sorted(set(names) - set(on_disk))[:5]}")
+    for name in (on_disk if names is None else names):
         if not name.startswith(f"s{gen_seed:03d}-"):
             continue
         t = store.read_table("shards", name, columns=["sample_id", "label", "image"]).to_pylist()
@@ -131,8 +137,13 @@ def teacher_dir(job: JobConfig) -> str:
     return str(Path(resolve_model_path(job.model.generator)[0]) / "classifier")
 
 
-def load_job_teacher(job: JobConfig, device: str = "cpu"):
-    """The frozen teacher of a soft-label job, None for hard-label (clear TeacherError when missing)."""
+def load_job_teacher(job: JobConfig, device: str = "cpu", class_names: list[str] | None = None):
+    """The frozen teacher of a soft-label job, None for hard-label (clear TeacherError when missing).
+    soft-label-imagenet: torchvision's ResNet-18 from the local hub cache; with ``class_names`` (ImageNet
+    wnids, the job's label order) its logits are those classes' (RDED's pruned classifier)."""
+    if job.evaluate.protocol == "soft-label-imagenet":
+        from ..eval.soft_label_imagenet import load_job_classes_teacher
+        return load_job_classes_teacher(job.evaluate.teacher, class_names, device)
     if job.evaluate.protocol != "soft-label":
         return None
     from ..eval.soft_label import load_teacher
@@ -146,19 +157,19 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
     ObjectRefs to them (the runner's way: no pixels in the Train config)."""
     import torch
 
-    from ..eval import TrainConfig, train_and_evaluate
-    from ..eval.train import to_float_images
+    from ..eval import train_and_evaluate
     job = JobConfig.model_validate(cfg["job"])
     store = job_store(job)
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
     size = job.evaluate.image_size
     device = "cuda" if torch.cuda.is_available() and job.evaluate.gpus_per_worker > 0 else "cpu"
     test_images, test_labels = _resolve(cfg["test"])
-    x_test = _uint8_tensor(test_images)                  # uint8; evaluate() makes floats per batch
-    y_test = torch.tensor(np.asarray(test_labels)).long()  # a copy: labels are small, the buffer read-only
+    # uint8 on the trial's device for every trial of this worker (on a CPU: the object store's
+    # buffer itself); evaluate() makes each batch float there
+    x_test = _uint8_tensor(test_images).to(device)
+    y_test = torch.tensor(np.asarray(test_labels)).long().to(device)  # a copy: small, the buffer read-only
     num_classes = int(cfg["num_classes"])
-    ev = job.evaluate
-    teacher = load_job_teacher(job, device)
+    teacher = load_job_teacher(job, device, cfg.get("class_names"))
     done = []
     for i, trial in enumerate(cfg["trials"]):
         if i % world_size != rank:
@@ -171,13 +182,13 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
         if trial["kind"] == "random-real" and job.method != "random-real":
             imgs, labels = _resolve(cfg["baseline_sets"][str(trial["set_seed"])])
         else:
-            imgs, labels = load_shard_set(store, trial["set_seed"])
+            imgs, labels = load_shard_set(store, trial["set_seed"], cfg.get("shards", {}).get(str(trial["set_seed"])))
         imgs = fit(imgs, size)
-        tc = TrainConfig(student=trial["student"], epochs=ev.epochs, batch_size=ev.batch_size, n_evals=ev.n_evals,
-                         augment=ev.augment, flip=ev.flip, seed=int(trial["train_seed"]), device=device,
-                         protocol=ev.protocol, temperature=ev.temperature)
+        tc = trial_config(job, trial["student"], int(trial["train_seed"]), device)
         t0 = time.time()
-        res = train_and_evaluate(to_float_images(imgs), torch.tensor(np.asarray(labels)).long(), x_test, y_test,
+        # uint8 NHWC as it is (no float32 copy of the set on the host): train_and_evaluate moves the
+        # pixels to the trial's device once and makes each batch float there
+        res = train_and_evaluate(_uint8_tensor(imgs), torch.tensor(np.asarray(labels)).long(), x_test, y_test,
                                  num_classes, tc, teacher=teacher, on_epoch=progress_writer(store, trial["name"]))
         res = {k: v for k, v in res.items() if k != "history"} | {"history": res.get("history", [])}
         rec = dict(trial, **res, images=int(len(labels)), wall_seconds=round(time.time() - t0, 2),
@@ -185,6 +196,13 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
         store.write_json(json.loads(json.dumps(rec, default=float)), *key)
         done.append(rec)
     return done
+
+
+def trial_config(job: JobConfig, student: str, seed: int, device: str):
+    """One trial's ``TrainConfig``: the job's ``evaluate`` training settings as they are (one
+    set of names, ``params.TrainSettings``), plus the trial's student, seed and device."""
+    from ..eval import TrainConfig
+    return TrainConfig.build(job.evaluate, student=student, seed=seed, device=device)
 
 
 def committed_trial(store: Store, name: str, settings: str) -> dict | None:
@@ -201,9 +219,11 @@ def committed_trial(store: Store, name: str, settings: str) -> dict | None:
 
 def summarise(job: JobConfig, records: list[dict]) -> dict:
     """Per method/baseline and student: per-seed final and best accuracy, mean and std."""
-    from ..eval.train import PROTOCOLS
     proto = job.evaluate.protocol
-    out: dict = {"protocol": proto, "protocol_version": PROTOCOLS[proto], "ipc": job.generate.ipc,
+    # the version the trials record they ran under (no torch import: this runs in the driver)
+    versions = sorted({str(r["protocol_version"]) for r in records if r.get("protocol_version") is not None})
+    out: dict = {"protocol": proto, "protocol_version": versions[0] if len(versions) == 1 else (versions or None),
+                 "ipc": job.generate.ipc,
                  "note": "best_acc is the maximum over periodic test evaluations (optimistic, as papers report); "
                          "final_acc is the last epoch.",
                  "results": {}}
@@ -223,4 +243,6 @@ def summarise(job: JobConfig, records: list[dict]) -> dict:
         for student, cell in by_student.items():
             if student in base:
                 cell["gain_over_random_real"] = cell["final_acc_mean"] - base[student]["final_acc_mean"]
+    from .ranking import ranking     # DD-Ranking's IOR / HLR / score per student (pipeline/ranking.py)
+    out["ranking"] = ranking(out, job.data.model_dump(), job.evaluate.image_size)
     return out

@@ -67,14 +67,13 @@ class GenerationPipeline:
 
     @classmethod
     def from_job(cls, job: JobConfig, dit, vae, info, *, device: str = "cpu", crop: Crop | None = None):
-        from .workers import guidance_params
         s = job.sampler
         vt = s.variance_type
         if vt == "auto":
             vt = "learned_range" if info.learned_sigma else "fixed_small"
         spec = SamplerSpec(kind=s.kind, steps=s.steps, cfg_scale=s.cfg_scale, cfg_channels=s.cfg_channels,
                            variance_type=vt, eta=s.eta)
-        return cls(dit, vae, info, sampler=spec, guidance=None if job.method == "dit" else guidance_params(job),
+        return cls(dit, vae, info, sampler=spec, guidance=job.guidance_params if job.spec.guides else None,
                    batch_size=job.generate.batch_size, crop=crop, device=device)
 
     @property

@@ -26,7 +26,7 @@ from ..models import ModelError
 from .accel import hide_ungranted_gpus
 from .generation import Crop, GenerationPipeline
 from .nodes import record_node
-from .settings import SHARD_KEY, shard_committed
+from .settings import shard_committed, unit_footer
 from .workers import load_models, pick_device, read_class_latents, read_targets, set_threads
 from .store import Store, job_store
 from .units import Unit, dit_batches, png_bytes, sample_id, shard_table, target_id
@@ -113,9 +113,10 @@ def shard_row(unit: Unit, t: dict, img: np.ndarray, method: str) -> dict:
 
 
 def commit_unit(store: Store, unit: Unit, rows: list[dict], class_names, settings_hash: str):
-    """One unit -> one shard (atomic, deterministic name), its footer carrying the settings hash."""
+    """One unit -> one shard (atomic, deterministic name), its footer carrying the settings hash
+    and the unit's class hash (``Unit.key``)."""
     store.write_table(shard_table(rows, class_names), "shards", unit.shard,
-                      metadata={SHARD_KEY: settings_hash} if settings_hash else None)
+                      metadata=unit_footer(settings_hash, unit.key))
 
 
 def parse_fault(spec: str | None) -> dict | None:
@@ -213,7 +214,7 @@ class GeneratorWorker:
             raise WeightsMismatch(self.refusal)
         t0 = time.time()
         record_node(self.store, "generate")
-        todo = [u for u in units if not shard_committed(self.store, u.shard, self.settings_hash)]
+        todo = [u for u in units if not shard_committed(self.store, u.shard, self.settings_hash, u.key)]
         for u in todo:
             maybe_fault(self.job, self.store, u, self.committed)
         out = {"units": [u.name for u in units], "skipped": len(units) - len(todo), "images": 0, "dit_batches": [],
@@ -275,7 +276,7 @@ def write_real_units(job: JobConfig, store: Store, units: list[Unit], class_name
     targets' ``source_id``) -> one shard per unit. No model; only the chosen rows are decoded."""
     from ..data import open_source
     t0 = time.time()
-    todo = [u for u in units if not shard_committed(store, u.shard, settings_hash)]
+    todo = [u for u in units if not shard_committed(store, u.shard, settings_hash, u.key)]
     for u in todo:
         maybe_fault(job, store, u)
     n = 0

@@ -21,9 +21,11 @@ def classifier_dir(job: JobConfig, info) -> Path | None:
     return p if p.is_dir() else None
 
 
-def compute_distribution(job: JobConfig, store, source, info, sets: dict | None = None) -> dict:
+def compute_distribution(job: JobConfig, store, source, info, sets: dict | None = None,
+                         shards: dict | None = None) -> dict:
     """Metrics of each set ``{seed: (uint8 images, labels)}``; by default the job's distilled sets
-    read from ``store``. Real-set features are cached beside ``store``'s latents."""
+    read from ``store`` (``shards``: seed -> the job's shard names of it). Real-set features are
+    cached beside ``store``'s latents."""
     import torch
 
     from ..eval import distribution_report
@@ -41,7 +43,7 @@ def compute_distribution(job: JobConfig, store, source, info, sets: dict | None 
                                                                 if isinstance(acc, (int, float)) else ""),
            "sets": {}}
     for s in (sets.keys() if sets is not None else job.generate.seeds):
-        imgs, labels = sets[s] if sets is not None else load_shard_set(store, s)
+        imgs, labels = sets[s] if sets is not None else load_shard_set(store, s, (shards or {}).get(s))
         x = to_float_images(imgs)
         with torch.no_grad():
             f_syn, pred = features(clf, x), predict(clf, x)
@@ -53,8 +55,9 @@ def compute_distribution(job: JobConfig, store, source, info, sets: dict | None 
 
 
 def _real_features(store, clf_dir: Path, clf, source) -> np.ndarray:
-    """Classifier features of the real training set, cached beside the latents (same data key:
-    the cache goes when the latents are re-encoded), keyed by the classifier's weights."""
+    """Classifier features of the real training set, cached beside the latents, keyed by the
+    classifier's weights and the source's fingerprint of the selected train rows (the encode stage
+    also removes the caches whenever it encodes a class)."""
     import hashlib
     import io
 
@@ -62,7 +65,7 @@ def _real_features(store, clf_dir: Path, clf, source) -> np.ndarray:
 
     from ..eval.classifier import WEIGHTS_NAME, features
     from ..eval.train import to_float_images
-    key = hashlib.sha256((clf_dir / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
+    key = hashlib.sha256((clf_dir / WEIGHTS_NAME).read_bytes()).hexdigest()[:16] + "_" + source.fingerprint("train")
     name = f"_real_features_{key}.npy"
     if store.exists("latents", name):
         return np.load(io.BytesIO(store.read_bytes("latents", name)), allow_pickle=False)

@@ -28,14 +28,17 @@ def to_png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def class_grids(store, class_names: list[str], gen_seed: int, max_per_class: int = 10):
-    """Yield (file name, PNG bytes): one grid of all classes when there are at most 20, else one per class."""
+def class_grids(store, class_names: list[str], gen_seed: int, max_per_class: int = 10, names: list[str] | None = None):
+    """Yield (file name, PNG bytes): one grid of all classes when there are at most 20, else one per class.
+    ``names``: the job's shards of the seed (default every shard of the seed under ``shards/``)."""
     by_class: dict[int, list] = {}
-    for name in store.ls("shards", suffix=".parquet"):
+    on_disk = store.ls("shards", suffix=".parquet")         # a fresh listing (object stores cache them)
+    for name in (on_disk if names is None else [n for n in names if n in set(on_disk)]):
         if not name.startswith(f"s{gen_seed:03d}-"):
             continue
         for r in store.read_table("shards", name, columns=["sample_id", "label", "image"]).to_pylist():
-            by_class.setdefault(r["label"], []).append(r)
+            if r["label"] < len(class_names):        # a class the job no longer has: not shown
+                by_class.setdefault(r["label"], []).append(r)
     if not by_class:
         return
     for rows in by_class.values():

@@ -22,10 +22,22 @@ def _store(out: str, storage_options: dict | None) -> Store:
     return st
 
 
+def job_shards(st: Store, m: dict) -> list[str]:
+    """The committed shard files of the job ``m`` (its manifest) describes: shards of a seed or a
+    class the job no longer has stay under ``shards/`` but are not the job's."""
+    from .units import manifest_shard_names
+    names = st.ls("shards", suffix=".parquet")
+    mine = manifest_shard_names(m)
+    if mine is None:
+        return names
+    want = {n for v in mine.values() for n in v}
+    return [n for n in names if n in want]
+
+
 def status_text(out: str, storage_options: dict | None = None) -> str:
     st = _store(out, storage_options)
     m = st.read_json("manifest.json")
-    shards = st.ls("shards", suffix=".parquet")
+    shards = job_shards(st, m)
     c = m.get("counts", {})
     lines = [f"job {m.get('name')} ({m.get('method', {}).get('name')}) at {st.uri()}",
              f"  status: {m.get('status')}   runs: {m.get('runs')}   git: {m.get('git_commit')}",
@@ -44,6 +56,8 @@ def status_text(out: str, storage_options: dict | None = None) -> str:
                              f"± {100 * cell['final_acc_std']:.1f}  best {100 * cell['best_acc_mean']:5.1f} "
                              f"± {100 * cell['best_acc_std']:.1f}  (n={len(cell['runs'])})"
                              + (f"  gain {100 * gain:+.1f}" if gain is not None else ""))
+        from .ranking import ranking_lines, results_ranking
+        lines += ranking_lines(results_ranking(r, m))
         dist = r.get("distribution", {}).get("mean")
         if dist:
             lines.append("  distribution (mean over sets): " + ", ".join(
@@ -67,11 +81,11 @@ def stage_states(st: Store, m: dict) -> list[tuple[str, str]]:
             state = "running"
         elif s.name == "generate":
             c = m.get("counts", {})
-            n = len(st.ls(s.dir, suffix=".parquet"))
+            n = len(job_shards(st, m))
             state = ("complete" if c.get("units") and n >= c["units"] else
                      f"started ({n} shards)" if n or st.exists(s.dir, s.SETTINGS) else "not run")
         elif s.name == "evaluate":
-            trials = len(st.ls(s.dir, suffix=".json")) - int(st.exists(s.dir, s.SETTINGS))
+            trials = len([n for n in st.ls(s.dir, suffix=".json") if not n.startswith("_")])
             state = ("complete" if st.exists("results.json") else
                      f"started ({trials} trials)" if st.exists(s.dir, s.SETTINGS) else "not run")
         else:
@@ -84,7 +98,7 @@ def stage_states(st: Store, m: dict) -> list[tuple[str, str]]:
 def export_imagefolder(out: str, dest: str, storage_options: dict | None = None) -> int:
     st = _store(out, storage_options)
     n = 0
-    for name in st.ls("shards", suffix=".parquet"):
+    for name in job_shards(st, st.read_json("manifest.json")):
         for r in st.read_table("shards", name, columns=["sample_id", "class_name", "image"]).to_pylist():
             d = os.path.join(dest, r["class_name"].replace("/", "_"))
             os.makedirs(d, exist_ok=True)
@@ -185,7 +199,7 @@ def export_hf(out: str, dest: str, storage_options: dict | None = None) -> int:
     if not c.get("units") or c.get("units_committed") != c.get("units"):
         raise ValueError(f"{st.uri()} has {c.get('units_committed', 0)} of {c.get('units', '?')} units committed; "
                          f"finish the job (rerun the same distill command) before exporting it")
-    names = st.ls("shards", suffix=".parquet")
+    names = job_shards(st, m)
     dst = Store(dest)
     if dst.ls():
         raise ValueError(f"{dest} is not empty; export into a new or empty directory (a dataset directory "

@@ -91,11 +91,12 @@ def per_class_shown(n_classes: int) -> int:
 
 def preview_images(store: Store, n_classes: int, gen_seed: int) -> dict[int, list[tuple[str, bytes]]]:
     """``{label: [(sample_id, PNG bytes)]}`` of one distilled set, first images of each class;
-    reads only the first shard(s) of each class."""
+    reads only the first shard(s) of each class (of the job's ``n_classes``: shards of a class the
+    job no longer has are not read)."""
     per_class = per_class_shown(n_classes)
     by_label: dict[int, list[str]] = {}
     for name in store.ls("shards", suffix=".parquet"):
-        if name.startswith(f"s{gen_seed:03d}-c"):
+        if name.startswith(f"s{gen_seed:03d}-c") and int(name.split("-")[1][1:]) < n_classes:
             by_label.setdefault(int(name.split("-")[1][1:]), []).append(name)  # s<seed>-c<label>-t<start>
     out = {}
     for label, names in sorted(by_label.items()):
@@ -247,11 +248,27 @@ def distribution_rows(d: dict) -> tuple[list[str], list[list]]:
     return ["metric"] + [name for name, _ in cols], rows
 
 
-def results_section(r: dict | None) -> str:
+def results_section(r: dict | None, m: dict | None = None) -> str:
     if r is None:
         return "<section id=results><h2>Results</h2><p>not evaluated (no results.json)</p></section>"
     return (f"<section id=results><h2>Results</h2><p class=muted>{esc(results_note(r))}</p>"
-            + table(RESULTS_HEAD, results_rows(r), left=2) + "</section>")
+            + table(RESULTS_HEAD, results_rows(r), left=2) + ranking_html(r, m) + "</section>")
+
+
+def ranking_html(r: dict, m: dict | None = None) -> str:
+    """DD-Ranking's IOR / HLR / score per student (pipeline/ranking.py), final accuracy, with each
+    full-data figure's source and why a cell is not reported."""
+    from .ranking import ROW_HEAD, results_ranking, row_cells
+    block = results_ranking(r, m)
+    rows = block.get("rows") or []
+    if not rows:
+        return ""
+    notes = sorted({f"{x['student']}: full data {x['full_data_source']}" for x in rows if x.get("full_data_source")}
+                   | {f"{x['dataset']} / {x['student']}: {x['note']}" for x in rows if x.get("note")})
+    return ("<h3 id=ranking>Ranking metrics</h3><p class=muted>" + esc(block.get("definition", "")) +
+            f"; w = {esc(block.get('weight_ior'))}; on the final accuracy, in % (the score in [0, 1]).</p>"
+            + table(ROW_HEAD, [row_cells(x) for x in rows], left=4)
+            + "".join(f"<p class=muted>{esc(n)}</p>" for n in notes))
 
 
 FEATURE_SPACE = re.compile(r"real-data classifier (?P<dir>\S+) \((?P<acc>\S+) test acc\)")
@@ -306,7 +323,7 @@ def build_html(store: Store) -> str:
     r = store.read_json("results.json") if store.exists("results.json") else None
     cfg = store.read_bytes("config.yaml").decode() if store.exists("config.yaml") else None
     fails = store.read_table("failures.parquet").num_rows if store.exists("failures.parquet") else None
-    body = "".join([summary_section(m, fails), preview_section(store, m), results_section(r),
+    body = "".join([summary_section(m, fails), preview_section(store, m), results_section(r, m),
                     distribution_section(r, m), timings_section(m), config_section(cfg)])
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{esc(m.get('name'))} - mgd_ray report"
             f"</title><style>{CSS}</style></head><body>{body}</body></html>\n")

@@ -19,6 +19,7 @@ from ..config import JobConfig
 from .progress import Progress, polled
 from .workers import Encoder
 from .nodes import record_node
+from .settings import cpu_threads
 from .store import Store, job_store
 
 log = logging.getLogger("mgd_ray")
@@ -77,24 +78,28 @@ def job_dict(job: JobConfig) -> dict:
 
 
 # ---- encode ---------------------------------------------------------------------------------
-def run_encode(job: JobConfig, store: Store, source, image_size: int) -> dict:
-    """Encode the train split into ``latents/label=<k>/`` (Ray Data: read -> encoder actor pool ->
-    Parquet); -> the stage's record (rows, seconds, images/s). What to reuse is the stage's call
-    (``stage.EncodeStage``); this only does the work."""
+def run_encode(job: JobConfig, store: Store, source, image_size: int, labels: list[int] | None = None,
+               keep_failures: bool = False) -> dict:
+    """Encode the train split, or only the classes ``labels``, into ``latents/label=<k>/`` (Ray
+    Data: read -> encoder actor pool -> Parquet, appended beside the partitions already there);
+    -> the run's record (seconds, images/s). What to reuse is the stage's call
+    (``stage.EncodeStage``: it removes the partitions about to be written first); this only does
+    the work. ``keep_failures``: the unreadable images listed by an earlier run stay listed."""
     import ray
     import ray.data
 
     t0 = time.time()
-    n = source.num_rows("train")
+    n = source.num_rows("train", classes=labels)
     e = job.encode
     size = job.encode.image_size or image_size
     store.rm("failures_parts")
-    ds = source.ray_dataset("train", image_size=size, mode=e.preprocess if e.preprocess != "none" else "center-crop",
+    ds = source.ray_dataset("train", classes=labels, image_size=size,
+                            mode=e.preprocess if e.preprocess != "none" else "center-crop",
                             failures_dir=store.uri("failures_parts"),
                             failures_storage_options=store.storage_options or None)
     counter = ray.remote(RowCounter).options(num_cpus=0).remote()
-    ds = ds.map_batches(CountingEncoder, fn_constructor_kwargs={"job": job_dict(job), "threads": max(1, int(e.num_cpus)),
-                                                                "counter": counter},
+    ds = ds.map_batches(CountingEncoder, fn_constructor_kwargs={"job": job_dict(job), "counter": counter,
+                                                                "threads": cpu_threads(e.num_cpus)},
                         compute=ray.data.ActorPoolStrategy(min_size=e.min_actors, max_size=e.max_actors),
                         num_cpus=e.num_cpus, num_gpus=e.num_gpus or None, batch_size=e.batch_size,
                         batch_format="numpy")
@@ -106,10 +111,21 @@ def run_encode(job: JobConfig, store: Store, source, image_size: int) -> dict:
     finally:
         ray.kill(counter)
     el = time.time() - t0
-    collect_failures(store, source, job.data.max_failures)
-    rec = {"rows": n, "seconds": round(el, 2), "images_per_s": round(n / max(el, 1e-9), 1)}
+    collect_failures(store, source, job.data.max_failures, keep_old=keep_failures)
+    rec = {"seconds": round(el, 2), "images_per_s": round(n / max(el, 1e-9), 1)}
     _say(f"encode: {n} images -> latents in {el:.1f}s ({rec['images_per_s']:.0f} img/s)")
     return rec
+
+
+def partition_rows(store: Store, label: int) -> int:
+    """Rows of one class's committed latents (Parquet footers only). Listed afresh: Ray Data's
+    workers wrote them, and an object store's client caches listings."""
+    import pyarrow.dataset as pads
+    if f"label={label}" not in store.ls("latents"):
+        return 0
+    p = store.path("latents", f"label={label}")
+    store.fs.invalidate_cache(p)
+    return int(pads.dataset(p, filesystem=store.arrow_fs(), format="parquet").count_rows())
 
 
 class RowCounter:
@@ -140,12 +156,16 @@ class CountingEncoder(Encoder):
         return out
 
 
-def collect_failures(store: Store, source, max_failures: int):
-    """Unreadable images -> failures.parquet (beside the outputs); over the limit -> DataError."""
+def collect_failures(store: Store, source, max_failures: int, keep_old: bool = False):
+    """Unreadable images -> failures.parquet (beside the outputs); over the limit -> DataError.
+    ``keep_old``: only some classes were encoded, so the rows already listed stay listed."""
     from ..data import check_failure_limit, failures_to_table, read_failures
     t = read_failures(store.uri("failures_parts"), store.storage_options or None)
     rows = set(zip(*[t.column(c).to_pylist() for c in ("path", "split", "error")])) if t.num_rows else set()
     rows |= set(getattr(source, "failures", []) or [])
+    if keep_old and store.exists("failures.parquet"):
+        old = store.read_table("failures.parquet")
+        rows |= set(zip(*[old.column(c).to_pylist() for c in ("path", "split", "error")]))
     if rows:
         store.write_table(failures_to_table(rows), "failures.parquet")
         _say(f"encode: {len(rows)} unreadable image(s) skipped, listed in {store.uri('failures.parquet')}")
@@ -153,72 +173,83 @@ def collect_failures(store: Store, source, max_failures: int):
 
 
 # ---- coreset --------------------------------------------------------------------------------
-def run_coreset(job: JobConfig, store: Store, labels: list[int]) -> dict:
-    """Per-class coresets as Ray tasks -> ``coreset/targets.parquet``; -> the stage's record.
+def run_coreset(job: JobConfig, store: Store, labels: list[int], seeds: list[int], todo: dict[int, list[int]],
+                settings: str = "", class_hashes: dict[int, str] | None = None) -> dict:
+    """Coreset parts as Ray tasks, then the job's parts merged into ``coreset/targets.parquet``;
+    -> the stage's record.
 
-    Fan-out follows the data, not the cluster's CPUs at this instant: one task per
+    ``todo``: label -> the generation seeds whose part (``coreset/parts/c<label>-s<seed>.parquet``)
+    is to be built; the stage (``stage.CoresetStage``) found the others committed under this
+    ``settings`` hash and each class's hash (``class_hashes``), which every part built here carries
+    in its footer. Fan-out follows the data, not the cluster's CPUs at this instant: one task per
     ``coreset.latents_per_task`` latents (whole classes, at least one class per task), each
     asking for ``coreset.num_cpus``, so on an autoscaling cluster (a 0-CPU head) the pending
-    tasks make the autoscaler add workers. Each task commits one part per class; parts already
-    committed (an interrupted run under the same settings key: ``stage.CoresetStage`` checked it)
-    are kept, so only the missing classes are built.
+    tasks make the autoscaler add workers.
     """
     import ray
 
-    from .workers import part_name
     t0 = time.time()
-    have = set(store.ls("coreset", "parts", suffix=".parquet"))
-    todo = [lab for lab in labels if part_name(lab) not in have]
     c = job.coreset
+    classes = [lab for lab in labels if todo.get(lab)]
     n_rows = int(store.read_json("latents", "_COMPLETE.json").get("rows", 0))
     per_task = max(1, c.latents_per_task * len(labels) // max(1, n_rows))            # classes per task
-    groups = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
+    groups = [classes[i:i + per_task] for i in range(0, len(classes), per_task)]
     task = ray.remote(_coreset_task).options(num_cpus=c.num_cpus)
     jd = ray.put(job_dict(job))
-    seeds = list(job.generate.seeds)
-    _say(f"coreset: {len(todo)} of {len(labels)} classes to build ({len(labels) - len(todo)} kept) in "
-         f"{len(groups)} task(s) of <= {per_task} class(es), {c.num_cpus:g} CPU each")
-    done = ray.get([task.remote(jd, g, seeds, max(1, int(c.num_cpus))) for g in groups])
-    n = ray.get(ray.remote(_merge_task).options(num_cpus=min(1.0, c.num_cpus)).remote(jd, list(labels)))
-    rec = {"targets": n, "tasks": len(groups), "classes_per_task": per_task, "classes_built": len(todo),
-           "targets_built": sum(d["targets"] for d in done), "engine": sorted({d["engine"] for d in done}) or None}
+    hashes = class_hashes or {}
+    n_parts = sum(len(todo[lab]) for lab in classes)
+    _say(f"coreset: {n_parts} of {len(labels) * len(seeds)} parts (class x seed) to build "
+         f"({len(labels) * len(seeds) - n_parts} kept), {len(classes)} class(es) in {len(groups)} task(s) of "
+         f"<= {per_task} class(es), {c.num_cpus:g} CPU each")
+    done = ray.get([task.remote(jd, g, seeds, cpu_threads(c.num_cpus), settings,
+                                {lab: hashes.get(lab, "") for lab in g}, {lab: todo[lab] for lab in g})
+                    for g in groups])
+    n = ray.get(ray.remote(_merge_task).options(num_cpus=min(1.0, c.num_cpus)).remote(jd, list(labels), list(seeds)))
+    rec = {"targets": n, "tasks": len(groups), "classes_per_task": per_task, "classes_built": len(classes),
+           "parts_built": sum(d["parts"] for d in done), "targets_built": sum(d["targets"] for d in done),
+           "engine": sorted({d["engine"] for d in done}) or None}
     _say(f"coreset: {n} targets for {len(labels)} classes x {len(seeds)} seeds "
          f"({job.coreset_method}) in {time.time() - t0:.1f}s")
     return rec
 
 
-def _coreset_task(jd: dict, labels: list[int], seeds: list[int], threads: int) -> dict:
+def _coreset_task(jd: dict, labels: list[int], seeds: list[int], threads: int, settings: str = "",
+                  class_hashes: dict | None = None, todo: dict | None = None) -> dict:
     """One coreset task; its engine follows the GPUs Ray granted it, not those its node has (no
-    grant: numpy, and the node's GPUs hidden before faiss or torch can open them)."""
+    grant: numpy, and the node's GPUs hidden before faiss or torch can open them). ``todo``:
+    label -> seeds to build (default: every seed of every label)."""
     from .accel import gpus_as_granted
     from .workers import write_class_targets
     j = JobConfig.model_validate(jd)
     store = job_store(j)
     record_node(store, "coreset")
     with gpus_as_granted() as gpus:
-        return write_class_targets(j, store, labels, seeds, threads=threads, gpus=len(gpus))
+        return write_class_targets(j, store, labels, seeds, threads=threads, gpus=len(gpus), settings=settings,
+                                   class_hashes=class_hashes, todo=todo)
 
 
-def _merge_task(jd: dict, labels: list[int]) -> int:
+def _merge_task(jd: dict, labels: list[int], seeds: list[int]) -> int:
     from .workers import merge_target_parts
     j = JobConfig.model_validate(jd)
-    return merge_target_parts(job_store(j), labels)
+    return merge_target_parts(job_store(j), labels, seeds)
 
 
 # ---- evaluate -------------------------------------------------------------------------------
-def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str, settings: str = "") -> list[dict]:
-    """All trials in ONE TorchTrainer: worker r trains trials r, r+W, ... (no DDP).
+def run_evaluate(job: JobConfig, store: Store, source, settings: str = "",
+                 shards: dict[int, list[str]] | None = None) -> list[dict]:
+    """All trials in ONE TorchTrainer: worker r trains trials r, r+W, ... (no DDP). ``shards``:
+    generation seed -> the job's shard names of that seed (what a trial of the seed trains on;
+    default: every shard of the seed under ``shards/``).
 
     Why not a Trainer per trial: on these small students a ``fit()`` costs ~15 s of set-up
     (controller, worker group, gloo) against seconds of training, so one worker group that
     shares out the trials is several times faster; trials are independent, so there is
     nothing to all-reduce. Each finished trial is committed to ``eval/`` (resumable).
-    """
-    import ray.train
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .evaluate import committed_trial, make_trials, run_trials, trials_progress
+    The TorchTrainer is built and fitted in a Ray task (``_fit_task``, 0 CPUs), not here:
+    ``ray.train.torch`` imports torch, and the driver never does (``mgd_ray.isolated``).
+    """
+    from .evaluate import committed_trial, make_trials, trials_progress
     trials = make_trials(job)
     todo = [t for t in trials if committed_trial(store, t["name"], settings) is None]
     _say(f"evaluate: {len(trials)} trials ({len(todo)} to run): {', '.join(t['name'] for t in trials[:6])}"
@@ -228,10 +259,13 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str, settings: s
         size = job.evaluate.image_size
         ev = job.evaluate
         jd = job_dict(job)
-        # the evaluation images go by reference: decoded (uint8) by a task on a worker into the
+        # the evaluation images go by reference, uint8: the real test split decoded once per job in
+        # parallel (Ray Data) into a cache under output.dir (testset.py), read back by a task into the
         # object store; Train workers map them zero-copy (one copy per node), float per batch
+        from .testset import load_testset, prepare_testset
+        ts = prepare_testset(job, store, source)
+        test = ray.remote(load_testset).options(num_cpus=min(1.0, ev.cpus_per_worker)).remote(jd, ts["name"])
         load = ray.remote(_load_eval_set).options(num_cpus=min(1.0, ev.cpus_per_worker))
-        test = load.remote(jd, "test", None, size)
         baseline_sets = {}
         if "random-real" in ev.baselines and job.method != "random-real":
             # only the baseline's rows are read: IPC random real images per class, one subset per seed
@@ -242,32 +276,67 @@ def run_evaluate(job: JobConfig, store: Store, source, tmp_dir: str, settings: s
                                                     size)
         W = max(1, min(ev.num_workers, len(todo)))
         cfg = {"job": jd, "trials": todo, "test": test, "baseline_sets": baseline_sets, "settings": settings,
-               "num_classes": len(source.classes), "threads": max(1, int(ev.cpus_per_worker))}
+               "num_classes": len(source.classes), "class_names": list(source.classes.names),
+               "threads": cpu_threads(ev.cpus_per_worker),
+               "shards": {str(k): v for k, v in (shards or {}).items()}}
 
-        def loop(config):
-            out = config["job"]["output"]
-            record_node(Store(out["dir"], out["storage_options"], fence=out.get("lease_epoch")), "evaluate")
-            ctx = ray.train.get_context()
-            recs = run_trials(config, ctx.get_world_rank(), ctx.get_world_size())
-            ray.train.report({"trials_done": len(recs)})
-
-        trainer = TorchTrainer(
-            loop, train_loop_config=cfg,
-            torch_config=TorchConfig(backend="gloo"),  # trials never all-reduce; nccl would need CUDA
-            scaling_config=ScalingConfig(num_workers=W, use_gpu=ev.gpus_per_worker > 0,
-                                         resources_per_worker={"CPU": ev.cpus_per_worker,
-                                                               **({"GPU": ev.gpus_per_worker}
-                                                                  if ev.gpus_per_worker else {})}),
-            run_config=RunConfig(name=f"eval-{job.name}", storage_path=os.path.abspath(tmp_dir)))
         t0 = time.time()
         names = [t["name"] for t in todo]
+        fit = ray.remote(_fit_task).options(num_cpus=0, name=f"evaluate-fit-{job.name}")
         # the Train workers commit eval/<trial>.json and, while training, eval/_progress/<trial>.json
         with polled(Progress("evaluate", len(todo), "trials", every=10.0), lambda: trials_progress(store, names),
                     poll=5.0):
-            trainer.fit()
+            ray.get(fit.remote(cfg, W, f"eval-{job.name}"))
         store.rm("eval", "_progress")
         _say(f"evaluate: {len(todo)} trials on {W} Train worker(s) in {time.time() - t0:.1f}s")
     return [store.read_json("eval", f"{t['name']}.json") for t in trials]
+
+
+def run_distribution(job: JobConfig, info, shards: dict[int, list[str]] | None = None) -> dict:
+    """The distribution metrics (``metrics.compute_distribution``: FID-style features of the
+    distilled and real images) in a Ray task, where torch is: not in the driver."""
+    import ray
+    ev = job.evaluate
+    task = ray.remote(_distribution_task).options(num_cpus=min(1.0, ev.cpus_per_worker))
+    return ray.get(task.remote(job_dict(job), info, shards))
+
+
+def _distribution_task(jd: dict, info, shards) -> dict:
+    from ..data import open_source
+    from .metrics import compute_distribution
+    j = JobConfig.model_validate(jd)
+    return compute_distribution(j, job_store(j), open_source(j.data), info, shards=shards)
+
+
+def _train_loop(config: dict):
+    """One Train worker: its share of the trials (``evaluate.run_trials``)."""
+    import ray.train
+
+    from .evaluate import run_trials
+    out = config["job"]["output"]
+    record_node(Store(out["dir"], out["storage_options"], fence=out.get("lease_epoch")), "evaluate")
+    ctx = ray.train.get_context()
+    recs = run_trials(config, ctx.get_world_rank(), ctx.get_world_size())
+    ray.train.report({"trials_done": len(recs)})
+
+
+def _fit_task(cfg: dict, workers: int, name: str) -> None:
+    """Build and fit the evaluation's TorchTrainer (a Ray task: torch is imported here, not in the
+    driver); Train's run directory is a temporary directory of this task's node."""
+    import tempfile
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    ev = JobConfig.model_validate(cfg["job"]).evaluate
+    with tempfile.TemporaryDirectory(prefix="mgd-train-") as tmp:
+        TorchTrainer(
+            _train_loop, train_loop_config=cfg,
+            torch_config=TorchConfig(backend="gloo"),  # trials never all-reduce; nccl would need CUDA
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=ev.gpus_per_worker > 0,
+                                         resources_per_worker={"CPU": ev.cpus_per_worker,
+                                                               **({"GPU": ev.gpus_per_worker}
+                                                                  if ev.gpus_per_worker else {})}),
+            run_config=RunConfig(name=name, storage_path=tmp)).fit()
 
 
 def _load_eval_set(jd: dict, split: str, index, size: int | None):

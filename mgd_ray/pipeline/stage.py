@@ -4,8 +4,15 @@ A stage owns, in one place:
 
 - its ``name`` and where its outputs live under ``output.dir`` (``dir``), plus the files derived
   from them (``derived``: discarded with it by ``--fresh``);
-- its settings key (``key``): the job settings that shape its bytes, including the keys of the
-  stages it reads from, recorded as ``<dir>/_SETTINGS.json`` before its first output;
+- its settings key (``key``): the job-wide settings that shape its bytes, including the keys of
+  the stages it reads from, recorded as ``<dir>/_SETTINGS.json`` before its first output. The
+  generation seeds and the classes are not in it: they are units. Each class has its own key
+  (``class_keys``: name, label index, a fingerprint of its own rows and files); the encode stage
+  records it per class (``latents/_CLASSES.json``), and every coreset part
+  (``coreset/parts/c<label>-s<seed>.parquet``) and shard carries it in its footer beside the
+  stage's hash. An added seed or class adds work and reuses the rest; a class whose index or
+  files changed is redone; outputs of a seed or class the job no longer has stay on disk and are
+  read by nothing;
 - its completion marker (``<dir>/_COMPLETE.json`` where the stage has one) and ``done``;
 - ``run(ctx)``: reuse what is committed under the same key, compute the rest, and return what the
   manifest records of it.
@@ -18,12 +25,11 @@ settings check, the status and the dry run all read it. The Ray wiring of each s
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import JobConfig, JobError
-from .settings import SettingsChanged, changed, committed_shards, key_hash, section
+from .settings import KEY_FORMAT, SettingsChanged, changed, committed_shards, cpu_threads, key_hash, section
 from .store import Store
 
 log = logging.getLogger("mgd_ray")
@@ -41,6 +47,7 @@ class Context:
     manifest: dict = field(default_factory=dict)
     requested: list[str] = field(default_factory=list)
     targets: Any = None                   # the coreset's index table, once the coreset stage ran
+    classes: list | None = None           # class_keys(source), computed on first use
     _units: list | None = None
     _committed: list | None = None        # committed_units, until a stage runs (footers read once)
 
@@ -49,28 +56,65 @@ class Context:
         return list(range(len(self.source.classes)))
 
     @property
+    def class_keys(self) -> list[dict]:
+        """Each class's own key (label order): what its latents, coreset parts and shards depend on
+        beyond the stage keys."""
+        if self.classes is None:
+            self.classes = class_keys(self.source)
+        return self.classes
+
+    @property
+    def class_hashes(self) -> list[str]:
+        return [key_hash(k) for k in self.class_keys]
+
+    @property
     def units(self):
-        """The generate stage's work units (every seed x class x slice of IPC), in shard order."""
+        """The generate stage's work units (every seed x class x slice of IPC), in shard order,
+        each carrying its class's hash (``unit_class_hash``: the class key and its generator
+        label)."""
         if self._units is None:
             from .labels import generator_labels
             from .units import make_units
             j = self.job
-            self._units = make_units(j.generate.seeds, self.labels, self.source.classes.names, j.generate.ipc,
-                                     j.generate.targets_per_unit, generator_labels(self.source.classes, self.info))
+            units = make_units(j.generate.seeds, self.labels, self.source.classes.names, j.generate.ipc,
+                               j.generate.targets_per_unit, generator_labels(self.source.classes, self.info))
+            hashes = self.class_hashes
+            for u in units:
+                u.key = unit_class_hash(hashes[u.label], u.gen_label)
+            self._units = units
         return self._units
 
+    def shard_names(self) -> dict[int, list[str]]:
+        """Generation seed -> the shard names of the job's units of that seed."""
+        out: dict[int, list[str]] = {}
+        for u in self.units:
+            out.setdefault(u.gen_seed, []).append(u.shard)
+        return out
+
+    def trial_hash(self) -> str:
+        """What every evaluation trial is made under: the evaluate stage's key and every class's
+        unit hash (a trial trains on a whole distilled set: all classes of one seed)."""
+        per_class = {u.label: u.key for u in self.units}
+        return key_hash({"settings": key_hash(self.keys["evaluate"]), "classes": [per_class[k] for k in self.labels]})
+
     def committed_units(self) -> list:
-        """Units whose shard is committed with this job's settings (its footer's hash); the footers
-        are read once and again only after a stage ran (``changed``)."""
+        """Units whose shard is committed with this job's settings and its class's hash (the
+        footer's); the footers are read once and again only after a stage ran (``changed``)."""
         if self._committed is None:
-            have = committed_shards(self.store, self.store.ls("shards", suffix=".parquet"),
-                                    key_hash(self.keys["generate"]))
+            on_disk = set(self.store.ls("shards", suffix=".parquet"))
+            mine = {u.shard: u.key for u in self.units if u.shard in on_disk}
+            have = committed_shards(self.store, list(mine), key_hash(self.keys["generate"]), mine)
             self._committed = [u for u in self.units if u.shard in have]
         return self._committed
 
     def changed(self):
         """A stage ran: what is committed must be read again."""
         self._committed = None
+
+
+def unit_class_hash(class_hash: str, gen_label: int) -> str:
+    """A shard's class hash: its class's key and the generator label it was made with."""
+    return key_hash({"class": class_hash, "gen_label": int(gen_label)})
 
 
 class Stage:
@@ -125,31 +169,83 @@ class Stage:
 
 # ---------------------------------------------------------------------------------------------
 class EncodeStage(Stage):
-    """Source images -> VAE latents, ``latents/label=<k>/*.parquet`` (Ray Data + encoder actors)."""
+    """Source images -> VAE latents, ``latents/label=<k>/*.parquet`` (Ray Data + encoder actors),
+    class by class: ``latents/_CLASSES.json`` records, per label, the class key its partition was
+    encoded under; a rerun encodes only the classes not recorded with their current key (new,
+    moved, or whose files changed) and keeps every other partition."""
     name, dir, derived, feeds = "encode", "latents", ("failures.parquet",), ("coreset",)
+    CLASSES = "_CLASSES.json"
 
     def key(self, job, info, upstream):
         # the latents depend on the train rows and the VAE only: not on the DiT, the test split, or
-        # a dtype that a CPU run does not use (``compute`` is what actually ran)
-        data = {k: v for k, v in section(job, "data").items() if k != "test_limit_per_class"}
-        if upstream.get("fingerprint"):
-            data["fingerprint"] = upstream["fingerprint"]
+        # a dtype that a CPU run does not use (``compute`` is what actually ran). Which classes, and
+        # their files, are each class's own key (``class_keys``), not this one
+        data = {k: v for k, v in section(job, "data").items() if k not in ("test_limit_per_class", "classes")}
         model = {k: v for k, v in section(job, "model").items() if k != "dtype"}
         model.update(vae_sha256=info.vae_sha256, vae_config=model_config_hash(info, "vae_config"))
-        return {"data": data, "model": model, "encode": section(job, "encode"),
-                "compute": compute(job, job.encode.num_gpus)}
+        return {"key_format": KEY_FORMAT, "data": data, "model": model, "encode": section(job, "encode"),
+                "compute": compute(job, job.encode.num_gpus, job.encode.num_cpus)}
+
+    def class_records(self, store: Store) -> dict[int, dict]:
+        """label -> {"settings": stage hash, "class": class hash, "name", "rows"} of every committed
+        partition (including those of classes the job no longer has: they stay, unread)."""
+        if not store.exists(self.dir, self.CLASSES):
+            return {}
+        return {int(k): v for k, v in store.read_json(self.dir, self.CLASSES).get("classes", {}).items()}
+
+    def _write_records(self, store: Store, recs: dict[int, dict]):
+        store.write_json({"classes": {str(k): recs[k] for k in sorted(recs)}}, self.dir, self.CLASSES)
+
+    def kept(self, ctx) -> list[int]:
+        """The job's labels whose partition is committed under this job's stage key and class key."""
+        want, recs = key_hash(ctx.keys[self.name]), self.class_records(ctx.store)
+        return [k for k, h in zip(ctx.labels, ctx.class_hashes)
+                if recs.get(k, {}).get("settings") == want and recs[k].get("class") == h]
+
+    def done(self, ctx):
+        return super().done(ctx) and len(self.kept(ctx)) == len(ctx.labels)
 
     def run(self, ctx):
         from . import runner
         store = ctx.store
-        if self.done(ctx):
-            prev = store.read_json(self.dir, self.COMPLETE)
+        kept = set(self.kept(ctx))
+        todo = [k for k in ctx.labels if k not in kept]
+        classes = key_hash(ctx.class_hashes)          # the record below describes these classes
+        prev = store.read_json(self.dir, self.COMPLETE) if store.exists(self.dir, self.COMPLETE) else None
+        if not todo and prev is not None and prev.get("classes") == classes:
             log.info(f"encode: reusing cached latents ({prev['rows']} rows) from {store.uri(self.dir)}")
-            return {k: v for k, v in prev.items() if k != "key"}
-        store.rm(self.dir)                       # a half-written encode: Ray Data's write does not resume
+            return {**{k: v for k, v in prev.items() if k not in ("key", "classes")},   # this run encoded none
+                    "classes_encoded": 0, "classes_kept": len(ctx.labels)}
         self.record_key(store, ctx.keys[self.name])
-        rec = runner.run_encode(ctx.job, store, ctx.source, ctx.job.encode.image_size or ctx.info.image_size)
-        store.write_json(rec, self.dir, self.COMPLETE)
+        recs = self.class_records(store)
+        if todo:
+            # forget, then remove, the partitions about to be written (Ray Data's write does not
+            # resume: a half-written partition must never count as committed); the rest stay
+            for k in todo:
+                recs.pop(k, None)
+            self._write_records(store, recs)
+            store.rm(self.dir, self.COMPLETE)
+            for k in todo:
+                store.rm(self.dir, f"label={k}")
+            for name in store.ls(self.dir, suffix=".npy"):     # metrics' real-feature caches of the old rows
+                store.rm(self.dir, name)
+            names = ctx.source.classes.names
+            log.info(f"encode: {len(todo)} of {len(ctx.labels)} classes to encode ({len(kept)} kept): "
+                     f"{', '.join(names[k] for k in todo[:8])}{' ...' if len(todo) > 8 else ''}")
+            rec = runner.run_encode(ctx.job, store, ctx.source, ctx.job.encode.image_size or ctx.info.image_size,
+                                    labels=todo if kept else None, keep_failures=bool(kept))
+            want = key_hash(ctx.keys[self.name])
+            hashes = ctx.class_hashes
+            for k in todo:
+                recs[k] = {"settings": want, "class": hashes[k], "name": str(names[k]),
+                           "rows": runner.partition_rows(store, k)}
+            self._write_records(store, recs)
+        else:                                         # classes only removed: every partition is kept
+            log.info(f"encode: reusing the latents of all {len(ctx.labels)} classes from {store.uri(self.dir)}")
+            rec = {"seconds": 0.0, "images_per_s": 0.0}
+        rec = {**rec, "rows": sum(int(recs[k]["rows"]) for k in ctx.labels), "classes_encoded": len(todo),
+               "classes_kept": len(kept)}
+        store.write_json({**rec, "classes": classes}, self.dir, self.COMPLETE)
         return rec
 
     def placement(self, job, **facts):
@@ -158,19 +254,37 @@ class EncodeStage(Stage):
 
 
 class CoresetStage(Stage):
-    """Latents -> per-class targets, ``coreset/targets.parquet`` (Ray tasks; per-class parts of an
-    interrupted run are kept and only the missing classes are built)."""
+    """Latents -> targets, one part per (class, generation seed), ``coreset/parts/c<label>-s<seed>.parquet``
+    (Ray tasks), each carrying the stage's hash and its class's hash in its footer; the job's parts
+    are merged into ``coreset/targets.parquet``. A rerun builds only the parts not committed (an
+    added seed or class, a class whose latents changed, an interrupted run) and merges again; the
+    parts stay (an added seed reuses every other one)."""
     name, dir, feeds = "coreset", "coreset", ("generate",)
 
     def key(self, job, info, upstream):
         key = {**upstream, "method": job.method, "method_version": job.spec.version,
-               "generate": section(job, "generate", ("ipc", "seeds"))}
+               "generate": section(job, "generate", ("ipc",))}
         if job.coreset_method is not None:        # plain DiT has no coreset: only its seeds are "targets"
             key["coreset"] = {k: v for k, v in section(job, "coreset").items() if k != "neighbourhood_max"}
+            # the coreset tasks never ask for a GPU (runner.run_coreset): a CPU engine, whose BLAS threads count
+            key["compute"] = dict(upstream["compute"], coreset={"device": "cpu",
+                                                                "threads": cpu_threads(job.coreset.num_cpus)})
         return key
 
+    def parts(self, ctx) -> dict[str, tuple[int, int, str]]:
+        """Part name -> (label, seed, class hash) of every part the job needs."""
+        from .workers import part_name
+        hashes = ctx.class_hashes
+        return {part_name(k, s): (k, int(s), hashes[k]) for k in ctx.labels for s in ctx.job.generate.seeds}
+
+    def merged(self, ctx) -> str:
+        """What targets.parquet must have been merged from: the stage key and the job's parts."""
+        return key_hash({"settings": key_hash(ctx.keys[self.name]),
+                         "parts": sorted([n, h] for n, (_, _, h) in self.parts(ctx).items())})
+
     def done(self, ctx):
-        return super().done(ctx) and ctx.store.exists(self.dir, "targets.parquet")
+        return (super().done(ctx) and ctx.store.exists(self.dir, "targets.parquet")
+                and ctx.store.read_json(self.dir, self.COMPLETE).get("merged") == self.merged(ctx))
 
     def run(self, ctx):
         from . import runner
@@ -181,11 +295,20 @@ class CoresetStage(Stage):
             log.info(f"coreset: reusing {ctx.targets.num_rows} targets from {store.uri(self.dir, 'targets.parquet')}")
         else:
             self.record_key(store, ctx.keys[self.name])    # parts already here share this key
-            rec = runner.run_coreset(ctx.job, store, ctx.labels)
-            store.write_json(rec, self.dir, self.COMPLETE)
-            store.rm(self.dir, "parts")                     # merged into targets.parquet
+            store.rm(self.dir, self.COMPLETE)                # targets.parquet is merged again
+            want, settings = self.parts(ctx), key_hash(ctx.keys[self.name])
+            on_disk = set(store.ls(self.dir, "parts", suffix=".parquet"))
+            have = committed_shards(store, [n for n in want if n in on_disk], settings,
+                                    {n: h for n, (_, _, h) in want.items()}, where=f"{self.dir}/parts")
+            todo: dict[int, list[int]] = {}
+            for n, (k, seed, _) in want.items():
+                if n not in have:
+                    todo.setdefault(k, []).append(seed)
+            rec = runner.run_coreset(ctx.job, store, ctx.labels, list(ctx.job.generate.seeds), todo, settings,
+                                     dict(zip(ctx.labels, ctx.class_hashes)))
+            store.write_json({**rec, "merged": self.merged(ctx)}, self.dir, self.COMPLETE)
             ctx.targets = store.read_table(self.dir, "targets.parquet", columns=TARGET_INDEX_COLUMNS)
-        return {k: v for k, v in store.read_json(self.dir, self.COMPLETE).items() if k != "key"}
+        return {k: v for k, v in store.read_json(self.dir, self.COMPLETE).items() if k not in ("key", "merged")}
 
     def placement(self, job, **facts):
         c = job.coreset
@@ -195,31 +318,41 @@ class CoresetStage(Stage):
 
 class GenerateStage(Stage):
     """Targets -> distilled images, one Parquet shard per work unit (a pool of generator actors);
-    every shard's footer carries the stage's settings hash."""
+    every shard's footer carries the stage's settings hash and its class's hash (``Unit.key``).
+    Committed shards of the job's units are kept; when the job's class list changed (a class added
+    or removed), kept shards are rewritten with the new list in their ClassLabel metadata, rows
+    unchanged (``generate.relabel_shards``), since every shard names every class."""
     name, dir, derived = "generate", "shards", ("preview", "failed_units.json")
 
     def key(self, job, info, upstream):
-        key = {**upstream, "generate": section(job, "generate")}
+        gen = {k: v for k, v in section(job, "generate").items() if k != "seeds"}   # seeds: part of each unit
+        key = {**upstream, "generate": gen}
         for name in job.spec.reads:               # only the sections this method's images depend on
             key[name] = section(job, name)
-        if job.generative:                        # the DiT, and the device / dtype it runs in
+        if job.generative:                        # the DiT, and the device / dtype / threads it runs in
             key["model"] = dict(upstream["model"], transformer_sha256=info.transformer_sha256,
                                 transformer_config=model_config_hash(info, "transformer_config"))
-            key["compute"] = dict(upstream["compute"], generate=compute(job, job.generate.num_gpus))
+            key["compute"] = dict(upstream["compute"],
+                                  generate=compute(job, job.generate.num_gpus, job.generate.num_cpus))
         return key
 
     def done(self, ctx):
         return len(ctx.committed_units()) == len(ctx.units)
 
     def run(self, ctx):
-        from .generate import attach_targets, run_generate
+        from .generate import attach_targets, relabel_shards, run_generate
         store = ctx.store
         attach_targets(ctx.units, ctx.targets)
         self.record_key(store, ctx.keys[self.name])        # before the first shard
+        names = [str(c) for c in ctx.source.classes.names]
+        relabelled = relabel_shards(store, [u.shard for u in ctx.committed_units()], names)
         rec = run_generate(ctx.job, store, ctx.units, key_hash(ctx.keys[self.name]), source=ctx.source, info=ctx.info)
+        if relabelled:
+            rec["relabelled"] = relabelled
         if not rec.get("failed") and ctx.job.output.preview:
             from .preview import class_grids
-            for name, png in class_grids(store, list(ctx.source.classes.names), ctx.job.generate.seeds[0]):
+            seed = ctx.job.generate.seeds[0]
+            for name, png in class_grids(store, names, seed, names=ctx.shard_names()[seed]):
                 store.write_bytes(png, "preview", name)
         if ctx.job.output.preview:      # report.html's real-image rows: a few train images per class
             from .report_page import write_real_preview
@@ -234,32 +367,46 @@ class GenerateStage(Stage):
 
 class EvaluateStage(Stage):
     """Shards (+ the random-real baselines) -> trained students scored on the real test set,
-    ``eval/<trial>.json`` per trial (Ray Train) -> ``results.json``."""
+    ``eval/<trial>.json`` per trial (Ray Train) -> ``results.json``. A trial is a unit (kind,
+    generation seed, student, training seed) made under ``Context.trial_hash``: the stage's key
+    and every class's hash, since it trains on all classes of its seed. An added seed, student or
+    training seed adds trials and keeps the others; ``eval/_COMPLETE.json`` says which trials
+    ``results.json`` was made from."""
     name, dir, derived = "evaluate", "eval", ("results.json",)
 
     def key(self, job, info, upstream):
         # students and train seeds only add trials (each trial is a unit named by them, and carries
-        # this key's hash); the FID classifier shapes the metrics, not the trials
+        # this key's hash); the FID classifier shapes the metrics, not the trials. The students
+        # train on a GPU or on CPU threads (their sums depend on the count): that is in ``compute``
         ev = {k: v for k, v in section(job, "evaluate").items() if k not in ("students", "train_seeds", "classifier")}
-        return {**upstream, "evaluate": ev}
+        e = job.evaluate
+        where = ({"device": "cuda"} if e.gpus_per_worker > 0 else
+                 {"device": "cpu", "threads": cpu_threads(e.cpus_per_worker)})
+        return {**upstream, "evaluate": ev, "compute": dict(upstream["compute"], evaluate=where)}
+
+    def _made_from(self, ctx) -> dict:
+        from .evaluate import make_trials
+        return {"settings": ctx.trial_hash(), "trials": sorted(t["name"] for t in make_trials(ctx.job))}
 
     def done(self, ctx):
         if not ctx.job.evaluate.enabled:     # nothing to evaluate: done once there is a full set to evaluate
             return GENERATE.done(ctx)
-        return ctx.store.exists("results.json")
+        return (ctx.store.exists("results.json") and ctx.store.exists(self.dir, self.COMPLETE)
+                and ctx.store.read_json(self.dir, self.COMPLETE) == self._made_from(ctx))
 
-    def run(self, ctx, tmp_dir: str | None = None):
+    def run(self, ctx):
         from . import runner
         from .evaluate import summarise
         job, store = ctx.job, ctx.store
         self.record_key(store, ctx.keys[self.name])        # before the first trial
-        with tempfile.TemporaryDirectory(prefix="mgd-train-") as tmp:
-            records = runner.run_evaluate(job, store, ctx.source, tmp_dir or tmp, key_hash(ctx.keys[self.name]))
+        store.rm(self.dir, self.COMPLETE)                  # results.json is made again below
+        shards = ctx.shard_names()
+        records = runner.run_evaluate(job, store, ctx.source, ctx.trial_hash(), shards=shards)
         results = summarise(job, records)
-        if job.evaluate.metrics:
-            from .metrics import compute_distribution
-            results["distribution"] = compute_distribution(job, store, ctx.source, ctx.info)
+        if job.evaluate.metrics:      # a Ray task: the features need torch, the driver never imports it
+            results["distribution"] = runner.run_distribution(job, ctx.info, shards)
         store.write_json(results, "results.json")
+        store.write_json(self._made_from(ctx), self.dir, self.COMPLETE)
         return {"trials": len(records)}
 
     def placement(self, job, trials: int = 0, **facts):
@@ -294,13 +441,27 @@ def stages_to_run(requested: list[str]) -> list[Stage]:
     return [s for s in STAGES if s.name in run]
 
 
-def compute(job: JobConfig, gpus: float) -> dict:
-    """Where a stage's model runs and in which dtype, as its workers will resolve it: on a GPU when
-    ``model.device`` is cuda, or auto with GPUs granted; the job's dtype only on a GPU (a CPU runs
-    float32). fp32-CPU and bf16-GPU bytes never share a key."""
+def compute(job: JobConfig, gpus: float, cpus: float) -> dict:
+    """Where a stage's model runs, in which dtype and, on a CPU, on how many threads, as its
+    workers will resolve it: on a GPU when ``model.device`` is cuda, or auto with GPUs granted;
+    the job's dtype only on a GPU (a CPU runs float32). On a CPU the thread count its workers set
+    (``settings.cpu_threads`` of the CPUs they ask for, as Ray sets ``OMP_NUM_THREADS``) changes the
+    bytes (a reduction split over threads sums in another order), so it is part of the key; on a
+    GPU it is not. fp32-CPU and bf16-GPU bytes never share a key."""
     dev = job.model.device
     gpu = dev == "cuda" or (dev == "auto" and gpus > 0)
-    return {"device": "cuda" if gpu else "cpu", "dtype": job.model.dtype if gpu else "float32"}
+    if gpu:
+        return {"device": "cuda", "dtype": job.model.dtype}
+    return {"device": "cpu", "dtype": "float32", "threads": cpu_threads(cpus)}
+
+
+def class_keys(source) -> list[dict]:
+    """Each selected class's own key, in label order: its name, its label index (in the latents'
+    partitions, the target ids, the shards), and the fingerprint of its own rows and files
+    (``BaseSource.class_fingerprints``). Recorded per class by the encode stage and carried by
+    every coreset part and shard of the class."""
+    fps = source.class_fingerprints("train")
+    return [{"name": str(n), "index": k, "fingerprint": fp} for k, (n, fp) in enumerate(zip(source.classes.names, fps))]
 
 
 def model_config_hash(info, which: str) -> str:
@@ -311,9 +472,9 @@ def model_config_hash(info, which: str) -> str:
 
 def stage_keys(job: JobConfig, info, source=None) -> dict[str, dict]:
     """Stage name -> its settings key (each stage's key holds the keys of the stages before it).
-    ``source``: the opened data source, whose fingerprint (``BaseSource.fingerprint``: listing,
-    sizes, modification times) goes in the encode key."""
-    keys, up = {}, {"fingerprint": source.fingerprint("train")} if source is not None else {}
+    The keys are job-wide: the data's classes and files are in each class's key (``class_keys``),
+    so ``source`` is not read here (accepted for the callers that pass it)."""
+    keys, up = {}, {}
     for s in STAGES:
         up = keys[s.name] = s.key(job, info, up)
     return keys
@@ -324,12 +485,24 @@ def check_settings(store: Store, keys: dict[str, dict], before: str | None = Non
     """Refuse (SettingsChanged) when a stage's recorded key differs from this job's. ``before``:
     check only the stages before that one (``--fresh STAGE`` checks them before discarding)."""
     names = STAGE_NAMES[:STAGE_NAMES.index(before)] if before else STAGE_NAMES
-    diffs = {}
+    diffs, older = {}, []
     for s in STAGES:
         if s.name in names:
             old = s.recorded_key(store)
-            if old is not None and old != keys[s.name]:
+            if old is not None and old.get("key_format") != keys[s.name].get("key_format"):
+                older.append(s.name)
+            elif old is not None and old != keys[s.name]:
                 diffs[s.name] = changed(old, keys[s.name])
+    if older:
+        # keys of the earlier form held the seeds and the data's fingerprint of all classes: what
+        # these outputs were made from cannot be told class by class or seed by seed
+        raise SettingsChanged(
+            f"{store.uri()} holds outputs whose settings were recorded by an earlier mgd_ray, per stage "
+            f"({', '.join(older)}: generation seeds and all classes in one key); this version keys each "
+            f"class and seed as its own unit and cannot tell which of those outputs match this job.\n"
+            f"Nothing was run{' and nothing was discarded' if before else ''}. Either write to a new output.dir, "
+            f"or rerun with --fresh {older[0]} to discard the {older[0]} stage and every later one and run "
+            f"them again.")
     if not diffs:
         return
     first = next(n for n in STAGE_NAMES if n in diffs)
@@ -355,4 +528,5 @@ def discard_from(store: Store, stage: str) -> list[str]:
 
 
 __all__ = ["Context", "Stage", "STAGES", "STAGE_NAMES", "BY_NAME", "ENCODE", "CORESET", "GENERATE", "EVALUATE",
-           "parse_stages", "stages_to_run", "stage_keys", "check_settings", "discard_from", "compute"]
+           "parse_stages", "stages_to_run", "stage_keys", "class_keys", "unit_class_hash", "check_settings",
+           "discard_from", "compute"]

@@ -1,7 +1,9 @@
 """Work units, names and the rows they produce (pure; no Ray, no torch).
 
 A work unit is (generation seed, class, a slice of that class's targets). Its shard name is a
-pure function of those three, so a rerun finds exactly the shards already committed.
+pure function of those three, so a rerun finds exactly the shards already committed; its ``key``
+(the hash of its class's key, ``stage.class_keys``) goes in the shard's footer, so a shard made
+for another class at that index, or for the same class's older files, is not taken for it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Unit:
     target_ids: list = field(default_factory=list)  # list[str] ids of its targets (``attach_targets``); the
     #                                                 vectors stay in coreset/targets.parquet, read by the actor
     gen_label: int = -1      # the generator's class id (e.g. ImageNet index of a wnid); -1 = label
+    key: str = ""            # the unit's class hash (footer ``settings.CLASS_KEY``); "" = not checked
 
     @property
     def model_label(self) -> int:
@@ -53,6 +56,25 @@ def make_units(gen_seeds, labels, class_names, ipc: int, per_unit: int, gen_labe
             for start in range(0, ipc, per_unit):
                 units.append(Unit(int(s), int(lab), name, start, min(per_unit, ipc - start), gen_label=int(glab)))
     return units
+
+
+def shard_names(gen_seeds, n_classes: int, ipc: int, per_unit: int) -> dict[int, list[str]]:
+    """Generation seed -> the shard names of a job's units of that seed (its classes are labels
+    ``0..n_classes-1``). What readers of ``shards/`` read: shards of a seed or a class the job no
+    longer has stay on disk, outside the job."""
+    out: dict[int, list[str]] = {}
+    for u in make_units(gen_seeds, range(n_classes), [""] * n_classes, ipc, per_unit):
+        out.setdefault(u.gen_seed, []).append(u.shard)
+    return out
+
+
+def manifest_shard_names(m: dict) -> dict[int, list[str]] | None:
+    """``shard_names`` of the job a ``manifest.json`` describes; None when it does not say."""
+    g = (m.get("config") or {}).get("generate") or {}
+    classes = m.get("classes")
+    if not classes or not g.get("seeds") or not g.get("ipc"):
+        return None
+    return shard_names(g["seeds"], len(classes), int(g["ipc"]), int(g.get("targets_per_unit") or g["ipc"]))
 
 
 def group_units(units: list[Unit], batch_size: int) -> list[list[Unit]]:

@@ -3,9 +3,10 @@ them on Ray; the stage objects are in ``stage.py``). Their only Ray call is ``re
 
 - ``Encoder``: ``__init__`` loads the frozen VAE once; ``__call__`` maps a batch
   ``{id, label, image}`` -> ``{id, label, latent}`` (z = s * posterior mean, flattened).
-- ``build_class_targets``: one class's coreset (the method core) -> target rows;
-  ``write_class_targets`` commits them per class on a worker, ``merge_target_parts`` makes
-  ``coreset/targets.parquet`` and ``read_targets`` gives an actor the rows of its units.
+- ``build_class_targets``: one class's coreset for one generation seed (the method core) ->
+  target rows; ``write_class_targets`` commits them per (class, seed) on a worker,
+  ``merge_target_parts`` makes ``coreset/targets.parquet`` of the job's parts and
+  ``read_targets`` gives an actor the rows of its units.
 - The generator actor lives in ``generator.py``, the generate stage in ``generate.py``.
 """
 
@@ -13,19 +14,20 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 import numpy as np
 
 from ..config import JobConfig
 from .nodes import record_node
 from .store import Store, job_store
-from .units import Unit, dit_batches, png_bytes, sample_id, shard_table, target_id, to_uint8
+from .units import target_id
 
 log = logging.getLogger("mgd_ray")
 
 
 def set_threads(n: int | None):
+    """Torch's and faiss's threads in this process (``settings.cpu_threads`` of the CPUs asked for:
+    on a CPU, part of the settings key)."""
     import torch
     n = max(1, int(n or 1))
     torch.set_num_threads(n)
@@ -103,13 +105,6 @@ def read_class_latents(store: Store, label: int) -> tuple[np.ndarray, np.ndarray
     return ids[order].astype(np.int64), Z[order]
 
 
-def coreset_kwargs(job: JobConfig) -> dict:
-    c = job.coreset
-    return dict(method=job.coreset_method, split=c.split, selection=c.selection, representative=c.representative,
-                level_start=c.level_start, depth_extra=c.depth_extra, n_restarts=c.n_restarts, niter=c.niter,
-                engine=c.engine)
-
-
 def build_class_targets(job: JobConfig, store: Store, label: int, gen_seed: int, threads: int = 1,
                         engine: str | None = None) -> list[dict]:
     """One class, one generation seed -> ipc target rows (see ``targets.parquet``); ``engine``:
@@ -122,8 +117,8 @@ def build_class_targets(job: JobConfig, store: Store, label: int, gen_seed: int,
                      seed=image_seed(gen_seed, label, j), source_id=-1, method="none", gen_seed=gen_seed)
                 for j in range(ipc)]
     ids, Z = read_class_latents(store, label)
-    kw = {**coreset_kwargs(job), **({"engine": engine} if engine else {})}
-    targets = build_coreset(Z, ids, label, ipc, seed=gen_seed, global_seed=gen_seed, **kw)
+    targets = build_coreset(Z, ids, label, ipc, job.coreset_params, seed=gen_seed, global_seed=gen_seed,
+                            **({"engine": engine} if engine else {}))
     rows = []
     for t in targets:
         r = t.to_row()
@@ -163,39 +158,57 @@ def targets_table(rows: list[dict]):
     })
 
 
-def part_name(label: int) -> str:
-    return f"c{int(label):05d}.parquet"
+def part_name(label: int, gen_seed: int) -> str:
+    """A coreset part: the targets of one class under one generation seed."""
+    return f"c{int(label):05d}-s{int(gen_seed):03d}.parquet"
 
 
 def write_class_targets(job: JobConfig, store: Store, labels: list[int], seeds: list[int], threads: int = 1,
-                        gpus: int | None = None) -> dict:
-    """Build the targets of some classes (all generation seeds) and commit one part per class,
-    ``coreset/parts/c<label>.parquet``, on the worker; -> {"targets": written, "engine": the
-    2-means engine ``coreset.engine`` resolved to for this task}. ``gpus``: the GPUs the
-    scheduler granted this task (``resolve_engine``)."""
+                        gpus: int | None = None, settings: str = "", class_hashes: dict | None = None,
+                        todo: dict | None = None) -> dict:
+    """Build the targets of some classes and commit one part per (class, generation seed),
+    ``coreset/parts/c<label>-s<seed>.parquet``, on the worker, its footer carrying ``settings``
+    (the coreset stage's hash) and the class's hash (``class_hashes[label]``). ``todo``: label ->
+    the seeds to build (default: every seed of every label); with a ``settings`` hash, a part
+    already committed under it and its class's hash is kept. -> {"targets": written, "parts":
+    written, "engine": the 2-means engine ``coreset.engine`` resolved to for this task}.
+    ``gpus``: the GPUs the scheduler granted this task (``resolve_engine``)."""
     from ..method.coreset import resolve_engine
+    from .settings import shard_committed, unit_footer
     engine = resolve_engine(job.coreset.engine, gpus)
-    n = 0
+    n = parts = 0
+    hashes = {int(k): v for k, v in (class_hashes or {}).items()}
+    want = {int(k): v for k, v in todo.items()} if todo is not None else None
     for lab in labels:
-        rows = [r for g in seeds for r in build_class_targets(job, store, lab, g, threads=threads, engine=engine)]
-        store.write_table(targets_table(rows), "coreset", "parts", part_name(lab))
-        n += len(rows)
-    return {"targets": n, "engine": engine}
+        for g in (want.get(int(lab), []) if want is not None else seeds):
+            name, h = part_name(lab, g), hashes.get(int(lab), "")
+            if settings and shard_committed(store, name, settings, h, where="coreset/parts"):
+                continue
+            rows = build_class_targets(job, store, lab, g, threads=threads, engine=engine)
+            store.write_table(targets_table(rows), "coreset", "parts", name, metadata=unit_footer(settings, h))
+            n += len(rows)
+            parts += 1
+    return {"targets": n, "parts": parts, "engine": engine}
 
 
-def merge_target_parts(store: Store, labels: list[int]) -> int:
-    """Concatenate the per-class parts into ``coreset/targets.parquet``, one class at a time
-    (one row group per class, so readers filtering on label skip the rest); -> rows written."""
+def merge_target_parts(store: Store, labels: list[int], seeds: list[int]) -> int:
+    """Concatenate the job's parts (its classes x its generation seeds) into
+    ``coreset/targets.parquet``, one class at a time (one row group per class, its seeds in job
+    order, so readers filtering on label skip the rest); -> rows written. Parts of other seeds or
+    classes stay where they are, outside the merge."""
     import uuid
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
     dest = store.path("coreset", "targets.parquet")
     tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}" if store.is_local else dest
+    store.ls("coreset", "parts")  # a fresh listing: other tasks wrote the parts (object stores cache listings)
     store.check_fence()          # a streamed write, not a store commit: fenced by hand (before, and before the rename)
     writer, n = None, 0
     with store.fs.open(tmp, "wb") as f:
         for lab in labels:
-            t = store.read_table("coreset", "parts", part_name(lab))
+            t = pa.concat_tables([store.read_table("coreset", "parts", part_name(lab, g)).replace_schema_metadata(None)
+                                  for g in seeds])
             writer = writer or pq.ParquetWriter(f, t.schema, compression="zstd")
             writer.write_table(t)
             n += t.num_rows
@@ -232,11 +245,3 @@ def read_targets(store: Store, labels, target_ids: list[str]) -> dict[str, dict]
     return out
 
 
-def guidance_params(job: JobConfig):
-    from ..method import GuidanceParams
-    g = job.guidance
-    return GuidanceParams(lam_mode=job.lam_mode, beta=g.beta, beta_schedule=g.beta_schedule, t_project=g.t_project,
-                          d=g.d, K=g.K,
-                          ridge=g.ridge, basis=g.basis, r=g.radius, m=g.radius_mult, warm=g.warm,
-                          radius_kind=g.radius_kind, t_stop=g.t_stop, lam_man=g.lam_man, bandwidth=g.bandwidth,
-                          cloud_size=g.cloud_size, manifold_scale=job.manifold_scale)

@@ -14,9 +14,11 @@ hand. It first tries the real thing, then falls back, and says which it used:
   with the fix.
 - the label-order preflight (``pipeline.labels.check_label_order``) runs on the result either way.
 
-The estimate states every throughput it assumes and where it comes from: the DiT, the VAE and
-the evaluation students from FLOP counts at a stated utilisation of a stated peak (all in
-``mgd_ray.known``); nothing is read from a benchmark report.
+The estimate states every throughput it assumes and where it comes from: the DiT and the VAE
+from FLOP counts at a stated utilisation of a stated peak, the evaluation students from a
+ResNet-18 throughput (a published A100 figure; on CPUs the one benchmarks/eval_throughput.py
+measured) scaled by FLOPs (all in ``mgd_ray.known``); nothing is read from a benchmark report at
+run time (tests/test_plan.py checks known.py's CPU figures against the committed report).
 """
 
 from __future__ import annotations

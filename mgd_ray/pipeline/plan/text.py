@@ -39,8 +39,18 @@ def summary(job: JobConfig, data: DataFacts, info, p: dict) -> list[str]:
                          f"-> {st[key]['device_hours']:.2f} device-hours")
     if "evaluate" in st:
         ev = st["evaluate"]
-        lines.append(f"evaluate: {ev['trials']} trials x {ev['epochs']} epochs at {ev['image_px']} px -> "
-                     f"{ev['device_hours']:.2f} device-hours [{ev['throughput_basis']}]")
+        lines.append(f"evaluate ({ev['protocol']}, IPC {ev['ipc']}): {ev['trials']} trials x {ev['epochs']} epochs at "
+                     f"{ev['image_px']} px, {ev['n_evals']} test passes each -> {ev['device_hours']:.2f} "
+                     f"{ev['device']}-hours [{ev['throughput_basis']}]")
+        for s, c in ev["per_student"].items():
+            lines.append(f"  {c['protocol']} / {s} / IPC {c['ipc']}: {c['trials']} trials ({c['baseline_trials']} "
+                         f"random-real) -> {c['device_hours']:.2f} h (training {c['train_hours']:.2f}, "
+                         f"test passes {c['test_hours']:.2f})")
     lines.append(f"total: {e['total_device_hours']:.2f} {e['device']}-hours (compute only; add node start-up, "
                  "model loading and data transfer)")
+    share = e.get("evaluation")
+    if share:
+        lines.append(f"the evaluation's share of the job: {share['share']:.0%}")
+        if share["dominates"]:
+            lines.append("WARNING: " + share["message"])
     return lines
