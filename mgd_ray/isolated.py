@@ -8,6 +8,8 @@ them means importing diffusers, hence torch: ~600 MB of resident memory with the
 torch 2.14 that real clusters run, held until the driver exits. Instead such a call runs in a
 child interpreter (``python -c 'from mgd_ray.isolated import serve; serve()'``) that returns a
 picklable result; the driver ends it (``shutdown``) once the preflight and the plan are done.
+The child runs in the caller's environment: a call made after the environment changed (another
+``HF_HOME``, ``HF_HUB_OFFLINE``) starts a new child, since libraries read it when imported.
 
 Not ``multiprocessing``: its ``spawn`` start re-runs the parent's main script in the child,
 so a user's script that calls ``run_job`` without a ``__main__`` guard would run its job again
@@ -34,6 +36,7 @@ import threading
 _HEADER = struct.Struct("<Q")
 _lock = threading.Lock()
 _child: subprocess.Popen | None = None
+_child_env: dict | None = None           # the environment the child was started with
 
 
 def _send(stream, obj) -> None:
@@ -63,10 +66,14 @@ def call(fn, *args, **kwargs):
     and result picklable). The child starts on the first call and serves the next ones."""
     if os.environ.get("MGD_RAY_IN_PROCESS") == "1":
         return fn(*args, **kwargs)
-    global _child
+    global _child, _child_env
     with _lock:
-        if _child is None or _child.poll() is not None:
-            _child = _start()
+        env = dict(os.environ)
+        if _child is not None and (_child.poll() is not None or env != _child_env):
+            _stop(_child)                # gone, or started under another environment (HF_HOME, ...)
+            _child = None
+        if _child is None:
+            _child, _child_env = _start(), env
         child = _child
         _send(child.stdin, (fn, args, kwargs))
         reply = _receive(child.stdout)
@@ -87,13 +94,19 @@ def shutdown() -> None:
     global _child
     with _lock:
         child, _child = _child, None
-    if child is not None and child.poll() is None:
-        try:
-            child.stdin.close()            # end of input: serve() returns
-            child.wait(timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            child.kill()
-            child.wait()
+    if child is not None:
+        _stop(child)
+
+
+def _stop(child: subprocess.Popen) -> None:
+    if child.poll() is not None:
+        return
+    try:
+        child.stdin.close()                # end of input: serve() returns
+        child.wait(timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        child.kill()
+        child.wait()
 
 
 def children_peak_rss_mb() -> float:

@@ -88,6 +88,7 @@ def test_preflight_reads_the_generator_without_building_it(hub, tmp_path, monkey
     job = tiny_job(tmp_path)
     loaded = load_generator(DIT, VAE)[2]
     with monkeypatch.context() as m:
+        m.setenv("MGD_RAY_IN_PROCESS", "1")            # the driver's child, here: the patch below reaches it
         forbid_building(m, "DiTTransformer2DModel", "AutoencoderKL", "Transformer2DModel")
         with pytest.raises(AssertionError, match="was built"):       # the patch bites
             load_generator(DIT, VAE)

@@ -81,3 +81,22 @@ def test_the_driver_of_a_whole_job_never_imports_torch(tmp_path):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["results"] and "distribution" in results
     assert "DRIVER_TORCH False False" in out.stdout, out.stdout[-2000:]
+
+
+def test_the_child_follows_the_callers_environment(monkeypatch):
+    """Libraries read their settings (HF_HOME, HF_HUB_OFFLINE) when imported: a call made after the
+    environment changed runs in a new child started with it."""
+    try:
+        monkeypatch.setenv("MGD_RAY_ISOLATED_PROBE", "one")
+        first = isolated.call(os.getpid)
+        assert isolated.call(_env, "MGD_RAY_ISOLATED_PROBE") == "one"
+        assert isolated.call(os.getpid) == first                              # same environment: same child
+        monkeypatch.setenv("MGD_RAY_ISOLATED_PROBE", "two")
+        assert isolated.call(_env, "MGD_RAY_ISOLATED_PROBE") == "two"
+        assert isolated.call(os.getpid) != first
+    finally:
+        isolated.shutdown()
+
+
+def _env(name: str):
+    return os.environ.get(name)

@@ -230,6 +230,8 @@ def test_trial_hash_holds_every_class_not_the_seeds():
     assert trial_hash({"data": {"classes": ["0", "1", "2"]}, "generate": {"seeds": [0, 5]}}) == a
     assert trial_hash({"data": {"classes": ["0", "1", "2", "3"]}}) != a
     assert trial_hash({"data": {"classes": ["0", "1", "2"], "limit_per_class": 4}}) != a
+    # ... and with the real test split it is scored on (not in any stage key: the latents never see it)
+    assert trial_hash({"data": {"classes": ["0", "1", "2"], "test_limit_per_class": 5}}) != a
 
 
 # ---- per-unit reuse on a real local Ray ----------------------------------------------------------

@@ -50,6 +50,7 @@ class Context:
     classes: list | None = None           # class_keys(source), computed on first use
     _units: list | None = None
     _committed: list | None = None        # committed_units, until a stage runs (footers read once)
+    _trial_hash: str | None = None
 
     @property
     def labels(self) -> list[int]:
@@ -92,10 +93,16 @@ class Context:
         return out
 
     def trial_hash(self) -> str:
-        """What every evaluation trial is made under: the evaluate stage's key and every class's
-        unit hash (a trial trains on a whole distilled set: all classes of one seed)."""
-        per_class = {u.label: u.key for u in self.units}
-        return key_hash({"settings": key_hash(self.keys["evaluate"]), "classes": [per_class[k] for k in self.labels]})
+        """What every evaluation trial is made under: the evaluate stage's key, every class's unit
+        hash (a trial trains on a whole distilled set: all classes of one seed) and the real test
+        split it is scored on (``fingerprint('test')``: its rows, so ``data.test_limit_per_class``,
+        and its files)."""
+        if self._trial_hash is None:
+            per_class = {u.label: u.key for u in self.units}
+            self._trial_hash = key_hash({"settings": key_hash(self.keys["evaluate"]),
+                                         "classes": [per_class[k] for k in self.labels],
+                                         "test": self.source.fingerprint("test")})
+        return self._trial_hash
 
     def committed_units(self) -> list:
         """Units whose shard is committed with this job's settings and its class's hash (the
