@@ -323,7 +323,7 @@ def settled(out: Path, pattern: str, quiet: float = 1.0, timeout: float = 30.0) 
 
 
 @pytest.mark.parametrize("stage", ["encode", "coreset", "generate", "evaluate"])
-def test_driver_killed_in_each_stage(encoded, tiny_prior, tmp_path, stage):
+def test_driver_killed_in_each_stage(encoded, tiny_prior, tmp_path, stage, monkeypatch):
     """The driver's process group SIGKILLed once the stage has committed some of its work (coreset
     parts, shards, trials): exit -9, the manifest says ``running`` in that stage (SIGKILL leaves no
     final status), and the rerun builds only what is missing, keeps what was committed (bytes and
@@ -348,7 +348,10 @@ def test_driver_killed_in_each_stage(encoded, tiny_prior, tmp_path, stage):
     while time.time() < deadline and p.poll() is None and len(list(out.glob(pattern))) < want:
         time.sleep(0.02)
     if stage == "generate":   # a second driver on the same output.dir refuses while the first runs
-        with pytest.raises(LeaseHeld, match="in use by another driver"):
+        with monkeypatch.context() as m, pytest.raises(LeaseHeld, match="in use by another driver"):
+            # its preflight in this process (not the isolated child's few seconds of imports), so it
+            # reaches the lease while the first driver is still generating
+            m.setenv("MGD_RAY_IN_PROCESS", "1")
             run_job(job_from_dict(d))
     alive = p.poll() is None
     os.killpg(p.pid, signal.SIGKILL)
