@@ -293,11 +293,8 @@ def _block_network():
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .models import hash_file
+    return hash_file(path).hexdigest()
 
 
 def _git_blob_id(path: Path) -> str:

@@ -117,14 +117,21 @@ def resolve_model_path(spec: str, allow_download: bool = False) -> tuple[str, bo
     return spec, False
 
 
+def hash_file(path: Path, h=None):
+    """``h`` (default a new sha256) updated with the file's bytes, read in 4 MB pieces."""
+    h = h if h is not None else hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h
+
+
 def _sha256_dir(path: Path) -> str:
     """Hash of a model folder's weight files (the weights' identity)."""
     h = hashlib.sha256()
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
     for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        hash_file(f, h)
     return h.hexdigest()[:16] if files else "unknown"
 
 
