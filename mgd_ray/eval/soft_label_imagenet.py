@@ -70,7 +70,7 @@ from ..teachers import (DEFAULT_TEACHER, TEACHER_ARCH, TEACHER_CLASSES, TEACHER_
                         TeacherNotFetched, parse_teacher, teacher_weights_path)
 from ..teachers import imagenet_index  # noqa: F401  (the torch-free home)
 from .soft_label import TeacherError, freeze
-from .train import evaluate, pixel_geometry, pixel_layout, register_protocol, to_float_images
+from .train import EvalPoints, evaluate, pixel_geometry, pixel_layout, register_protocol, to_float_images
 
 PROTOCOL = "soft-label-imagenet"
 PROTOCOL_VERSION = "1"
@@ -328,9 +328,8 @@ def train_and_evaluate(x_train, y_train, x_test, y_test, num_classes: int, cfg, 
         test_layout = pixel_layout(x_test)
         x_test, y_test = x_test.to(device), y_test.to(device)
     view = EvalView(student, size)
-    n, evals = len(x_dev), set(eval_epochs(epochs))
-    history: list[tuple[int, float]] = []
-    best_acc, best_epoch, loss_val, seen, t_train = -1.0, 0, float("nan"), 0, 0.0
+    n, points = len(x_dev), EvalPoints(eval_epochs(epochs), epochs, report, on_epoch)
+    loss_val, seen, t_train = float("nan"), 0, 0.0
     for epoch in range(epochs):
         lr = LR * lr_factor(epoch, epochs)
         for g in opt.param_groups:
@@ -359,18 +358,10 @@ def train_and_evaluate(x_train, y_train, x_test, y_test, num_classes: int, cfg, 
             seen += len(idx)
         t_train += time.perf_counter() - te
         loss_val = loss_sum / max(1, n_batches)
-        if (epoch + 1) in evals:
-            acc = evaluate(view, x_test, y_test, cfg.eval_batch_size, device, test_layout)
-            history.append((epoch + 1, acc))
-            if acc > best_acc:
-                best_acc, best_epoch = acc, epoch + 1
-            if report is not None:
-                report({"epoch": epoch + 1, "acc": acc, "best_acc": best_acc, "lr": lr, "loss": loss_val})
-        if on_epoch is not None:
-            on_epoch(epoch + 1, epochs)
+        points.epoch_done(epoch + 1, lambda: evaluate(view, x_test, y_test, cfg.eval_batch_size, device,
+                                                      test_layout), lr, loss_val)
     return {
-        "final_acc": history[-1][1], "best_acc": best_acc, "best_epoch": best_epoch, "epochs": epochs,
-        "history": history, "seconds": time.perf_counter() - t0,
+        **points.results(), "epochs": epochs, "seconds": time.perf_counter() - t0,
         "protocol": PROTOCOL, "protocol_version": PROTOCOL_VERSION,
         "optimizer": {"name": "AdamW", "lr": LR, "betas": list(BETAS), "weight_decay": WEIGHT_DECAY,
                       "weight_decay_on": "weights with ndim > 1 (RDED get_parameters)",

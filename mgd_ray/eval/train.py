@@ -182,6 +182,33 @@ class TrainConfig(TrainSettings):
         return self.augment
 
 
+class EvalPoints:
+    """A training run's periodic test evaluations, shared by every protocol's loop: at the epochs
+    ``evals`` it scores, keeps the history and the best, calls ``report``; after every epoch
+    ``on_epoch(done, epochs)``. ``results()`` -> final_acc, best_acc, best_epoch, history."""
+
+    def __init__(self, evals, epochs: int, report=None, on_epoch=None):
+        self.evals, self.epochs, self.report, self.on_epoch = set(evals), epochs, report, on_epoch
+        self.history: list[tuple[int, float]] = []
+        self.best_acc, self.best_epoch = -1.0, 0
+
+    def epoch_done(self, epoch: int, score: Callable[[], float], lr: float, loss: float) -> None:
+        """Epoch ``epoch`` (1-based) has trained; ``score()`` evaluates the model when it is an evaluation point."""
+        if epoch in self.evals:
+            acc = score()
+            self.history.append((epoch, acc))
+            if acc > self.best_acc:
+                self.best_acc, self.best_epoch = acc, epoch
+            if self.report is not None:
+                self.report({"epoch": epoch, "acc": acc, "best_acc": self.best_acc, "lr": lr, "loss": loss})
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, self.epochs)
+
+    def results(self) -> dict:
+        return {"final_acc": self.history[-1][1], "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+                "history": self.history}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
              device: str | torch.device = "cpu", layout: str = "auto") -> float:
@@ -293,9 +320,8 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
         test_layout = pixel_layout(x_test)
         x_test, y_test = x_test.to(device), y_test.to(device)
     n, bs = len(x_dev), cfg.batch_size
-    evals = set(eval_epochs(epochs, cfg.n_evals))
-    history: list[tuple[int, float]] = []
-    best_acc, best_epoch, loss_val, seen = -1.0, 0, float("nan"), 0
+    points = EvalPoints(eval_epochs(epochs, cfg.n_evals), epochs, report, on_epoch)
+    loss_val, seen = float("nan"), 0
     t_train = 0.0
 
     for epoch in range(epochs):
@@ -334,23 +360,12 @@ def train_and_evaluate(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
             seen += len(idx)
         t_train += time.perf_counter() - te
         loss_val = loss_sum / max(1, n_batches)
-        if (epoch + 1) in evals:
-            acc = evaluate(model, x_test, y_test, cfg.eval_batch_size, device, test_layout)
-            history.append((epoch + 1, acc))
-            if acc > best_acc:
-                best_acc, best_epoch = acc, epoch + 1
-            if report is not None:
-                report({"epoch": epoch + 1, "acc": acc, "best_acc": best_acc, "lr": lr,
-                        "loss": loss_val})
-        if on_epoch is not None:
-            on_epoch(epoch + 1, epochs)
+        points.epoch_done(epoch + 1, lambda: evaluate(model, x_test, y_test, cfg.eval_batch_size, device,
+                                                      test_layout), lr, loss_val)
 
     return {
-        "final_acc": history[-1][1],
-        "best_acc": best_acc,
-        "best_epoch": best_epoch,
+        **points.results(),
         "epochs": epochs,
-        "history": history,
         "seconds": time.perf_counter() - t0,
         "protocol": cfg.protocol,
         "protocol_version": PROTOCOLS[cfg.protocol],
