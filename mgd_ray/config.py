@@ -125,10 +125,16 @@ class GenerateConfig(_Model):
         return seeds
 
 
-class EvaluateConfig(TrainSettings):
-    """``evaluate:``: the students' ``TrainSettings`` (names, defaults and checks from there) plus
-    which trials run and the Ray Train side."""
-    enabled: bool = True
+PROTOCOL_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class ProtocolConfig(TrainSettings):
+    """One evaluation protocol: the students' ``TrainSettings`` (names, defaults and checks from
+    there) plus which trials it runs. Each protocol trains its own students and its own random-real
+    baseline from the job's shards, keeps its trials under ``eval/<name>/`` and has its own key."""
+    name: str | None = Field(default=None, pattern=PROTOCOL_NAME, description="what results, report and status "
+                             "call this protocol, and its directory eval/<name>/; None = the protocol's own name. "
+                             "Set it to run one protocol twice with different settings")
     teacher: str | None = Field(default=None, description="soft-label: local directory of a network trained on "
                                 "the real data (mgd_ray/eval/soft_label.py); None = the prior's classifier/. "
                                 "soft-label-imagenet: a hub id, hub:ORG/NAME[@REV] (hub:timm/resnet18.tv_in1k: "
@@ -139,11 +145,61 @@ class EvaluateConfig(TrainSettings):
     image_size: int | None = Field(default=None, gt=0, description="student input size (224 for the ImageNet "
                                    "family: resize + centre crop); None = native size")
     baselines: list[Literal["random-real"]] = Field(default_factory=lambda: ["random-real"])
+
+    @property
+    def label(self) -> str:
+        """The protocol's name in results, report, status and ``eval/<name>/``."""
+        return self.name or self.protocol
+
+
+PROTOCOL_FIELDS = tuple(ProtocolConfig.model_fields)
+
+
+class EvaluateConfig(ProtocolConfig):
+    """``evaluate:``: the first protocol's settings (``ProtocolConfig``) at the top, further
+    protocols under ``also`` (each evaluated from the same shards, in order), and what they share:
+    whether to evaluate, the Ray Train side and the distribution metrics."""
+    enabled: bool = True
+    also: list[ProtocolConfig] = Field(default_factory=list, description="further protocols after the one above, "
+                                       "e.g. the paper's hard-label protocol after the soft-label one; each trains "
+                                       "its own students and random-real baseline from the same shards")
     num_workers: int = Field(default=1, ge=1)
     cpus_per_worker: float = Field(default=0.5, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0)
     metrics: bool = True
     classifier: str | None = Field(default=None, description="real-data classifier for FID features; None = the prior's")
+    features: Literal["auto", "inception", "classifier"] = Field(
+        default="auto", description="feature space of the distribution metrics: inception = the standard "
+        "Inception-v3 FID network (torch-fidelity; weights fetched by `mgd-ray models fetch JOB.yaml`), classifier "
+        "= the real-data classifier (evaluate.classifier, else the prior's classifier/), auto = inception for the "
+        "ImageNet family (data.class_list imagenet1k, imagenet100, imagenette, imagewoof or a file of ImageNet-1K "
+        "wnids), else classifier (mgd_ray/inception.py)")
+
+    @model_validator(mode="after")
+    def _names_distinct(self):
+        names = [p.label for p in self.protocols]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(
+                f"runs protocol name(s) {dup} more than once ({names}): each protocol keeps its trials under "
+                f"eval/<name>/, so two of one name would share them. Give one a name of its own (e.g. "
+                f"--set evaluate.also.0.name={dup[0]}-2), or drop the repeat (--set evaluate.also=[])")
+        return self
+
+    @property
+    def first(self) -> ProtocolConfig:
+        """The protocol written at the top of the section."""
+        return ProtocolConfig.model_validate({k: getattr(self, k) for k in PROTOCOL_FIELDS})
+
+    @property
+    def protocols(self) -> list[ProtocolConfig]:
+        """Every protocol of the job, in order: the top one, then ``also``."""
+        return [self.first, *self.also]
+
+    def only(self, p: ProtocolConfig) -> "EvaluateConfig":
+        """This section with ``p`` as its one protocol (what a protocol's trials read)."""
+        shared = {k: getattr(self, k) for k in type(self).model_fields if k not in PROTOCOL_FIELDS and k != "also"}
+        return EvaluateConfig.model_validate({**shared, **p.model_dump(), "also": []})
 
 
 class RayConfig(_Model):
@@ -195,29 +251,40 @@ class JobConfig(_Model):
 
     @model_validator(mode="after")
     def _teacher_known(self):
-        ev = self.evaluate
+        for i, p in enumerate(self.evaluate.protocols):
+            self._check_teacher(p, "evaluate" if i == 0 else f"evaluate.also.{i - 1}")
+        return self
+
+    def _check_teacher(self, ev: ProtocolConfig, where: str):
+        enabled = self.evaluate.enabled
         if ev.protocol == "soft-label-imagenet" or (ev.teacher or "").startswith("hub:"):
             from .teachers import DEFAULT_TEACHER, parse_teacher
             if ev.protocol == "soft-label":
-                raise ValueError(f"evaluate.teacher {ev.teacher!r} is a hub id: only evaluate.protocol "
+                raise ValueError(f"{where}.teacher {ev.teacher!r} is a hub id: only protocol "
                                  f"soft-label-imagenet reads one (soft-label takes a local directory)")
             if ev.protocol == "hard-label":
-                return self                      # the teacher is not read (e.g. the CPU twin of imagenet1k.yaml)
-            if ev.enabled and ev.teacher is None:
-                raise ValueError(f"evaluate.protocol soft-label-imagenet needs evaluate.teacher: the hub id of "
+                return                           # the teacher is not read (e.g. the CPU twin of imagenet1k.yaml)
+            if enabled and ev.teacher is None:
+                raise ValueError(f"{where}.protocol soft-label-imagenet needs {where}.teacher: the hub id of "
                                  f"torchvision's ImageNet ResNet-18, {DEFAULT_TEACHER} (fetch it first with "
                                  f"`mgd-ray models fetch JOB.yaml`)")
             if ev.teacher is not None:
                 parse_teacher(ev.teacher)        # ValueError naming the form
-            return self
-        if ev.enabled and ev.protocol == "soft-label" and ev.teacher is None \
+            return
+        if enabled and ev.protocol == "soft-label" and ev.teacher is None \
                 and not self.model.generator.startswith("prior:"):
             raise ValueError(
-                f"evaluate.protocol soft-label needs evaluate.teacher: a local directory holding a network trained "
+                f"{where}.protocol soft-label needs {where}.teacher: a local directory holding a network trained "
                 f"on the real data (e.g. a ResNet-18: teacher.json + teacher.safetensors, see "
                 f"mgd_ray/eval/soft_label.py); only the shipped priors (model.generator prior:<name>) bring one "
                 f"(their classifier/), and {self.model.generator!r} is not one of them")
-        return self
+
+    def evaluations(self) -> list[tuple[str, "JobConfig"]]:
+        """(protocol name, this job with that protocol as its only one) per evaluation protocol, in
+        order: the per-protocol code (trials, teacher, test split, summary, bill) reads ``job.evaluate``
+        as one protocol."""
+        return [(p.label, self.model_copy(update={"evaluate": self.evaluate.only(p)}))
+                for p in self.evaluate.protocols]
 
     @model_validator(mode="after")
     def _guidance_reachable(self):
@@ -379,14 +446,30 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
         path, value = parse_override(item)
         node = raw
         for i, p in enumerate(path[:-1]):
-            nxt = node.get(p)
+            nxt = _list_entry(node, p, item, path[:i + 1]) if isinstance(node, list) else node.get(p)
             if nxt is None:
                 nxt = node[p] = {}
-            if not isinstance(nxt, dict):
+            if not isinstance(nxt, (dict, list)):
                 raise JobError(f"override {item!r}: [{' -> '.join(path[:i + 1])}] is a value, not a section")
             node = nxt
+        if isinstance(node, list):
+            raise JobError(f"override {item!r}: [{' -> '.join(path[:-1])}] is a list; name one of its entries "
+                           f"(by position or name) before the key, e.g. evaluate.also.0.epochs=10")
         node[path[-1]] = value
     return raw
+
+
+def _list_entry(entries: list, p: str, item: str, where: list[str]) -> dict:
+    """The entry of a list of sections (``evaluate.also``) an override names: by position (``0``)
+    or by its ``name``, else its ``protocol`` (``evaluate.also.hard-label.epochs=10``)."""
+    if p.isdigit() and int(p) < len(entries):
+        return entries[int(p)]
+    named = [e for e in entries if isinstance(e, dict) and (e.get("name") or e.get("protocol")) == p]
+    if len(named) == 1:
+        return named[0]
+    names = [(e.get("name") or e.get("protocol")) if isinstance(e, dict) else None for e in entries]
+    raise JobError(f"override {item!r}: [{' -> '.join(where)}] names no single entry of a list of {len(entries)} "
+                   f"({names}); use a position 0..{len(entries) - 1} or one of those names")
 
 
 def job_from_dict(raw: dict, overrides: list[str] | None = None, origin: str = "job") -> JobConfig:

@@ -194,6 +194,11 @@ def _reads_in(source: str, config_module: bool = False) -> set[tuple[str, str]]:
     # methods of a class derived from a core type: ``self`` is one (``TrainConfig.resolved_augment``)
     core_self = {id(f): _core_section(b) for c in ast.walk(tree) if isinstance(c, ast.ClassDef)
                  for b in c.bases if _core_section(b) for f in c.body if isinstance(f, ast.FunctionDef)}
+    # in config.py, methods of a section's own class (``EvaluateConfig.protocols`` reads ``self.also``)
+    if config_module:
+        core_self |= {id(f): c.name[:-len("Config")].lower() for c in ast.walk(tree) if isinstance(c, ast.ClassDef)
+                      and c.name.endswith("Config") and c.name[:-len("Config")].lower() in JobConfig.model_fields
+                      for f in c.body if isinstance(f, ast.FunctionDef)}
     # attributes declared with a core type (``self.params: GuidanceParams = ...``), file-wide
     core_attrs = {n.target.attr: _core_section(n.annotation) for n in ast.walk(tree)
                   if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Attribute) and _core_section(n.annotation)}
@@ -272,6 +277,10 @@ def test_the_read_scan_follows_the_core_parameter_types():
            "class G:\n    def __init__(self, p):\n        self.params: GuidanceParams = p\n"
            "    def h(self):\n        return self.params.cloud_size, self.other.bandwidth\n")
     assert _reads_in(src) == {("guidance", "radius"), ("coreset", "split"), ("guidance", "cloud_size")}
+    # in config.py, a section class's methods read that section through ``self``; field declarations do not count
+    src = ("class EvaluateConfig(X):\n    also: list = []\n    def f(self):\n        return self.also\n"
+           "class Other(X):\n    def g(self):\n        return self.students\n")
+    assert _reads_in(src, config_module=True) == {("evaluate", "also")}
 
 
 def test_every_schema_key_is_read_somewhere_in_the_package():

@@ -79,7 +79,7 @@ def test_the_driver_of_a_whole_job_never_imports_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["results"] and "distribution" in results
+    assert results["protocols"][0]["results"] and "distribution" in results
     assert "DRIVER_TORCH False False" in out.stdout, out.stdout[-2000:]
 
 

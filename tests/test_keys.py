@@ -279,7 +279,7 @@ def test_added_seed_reuses_everything_else_and_a_removed_one_is_not_read(ray_clu
     assert len(list(out.glob("coreset/parts/*-s001.parquet"))) == 10
     t = pq.read_table(out / "coreset" / "targets.parquet", columns=["gen_seed", "label"])
     assert sorted(set(t.column("gen_seed").to_pylist())) == [0, 1] and t.num_rows == 40
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "results.json").read_text())["protocols"][0]
     assert sorted(r["set_seed"] for r in res["results"]["manifoldgd"]["convnet3"]["runs"]) == [0, 1]
     assert m1["counts"]["images"] == 40
 
@@ -290,7 +290,7 @@ def test_added_seed_reuses_everything_else_and_a_removed_one_is_not_read(ray_clu
     assert files_under(out, *seed0) == before
     t = pq.read_table(out / "coreset" / "targets.parquet", columns=["gen_seed"])
     assert set(t.column("gen_seed").to_pylist()) == {1} and t.num_rows == 20
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "results.json").read_text())["protocols"][0]
     for kind in ("manifoldgd", "random-real"):
         assert [r["set_seed"] for r in res["results"][kind]["convnet3"]["runs"]] == [1]
     assert m2["counts"] == {**m2["counts"], "images": 20, "units": 10, "units_committed": 10}

@@ -58,7 +58,7 @@ def _write_job(out: Path):
     """A finished job's files: shards, manifest.json, config.yaml, results.json (eval + metrics)."""
     from mgd_ray.pipeline.driver import dump_job_redacted
     from mgd_ray.eval import distribution_report
-    from mgd_ray.pipeline.evaluate import make_trials, summarise
+    from mgd_ray.pipeline.evaluate import make_trials, results_document, summarise
     rng = np.random.default_rng(0)
     job = _job(out)
     st = Store(str(out))
@@ -76,7 +76,7 @@ def _write_job(out: Path):
     assert write_real_preview(st, job, FakeSource(), None)
     recs = [dict(t, final_acc=float(rng.uniform(0.4, 0.9)), best_acc=float(rng.uniform(0.5, 0.95)), epochs=5)
             for t in make_trials(job)]
-    res = summarise(job, recs)
+    res = results_document(job, [summarise(job, recs)])
     f_real = rng.normal(size=(60, 6))
     sets = {str(s): distribution_report(f_real, rng.normal(size=(9, 6)) + 0.3 * s,
                                         pred_syn=np.array([0, 1, 2] * 3), labels_syn=np.repeat([0, 1, 2], 3),
@@ -202,7 +202,7 @@ def test_export_hf_dataset_dir_and_card(job_out, tmp_path):
     assert len(ds) == len(CLASSES) * IPC and set(ds["gen_seed"]) == {1}
     assert ds.features["label"].names == CLASSES
     # the card states the method, model identity, licence and the results from results.json
-    res = json.loads((job_out / "results.json").read_text())
+    res = json.loads((job_out / "results.json").read_text())["protocols"][0]
     cell = res["results"]["manifoldgd"]["convnet3"]
     g = paired_gains(res)[("manifoldgd", "convnet3")]
     assert f"| manifoldgd | convnet3 | {len(cell['runs'])} | {100 * cell['final_acc_mean']:.1f} ± " in card
@@ -286,7 +286,8 @@ def test_report_sections_match_their_files(job_out):
     s = parse(html)
     assert list(s) == ["summary", "preview", "results", "distribution", "timings", "config"]
     man = json.loads((job_out / "manifest.json").read_text())
-    res = json.loads((job_out / "results.json").read_text())
+    doc = json.loads((job_out / "results.json").read_text())
+    res = doc["protocols"][0]
     # summary
     assert s["summary"]["h1"] == "out-twin"
     summ = dict(s["summary"]["tables"][0])

@@ -100,10 +100,10 @@ def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path, monkeypatch):
     from mgd_ray.pipeline import evaluate as evaluate_mod
     progress = []   # each trial reports its epochs to its own progress file
     real_writer = evaluate_mod.progress_writer
-    monkeypatch.setattr(evaluate_mod, "progress_writer", lambda store, name: (
-        lambda done, total: (progress.append((name, done, total)), real_writer(store, name)(done, total))))
+    monkeypatch.setattr(evaluate_mod, "progress_writer", lambda store, trial: (
+        lambda done, total: (progress.append((trial["name"], done, total)), real_writer(store, trial)(done, total))))
     for rec in run_trials(cfg):
-        old = json.loads((out / "eval" / f"{rec['name']}.json").read_text())
+        old = json.loads((out / "eval" / "hard-label" / f"{rec['name']}.json").read_text())
         assert json.loads(json.dumps(rec["history"])) == old["history"], rec["name"]
         assert [d for n, d, _ in progress if n == rec["name"]] == list(range(1, rec["epochs"] + 1))
     assert (tmp_path / "again" / "eval" / "_progress").is_dir()
@@ -129,7 +129,9 @@ def test_twin_end_to_end(ray_cluster, tiny_prior, tmp_path, monkeypatch):
     assert len(t) == 20 and all(len(x["member_ids"]) == x["size"] > 0 for x in t)
     assert all(len(x["target"]) == 4 * 4 * 4 for x in t)
     # results: hard-label protocol, method and random-real baseline
-    res = json.loads((out / "results.json").read_text())
+    doc = json.loads((out / "results.json").read_text())
+    assert [p["name"] for p in doc["protocols"]] == ["hard-label"]
+    res = doc["protocols"][0]
     assert res["protocol"] == "hard-label"
     for kind in ("manifoldgd", "random-real"):
         cell = res["results"][kind]["convnet3"]

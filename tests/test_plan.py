@@ -27,6 +27,8 @@ def test_dry_run_plan_digits(tiny_prior):
 
 
 # ---- the evaluation's bill (plan/cost.py: eval_rates, _evaluation_estimate, evaluation_cuts) -----------
+from mgd_ray.pipeline.plan.cost import hours_text
+
 ROOT = Path(__file__).resolve().parents[1]
 IPC50 = ["generate.ipc=50", "generate.targets_per_unit=50"]
 
@@ -53,47 +55,70 @@ def test_a100_figure_follows_from_the_published_numbers():
 
 
 def test_evaluation_hours_follow_from_the_throughput_model(tmp_path, offline_hf):
+    """Each protocol's bill from the throughput model, and the job's evaluation = their sum: the job
+    file runs RDED's soft-label protocol first and the paper's hard-label one second."""
     from mgd_ray import known
     from mgd_ray.pipeline.plan.flops import student_flops
     p = _imagenet1k_plan(tmp_path, IPC50)
-    ev = p["estimate"]["stages"]["evaluate"]
+    all_ = p["estimate"]["stages"]["evaluate"]
+    assert [e["name"] for e in all_["protocols"]] == ["soft-label-imagenet", "hard-label"]
     r, _ = known.a100_resnet18_train_images_per_s(224)
-    if ev["protocol"] == "soft-label-imagenet":          # the job file's protocol: RDED's recipe
-        # 300 epochs; 256 px cropped to 224; tests after epochs 250, 260, ..., 300 (RDED: every 10 after 80 %)
-        assert ev["epochs"] == 300 and ev["image_px"] == 224 and ev["n_evals"] == 6
-        teacher = 1 / (3 * r)                            # a frozen ResNet-18 forward per training image
-    else:
-        teacher = 0.0
-    for student, c in ev["per_student"].items():
-        scale = student_flops(student, 3, 1000, ev["image_px"]) / student_flops("resnet18", 3, 1000, 224)
-        s_train, s_test = scale / r + scale * teacher, scale / (3 * r)
-        assert c["seconds_per_train_image"] == pytest.approx(s_train)
-        assert c["train_images_per_trial"] == ev["epochs"] * 1000 * 50 and c["ipc"] == 50
-        assert c["test_images_per_trial"] == ev["n_evals"] * 50_000
-        # trials: (the method + random real) x 3 generation seeds x 1 training seed
-        assert c["trials"] == 6 and c["baseline_trials"] == 3
-        assert c["device_hours"] == pytest.approx(
-            6 * (c["train_images_per_trial"] * s_train + c["test_images_per_trial"] * s_test) / 3600, rel=1e-3)
+    for ev in all_["protocols"]:
+        if ev["protocol"] == "soft-label-imagenet":      # RDED's recipe
+            # 300 epochs; 256 px cropped to 224; tests after epochs 250, 260, ..., 300 (RDED: every 10 after 80 %)
+            assert ev["epochs"] == 300 and ev["image_px"] == 224 and ev["n_evals"] == 6
+            assert list(ev["per_student"]) == ["resnet18"]
+            teacher = 1 / (3 * r)                        # a frozen ResNet-18 forward per training image
+        else:
+            # the protocol's rule at IPC 50: 1,000 epochs; ~n_evals test passes; its three students at 224 px
+            assert ev["epochs"] == 1000 and ev["n_evals"] == 100 and ev["image_px"] == 224
+            assert list(ev["per_student"]) == ["resnetap10", "convnet6", "resnet18"]
+            teacher = 0.0
+        for student, c in ev["per_student"].items():
+            scale = student_flops(student, 3, 1000, ev["image_px"]) / student_flops("resnet18", 3, 1000, 224)
+            s_train, s_test = scale / r + scale * teacher, scale / (3 * r)
+            assert c["seconds_per_train_image"] == pytest.approx(s_train)
+            assert c["train_images_per_trial"] == ev["epochs"] * 1000 * 50 and c["ipc"] == 50
+            assert c["test_images_per_trial"] == ev["n_evals"] * 50_000
+            # trials: (the method + random real) x 3 generation seeds x 1 training seed
+            assert c["trials"] == 6 and c["baseline_trials"] == 3
+            assert c["device_hours"] == pytest.approx(
+                6 * (c["train_images_per_trial"] * s_train + c["test_images_per_trial"] * s_test) / 3600, rel=1e-3)
+        assert ev["device_hours"] == pytest.approx(sum(c["device_hours"] for c in ev["per_student"].values()),
+                                                   abs=0.01)
     e = p["estimate"]
-    assert ev["device_hours"] == pytest.approx(sum(c["device_hours"] for c in ev["per_student"].values()), abs=0.01)
-    assert e["evaluation"]["share"] == pytest.approx(ev["device_hours"] / e["total_device_hours"], rel=1e-2)
+    assert all_["device_seconds"] == pytest.approx(sum(ev["device_seconds"] for ev in all_["protocols"]))
+    assert all_["trials"] == 6 + 18
+    assert e["evaluation"]["share"] == pytest.approx(all_["device_hours"] / e["total_device_hours"], rel=1e-2)
 
 
 def test_imagenet1k_ipc50_warns_that_the_evaluation_dominates(tmp_path, offline_hf):
-    p = _imagenet1k_plan(tmp_path, IPC50)
+    # the soft-label protocol alone (the second dropped): it still dominates at IPC 50
+    p = _imagenet1k_plan(tmp_path, IPC50 + ["evaluate.also=[]"])
     ev = p["estimate"]["evaluation"]
     assert ev["dominates"] and ev["share"] > 0.5
     for setting in ("generate.seeds", "evaluate.baselines", "evaluate.epochs"):
         assert setting in ev["message"]
+    assert "evaluate.also" not in ev["message"]
     assert any(line.startswith("WARNING: the evaluation is") for line in p["summary"])
-    # the hard-label protocol with its three students: each named with its hours, and the test passes
-    p = _imagenet1k_plan(tmp_path, IPC50 + ["evaluate.protocol=hard-label", "evaluate.image_size=224",
-                                            "evaluate.students=[resnetap10, convnet6, resnet18]"])
+    # both protocols (the job file): the protocols themselves are a cut, each with its hours, and the
+    # second's settings are named where they live (evaluate.also.hard-label.*), its students each with hours
+    p = _imagenet1k_plan(tmp_path, IPC50)
     ev = p["estimate"]["evaluation"]
-    st = p["estimate"]["stages"]["evaluate"]
-    assert ev["dominates"] and st["epochs"] == 1000 and st["n_evals"] == 100
-    for setting in ("evaluate.students", "resnetap10", "convnet6", "evaluate.n_evals", "evaluate.protocol"):
+    per = {e["name"]: e for e in p["estimate"]["stages"]["evaluate"]["protocols"]}
+    assert ev["dominates"] and ev["cuts"][0].startswith("the protocols themselves")
+    for name, e in per.items():
+        assert f"{name} {hours_text(e['device_seconds'] / 3600)}" in ev["cuts"][0]
+    for setting in ("evaluate.also.hard-label.students", "resnetap10", "convnet6", "evaluate.also.hard-label.n_evals",
+                    "evaluate.also.hard-label.epochs", "[soft-label-imagenet] evaluate.epochs"):
         assert setting in ev["message"]
+    # a cheaper protocol the job already runs is not offered as the other's replacement
+    assert not any(c.startswith("[hard-label] evaluate.also.hard-label.protocol") and "soft-label-imagenet (" in c
+                   for c in ev["cuts"])
+    lines = [x for x in p["summary"] if x.startswith("evaluate")]
+    assert lines[0].startswith("evaluate [soft-label-imagenet]") and any(x.startswith("evaluate [hard-label]")
+                                                                          for x in lines)
+    assert lines[-1].startswith("evaluate, all 2 protocols: 24 trials")
 
 
 def test_a_small_job_has_no_warning(tmp_path, offline_hf):
@@ -108,7 +133,7 @@ def test_a_small_job_has_no_warning(tmp_path, offline_hf):
     p = dry_run_plan(load_job(ROOT / "jobs" / "imagenette.yaml", base + small), stages)
     e = p["estimate"]
     ev, st = e["evaluation"], e["stages"]
-    assert st["evaluate"]["epochs"] == 10 and st["evaluate"]["trials"] == 6
+    assert st["evaluate"]["protocols"][0]["epochs"] == 10 and st["evaluate"]["trials"] == 6
     exact = sum(s["device_seconds"] for s in st.values())
     assert ev["share"] == pytest.approx(st["evaluate"]["device_seconds"] / exact, abs=1e-4)
     assert 0 < ev["share"] < 0.5 and not ev["dominates"] and "message" not in ev

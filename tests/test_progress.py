@@ -180,23 +180,26 @@ def test_trial_progress_files(tmp_path):
     from mgd_ray.pipeline.store import Store
     store = Store(str(tmp_path))
     clk = Clock()
-    on_epoch = progress_writer(store, "a", every=10.0, clock=clk)
+    a, b, c = ({"name": n, "protocol": "hard-label"} for n in "abc")
+    on_epoch = progress_writer(store, a, every=10.0, clock=clk)
     on_epoch(1, 4)                                   # first epoch: written
-    assert store.read_json("eval", "_progress", "a.json") == {"epoch": 1, "epochs": 4}
+    assert store.read_json("eval", "_progress", "hard-label", "a.json") == {"epoch": 1, "epochs": 4}
     clk.t += 5
     on_epoch(2, 4)                                   # 5 s later: throttled
-    assert store.read_json("eval", "_progress", "a.json")["epoch"] == 1
+    assert store.read_json("eval", "_progress", "hard-label", "a.json")["epoch"] == 1
     clk.t += 6
     on_epoch(3, 4)
-    assert store.read_json("eval", "_progress", "a.json")["epoch"] == 3
+    assert store.read_json("eval", "_progress", "hard-label", "a.json")["epoch"] == 3
     clk.t += 60
     on_epoch(4, 4)                                   # the last epoch: the trial record says it
-    assert store.read_json("eval", "_progress", "a.json")["epoch"] == 3
-    assert trials_progress(store, ["a", "b", "c"]) == 0.75   # b, c: not started
-    store.write_json({"final_acc": 0.5}, "eval", "b.json")
-    store.write_bytes(b"{not json", "eval", "_progress", "c.json")  # torn read: skipped, not fatal
-    assert trials_progress(store, ["a", "b", "c"]) == 1.75
-    assert trials_progress(store, ["b"]) == 1.0       # only the trials asked about
+    assert store.read_json("eval", "_progress", "hard-label", "a.json")["epoch"] == 3
+    assert trials_progress(store, [a, b, c]) == 0.75   # b, c: not started
+    store.write_json({"final_acc": 0.5}, "eval", "hard-label", "b.json")
+    store.write_bytes(b"{not json", "eval", "_progress", "hard-label", "c.json")  # torn read: skipped, not fatal
+    assert trials_progress(store, [a, b, c]) == 1.75
+    assert trials_progress(store, [b]) == 1.0         # only the trials asked about
+    # another protocol's trial of the same name is not this one's
+    assert trials_progress(store, [{"name": "b", "protocol": "soft-label"}]) == 0.0
 
 
 @pytest.mark.slow

@@ -118,14 +118,14 @@ def test_soft_label_and_subset_jobs_report_no_hlr_and_say_why():
 
 
 def test_status_and_report_show_the_ranking(tmp_path):
-    from mgd_ray.pipeline.evaluate import summarise
+    from mgd_ray.pipeline.evaluate import results_document, summarise
     from mgd_ray.pipeline.report import status_text
     from mgd_ray.pipeline.report_page import build_html
     from mgd_ray.pipeline.store import Store
     job = _job()
     st = Store(str(tmp_path))
     res = summarise(job, _records())
-    st.write_json(json.loads(json.dumps(res)), "results.json")
+    st.write_json(json.loads(json.dumps(results_document(job, [res]))), "results.json")
     st.write_json({"name": "fm", "status": "complete", "config": job.model_dump(mode="json"), "classes": [],
                    "model": {"source": "prior:fashion-mnist"}}, "manifest.json")
     text = status_text(str(tmp_path))
@@ -134,8 +134,56 @@ def test_status_and_report_show_the_ranking(tmp_path):
     assert "HLR 11.5" in line and f"score {res['ranking']['rows'][0]['final']['score']:.3f}" in line
     assert "no published full-data accuracy known for convnet6" in text
     html = build_html(st)
-    assert "<h3 id=ranking>Ranking metrics</h3>" in html and "<td>+3.5</td>" in html and "DC: Zhao" in html
-    # a results.json written before the ranking existed: status computes it from the runs and the manifest
-    old = {k: v for k, v in res.items() if k != "ranking"}
+    assert "<h4>Ranking metrics</h4>" in html and "<td>+3.5</td>" in html and "DC: Zhao" in html
+    # a results.json of an earlier mgd_ray (one protocol at the top level, no ranking): status reads it the
+    # same way, computing the ranking from the runs and the manifest
+    old = {k: v for k, v in res.items() if k not in ("ranking", "name")}
     st.write_json(json.loads(json.dumps(old)), "results.json")
     assert status_text(str(tmp_path)) == text
+
+
+def test_a_soft_label_protocol_takes_its_hlr_from_the_jobs_hard_label_protocol(tmp_path):
+    """Two protocols in one job: the soft-label rows' HLR is the same student's hard-label runs on the
+    same sets (paired by set and training seed), the score pairs each run's soft-label IOR with it;
+    status and report keep the two protocols apart."""
+    from mgd_ray.pipeline.evaluate import results_document, summarise
+    from mgd_ray.pipeline.report import status_text
+    from mgd_ray.pipeline.report_page import build_html
+    from mgd_ray.pipeline.store import Store
+    job = _job(protocol="soft-label", also=[{"protocol": "hard-label", "students": ["convnet3"], "train_seeds": 1}])
+    (soft_name, soft_job), (hard_name, hard_job) = job.evaluations()
+    assert (soft_name, hard_name) == ("soft-label", "hard-label")
+    up = 0.05                                                        # soft labels lift the distilled sets only
+    soft_recs = [dict(r, final_acc=r["final_acc"] + up, best_acc=r["best_acc"] + up) if r["kind"] == "manifoldgd"
+                 else r for r in _records()]
+    hard_recs = [r for r in _records() if r["student"] == "convnet3"]
+    doc = json.loads(json.dumps(results_document(job, [summarise(soft_job, soft_recs),
+                                                       summarise(hard_job, hard_recs)])))
+    soft, hard = doc["protocols"]
+    assert (soft["name"], hard["name"]) == ("soft-label", "hard-label")
+    row = next(r for r in soft["ranking"]["rows"] if r["student"] == "convnet3")
+    f = row["final"]
+    # soft-label IOR: (0.85 - 0.78, 0.89 - 0.79); HLR from the hard-label runs: 0.935 - (0.80, 0.84)
+    assert f["ior"] == pytest.approx(0.085) and f["hlr"] == pytest.approx(0.115)
+    assert f["score"] == pytest.approx((_lrs(0.07, 0.135) + _lrs(0.10, 0.095)) / 2)
+    assert "HLR from the job's hard-label protocol" in row["note"]
+    # convnet6 ran under soft-label only: no hard-label accuracy, so no HLR, and the row says why
+    c6 = next(r for r in soft["ranking"]["rows"] if r["student"] == "convnet6")
+    assert c6["final"]["hlr"] is None
+    # the hard-label protocol's own HLR is unchanged by the other protocol
+    assert next(r for r in hard["ranking"]["rows"])["final"]["hlr"] == pytest.approx(0.115)
+    # soft-label-imagenet trains torchvision's network: another protocol's resnet18 is not its hard-label run
+    assert not rk.same_network("soft-label-imagenet", "hard-label") and rk.same_network("soft-label", "hard-label")
+
+    st = Store(str(tmp_path))
+    st.write_json(doc, "results.json")
+    st.write_json({"name": "fm", "status": "complete", "config": job.model_dump(mode="json"), "classes": [],
+                   "model": {"source": "prior:fashion-mnist"}}, "manifest.json")
+    text = status_text(str(tmp_path))
+    heads = [x.strip() for x in text.splitlines() if x.strip().startswith("results [")]
+    assert heads == ["results [soft-label] (soft-label vNone, ipc 10):", "results [hard-label] (hard-label vNone, ipc 10):"]
+    block = text.split("results [hard-label]")[1]
+    assert "final  82.0" in block and "final  87.0" not in block        # each protocol's own numbers under it
+    html = build_html(st)
+    assert html.index("<h3 id=results-soft-label>") < html.index("<h3 id=results-hard-label>")
+    assert html.count("<h4>Ranking metrics</h4>") == 2

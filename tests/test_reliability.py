@@ -389,7 +389,7 @@ def test_driver_killed_in_each_stage(encoded, tiny_prior, tmp_path, stage, monke
             assert m["generate"]["ran"] == 20 - len(hit)
         else:
             assert len(files(out, pattern)) == 6 and m["evaluate"]["trials"] == 6
-            assert json.loads((out / "results.json").read_text())["results"]
+            assert json.loads((out / "results.json").read_text())["protocols"][0]["results"]
     assert_each_unit_once(out, 20)
 
 

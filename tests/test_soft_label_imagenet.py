@@ -179,7 +179,7 @@ def test_door_refuses_a_missing_teacher_before_any_work(offline_hf, files):
         job_from_dict({}, ["evaluate.protocol=soft-label-imagenet"])
     with pytest.raises(JobError, match="hub:ORG/NAME"):
         job_from_dict({}, ["evaluate.protocol=soft-label-imagenet", "evaluate.teacher=/some/dir"])
-    with pytest.raises(JobError, match="only evaluate.protocol soft-label-imagenet"):
+    with pytest.raises(JobError, match="only protocol soft-label-imagenet"):
         job_from_dict({}, ["evaluate.protocol=soft-label", f"evaluate.teacher={SPEC}"])
 
 

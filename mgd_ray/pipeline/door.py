@@ -5,7 +5,8 @@ the fix (a user error: exit 2).
 - ``door_checks(job, source)`` (called by ``preflight``): output.dir and data.root must not
   contain each other; every selected class has train images, and as many as the coreset needs
   (``generate.ipc`` distinct latents per class: every method but plain ``dit``); the evaluation's
-  weight files (soft-label teacher, metrics classifier) are readable.
+  weight files (soft-label teacher, metrics classifier) are readable, and the ImageNet family's FID
+  Inception-v3 weights are in place (``check_inception_weights``).
 - ``check_cluster_output(job)`` (call it once the driver has attached to Ray, before writing): a
   local ``output.dir`` is refused on a cluster whose nodes span several machines, unless the path
   is on a shared (network) filesystem. ``check_output_shared`` is the rule itself, on a node list.
@@ -34,6 +35,7 @@ def door_checks(job: JobConfig, source) -> None:
     check_class_sizes(job, source)
     check_eval_weights(job)
     check_hub_teacher(job, source)
+    check_inception_weights(job)
 
 
 # ---- output.dir vs the data ----------------------------------------------------------------
@@ -143,40 +145,50 @@ def check_class_sizes(job: JobConfig, source) -> None:
 
 # ---- evaluation weights --------------------------------------------------------------------
 def check_eval_weights(job: JobConfig) -> None:
-    """The soft-label teacher and the metrics classifier are read after hours of generation; a
+    """The soft-label teachers and the metrics classifier are read after hours of generation; a
     damaged weights file among them is refused now (``models.check_safetensors``)."""
     if not job.evaluate.enabled:
         return
     from ..models import ModelError, check_safetensors, resolve_model_path
-    dirs = []
-    if job.evaluate.protocol == "soft-label" and job.evaluate.teacher:
-        dirs.append(job.evaluate.teacher)
+    protocols = job.evaluate.protocols
+    dirs = [p.teacher for p in protocols if p.protocol == "soft-label" and p.teacher]
     if job.evaluate.classifier:
         dirs.append(job.evaluate.classifier)
     try:
         path, local = resolve_model_path(job.model.generator)
     except ModelError:
         path, local = "", False          # preflight's model loading says what is wrong with it
-    if local and (job.evaluate.metrics or job.evaluate.protocol == "soft-label"):
+    if local and (job.evaluate.metrics or any(p.protocol == "soft-label" and not p.teacher for p in protocols)):
         dirs.append(str(Path(path) / "classifier"))
-    for d in dirs:
+    for d in dict.fromkeys(dirs):
         check_safetensors(d)
 
 
 def check_hub_teacher(job: JobConfig, source=None) -> None:
-    """soft-label-imagenet: its teacher (``evaluate.teacher`` = ``hub:ORG/NAME``) must be in the local hub
-    cache, readable (``models.check_safetensors``), and the job's classes must be ImageNet-1K wnids (the
-    teacher's classes). Reads the cache only; nothing is downloaded. TeacherNotFetched names the fetch
-    command."""
+    """soft-label-imagenet: each such protocol's teacher (``teacher`` = ``hub:ORG/NAME``) must be in the
+    local hub cache, readable (``models.check_safetensors``), and the job's classes must be ImageNet-1K
+    wnids (the teacher's classes). Reads the cache only; nothing is downloaded. TeacherNotFetched names
+    the fetch command."""
     ev = job.evaluate
-    if not (ev.enabled and ev.protocol == "soft-label-imagenet"):
+    teachers = [p.teacher for p in ev.protocols if p.protocol == "soft-label-imagenet"] if ev.enabled else []
+    if not teachers:
         return
     from ..models import check_safetensors
     from ..teachers import teacher_weights_path
-    check_safetensors(teacher_weights_path(ev.teacher).parent)
+    for t in dict.fromkeys(teachers):
+        check_safetensors(teacher_weights_path(t).parent)
     if source is not None:
         from ..teachers import imagenet_index
         imagenet_index(list(source.classes.names))
+
+
+def check_inception_weights(job: JobConfig) -> None:
+    """Distribution metrics in Inception-v3 features (the ImageNet family, ``mgd_ray.inception.uses_inception``):
+    the FID weights must be where ``mgd-ray models fetch`` puts them and be the pinned file (sha256) or a
+    declared stand-in. Reads the local file only; InceptionNotFetched names the fetch command."""
+    from ..inception import check_weights, uses_inception
+    if uses_inception(job):
+        check_weights()
 
 
 # ---- a local output.dir on a multi-machine cluster ------------------------------------------

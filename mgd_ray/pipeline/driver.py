@@ -92,11 +92,14 @@ def preflight(job: JobConfig):
 
 
 def check_job_teacher(job: JobConfig) -> int:
-    """Load the job's teacher as a trial would (in the ``isolated`` child: torch stays out of the
-    driver); -> its parameter count (0: the protocol has no teacher)."""
+    """Load each evaluation protocol's teacher as a trial would (in the ``isolated`` child: torch
+    stays out of the driver); -> their parameter count (0: no protocol has a teacher)."""
     from .evaluate import load_job_teacher
-    teacher = load_job_teacher(job)
-    return sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
+    n = 0
+    for _, view in job.evaluations():
+        teacher = load_job_teacher(view)
+        n += sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
+    return n
 
 
 def absolute_output(job: JobConfig) -> JobConfig:
@@ -264,10 +267,11 @@ def run_stages(ctx: Context, final: _FinalStatus):
             problems.append(f"{rec['failed']} unit(s) failed (listed in {store.uri('failed_units.json')}); "
                             f"rerun the same command to run only the missing units")
         if stage.name == "evaluate":
-            results = store.read_json("results.json")
+            from .evaluate import protocol_results
             manifest["results_summary"] = {
-                k: {s: {m: round(c[m], 4) for m in ("final_acc_mean", "best_acc_mean")} for s, c in v.items()}
-                for k, v in results["results"].items()}
+                r["name"]: {k: {s: {m: round(c[m], 4) for m in ("final_acc_mean", "best_acc_mean")}
+                                for s, c in v.items()} for k, v in r["results"].items()}
+                for r in protocol_results(store.read_json("results.json"))}
         store.write_json(manifest, "manifest.json")
     manifest.pop("stage", None)
     committed = ctx.committed_units()

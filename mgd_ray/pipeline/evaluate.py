@@ -1,11 +1,13 @@
 """Evaluation trials (pure; Ray Train runs ``run_trials`` inside its workers).
 
-A trial = (dataset, student, training seed), where a dataset is a distilled set (one per
-generation seed) or a random-real baseline subset drawn with the same IPC. Each finished trial
-is committed as ``eval/<trial>.json``, so an interrupted evaluation resumes where it stopped.
-While a trial trains, its worker keeps ``eval/_progress/<trial>.json`` (epochs done) up to date
-every ``PROGRESS_EVERY`` seconds, so the driver's progress line moves within a trial; the driver
-removes ``eval/_progress`` once every trial is committed.
+A trial = (protocol, dataset, student, training seed), where a dataset is a distilled set (one
+per generation seed) or a random-real baseline subset drawn with the same IPC, and the protocol is
+one of the job's evaluation protocols (``evaluate`` and ``evaluate.also``; the functions here take
+a job whose ``evaluate`` is that one protocol: ``JobConfig.evaluations``). Each finished trial is
+committed as ``eval/<protocol>/<trial>.json``, so an interrupted evaluation resumes where it
+stopped. While a trial trains, its worker keeps ``eval/_progress/<protocol>/<trial>.json`` (epochs
+done) up to date every ``PROGRESS_EVERY`` seconds, so the driver's progress line moves within a
+trial; the driver removes ``eval/_progress`` once every trial is committed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def trial_name(kind: str, set_seed: int, student: str, train_seed: int) -> str:
 
 
 def make_trials(job: JobConfig) -> list[dict]:
+    """The trials of ``job``'s (first) evaluation protocol."""
     ev = job.evaluate
     trials = []
     kinds = [job.method] + [b for b in ev.baselines if b != job.method]
@@ -36,15 +39,24 @@ def make_trials(job: JobConfig) -> list[dict]:
         for s in job.generate.seeds:
             for student in ev.students:
                 for t in range(ev.train_seeds):
-                    trials.append(dict(name=trial_name(kind, s, student, t), kind=kind, set_seed=int(s),
-                                       student=student, train_seed=t))
+                    trials.append(dict(name=trial_name(kind, s, student, t), protocol=ev.label, kind=kind,
+                                       set_seed=int(s), student=student, train_seed=t))
     return trials
 
 
-def progress_writer(store: Store, name: str, every: float = PROGRESS_EVERY, clock=time.monotonic):
-    """``on_epoch(done, epochs)`` for :func:`train_and_evaluate`: writes ``eval/_progress/<name>.json``
-    at most every ``every`` seconds (the first epoch always), never the last epoch (the trial's own
-    record says it is done)."""
+def trial_path(trial: dict) -> tuple[str, str, str]:
+    """Where a trial's record is committed: ``eval/<protocol>/<trial>.json``."""
+    return ("eval", trial["protocol"], f"{trial['name']}.json")
+
+
+def progress_path(trial: dict) -> tuple[str, str, str, str]:
+    return ("eval", "_progress", trial["protocol"], f"{trial['name']}.json")
+
+
+def progress_writer(store: Store, trial: dict, every: float = PROGRESS_EVERY, clock=time.monotonic):
+    """``on_epoch(done, epochs)`` for :func:`train_and_evaluate`: writes the trial's
+    ``progress_path`` at most every ``every`` seconds (the first epoch always), never the last epoch
+    (the trial's own record says it is done)."""
     last = [None]
 
     def on_epoch(done: int, epochs: int):
@@ -52,22 +64,26 @@ def progress_writer(store: Store, name: str, every: float = PROGRESS_EVERY, cloc
         if done >= epochs or (last[0] is not None and now - last[0] < every):
             return
         last[0] = now
-        store.write_json({"epoch": int(done), "epochs": int(epochs)}, "eval", "_progress", f"{name}.json")
+        store.write_json({"epoch": int(done), "epochs": int(epochs)}, *progress_path(trial))
     return on_epoch
 
 
-def trials_progress(store: Store, names: list[str]) -> float:
-    """How many of the trials ``names`` are done, counting a training one by its fraction of
-    epochs (from its progress file): 1.5 = one finished, one half-way."""
-    done = set(store.ls("eval", suffix=".json"))
-    partial = set(store.ls("eval", "_progress", suffix=".json"))
+def trials_progress(store: Store, trials: list[dict]) -> float:
+    """How many of ``trials`` (one protocol's) are done, counting a training one by its fraction
+    of epochs (from its progress file): 1.5 = one finished, one half-way."""
+    if not trials:
+        return 0.0
+    proto = trials[0]["protocol"]
+    done = set(store.ls("eval", proto, suffix=".json"))
+    partial = set(store.ls("eval", "_progress", proto, suffix=".json"))
     total = 0.0
-    for n in names:
+    for t in trials:
+        n = t["name"]
         if f"{n}.json" in done:
             total += 1.0
         elif f"{n}.json" in partial:
             try:
-                p = store.read_json("eval", "_progress", f"{n}.json")
+                p = store.read_json(*progress_path(t))
                 total += min(1.0, p["epoch"] / max(1, p["epochs"]))
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # being replaced as we read it: counted on the next poll
@@ -174,8 +190,8 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
     for i, trial in enumerate(cfg["trials"]):
         if i % world_size != rank:
             continue
-        key = ("eval", f"{trial['name']}.json")
-        prev = committed_trial(store, trial["name"], cfg.get("settings", ""))
+        key = trial_path(trial)
+        prev = committed_trial(store, trial, cfg.get("settings", ""))
         if prev is not None:
             done.append(prev)
             continue
@@ -189,7 +205,7 @@ def run_trials(cfg: dict, rank: int = 0, world_size: int = 1, model_wrapper=None
         # uint8 NHWC as it is (no float32 copy of the set on the host): train_and_evaluate moves the
         # pixels to the trial's device once and makes each batch float there
         res = train_and_evaluate(_uint8_tensor(imgs), torch.tensor(np.asarray(labels)).long(), x_test, y_test,
-                                 num_classes, tc, teacher=teacher, on_epoch=progress_writer(store, trial["name"]))
+                                 num_classes, tc, teacher=teacher, on_epoch=progress_writer(store, trial))
         res = {k: v for k, v in res.items() if k != "history"} | {"history": res.get("history", [])}
         rec = dict(trial, **res, images=int(len(labels)), wall_seconds=round(time.time() - t0, 2),
                    settings=cfg.get("settings", ""))
@@ -205,25 +221,27 @@ def trial_config(job: JobConfig, student: str, seed: int, device: str):
     return TrainConfig.build(job.evaluate, student=student, seed=seed, device=device)
 
 
-def committed_trial(store: Store, name: str, settings: str) -> dict | None:
-    """A trial's committed record when it was made under the evaluate stage's settings hash
-    ``settings`` (a record of other settings, or none, is not this trial's: it runs again)."""
-    if not store.exists("eval", f"{name}.json"):
+def committed_trial(store: Store, trial: dict, settings: str) -> dict | None:
+    """A trial's committed record when it was made under its protocol's trial hash ``settings``
+    (a record of other settings, or none, is not this trial's: it runs again)."""
+    if not store.exists(*trial_path(trial)):
         return None
     try:
-        rec = store.read_json("eval", f"{name}.json")
+        rec = store.read_json(*trial_path(trial))
     except (OSError, ValueError):
         return None                       # torn or unreadable: run it again
     return rec if rec.get("settings", "") == settings else None
 
 
 def summarise(job: JobConfig, records: list[dict]) -> dict:
-    """Per method/baseline and student: per-seed final and best accuracy, mean and std."""
+    """One protocol's results (``job.evaluate`` is that protocol): per method/baseline and student,
+    per-seed final and best accuracy, mean and std, and the ranking block."""
     proto = job.evaluate.protocol
     # the version the trials record they ran under (no torch import: this runs in the driver)
     versions = sorted({str(r["protocol_version"]) for r in records if r.get("protocol_version") is not None})
-    out: dict = {"protocol": proto, "protocol_version": versions[0] if len(versions) == 1 else (versions or None),
-                 "ipc": job.generate.ipc,
+    out: dict = {"name": job.evaluate.label, "protocol": proto,
+                 "protocol_version": versions[0] if len(versions) == 1 else (versions or None),
+                 "ipc": job.generate.ipc, "image_size": job.evaluate.image_size,
                  "note": "best_acc is the maximum over periodic test evaluations (optimistic, as papers report); "
                          "final_acc is the last epoch.",
                  "results": {}}
@@ -246,3 +264,30 @@ def summarise(job: JobConfig, records: list[dict]) -> dict:
     from .ranking import ranking     # DD-Ranking's IOR / HLR / score per student (pipeline/ranking.py)
     out["ranking"] = ranking(out, job.data.model_dump(), job.evaluate.image_size)
     return out
+
+
+def results_document(job: JobConfig, summaries: list[dict]) -> dict:
+    """``results.json``: every protocol's summary apart, in the job's order, each with its name and
+    version on its numbers. A protocol other than hard-label takes its HLR from the job's hard-label
+    protocol where that trained the same network (``ranking.ranking``)."""
+    from .ranking import HARD_LABEL, ranking
+    hard = next((s for s in summaries if s["protocol"] == HARD_LABEL), None)
+    if hard is not None:
+        for s in summaries:
+            if s["protocol"] != HARD_LABEL:
+                s["ranking"] = ranking(s, job.data.model_dump(), s.get("image_size"), hard=hard,
+                                       hard_image_size=hard.get("image_size"))
+    return {"ipc": job.generate.ipc, "protocols": summaries,
+            "note": "one entry per evaluation protocol (evaluate, then evaluate.also), each with its own random-real "
+                    "baseline; best_acc is the maximum over periodic test evaluations (optimistic, as papers "
+                    "report), final_acc the last epoch."}
+
+
+def protocol_results(results: dict) -> list[dict]:
+    """The per-protocol summaries of a ``results.json``; one written before a job could run several
+    protocols (its one summary at the top level) reads as a list of that one."""
+    if "protocols" in results:
+        return list(results["protocols"])
+    if "results" in results:
+        return [{"name": results.get("protocol"), **results}]
+    return []

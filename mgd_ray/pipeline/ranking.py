@@ -42,10 +42,12 @@ says why. ``ddranking`` caches its own full-data figures (``REAL_DATA_ACC_CACHE`
 torchvision's published 69.758 for its batch-norm ResNet-18 instead, so an HLR here is not
 numerically comparable with ddranking's for ImageNet-1K.
 
-HLR needs the hard-label accuracy of the distilled set. A job runs one protocol; under
-``hard-label`` that is its own accuracy, under ``soft-label`` / ``soft-label-imagenet`` it is not
-measured in that job, so HLR (and the score) is reported for hard-label jobs only, and a
-soft-label row says so (and still shows the full-data figure where one is known).
+HLR needs the hard-label accuracy of the distilled set. Under ``hard-label`` that is the
+protocol's own runs. Under ``soft-label`` it is the same job's hard-label protocol's runs of the
+same student (a job may run several protocols, ``evaluate.also``), paired by (set seed, training
+seed) with the soft-label IOR for the score; without one the row says so. ``soft-label-imagenet``
+trains torchvision's batch-norm ResNet-18, which no hard-label protocol here trains (their
+``resnet18`` is the instance-norm one), so its rows show the full-data figure but no HLR.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from dataclasses import dataclass
 
 DEFAULT_WEIGHT = 0.5          # w: DD-Ranking's leaderboard default
 HARD_LABEL = "hard-label"
+SOFT_LABEL_IMAGENET = "soft-label-imagenet"
 DEFINITION = ("DD-Ranking (Li et al. 2025, arXiv 2505.13300): IOR = acc(syn) - acc(random real), same protocol; "
               "HLR = acc(full real data, hard labels) - acc(syn, hard labels); score (LRS) = "
               "(e^a - e^-1)/(e - e^-1), a = w*IOR - (1-w)*HLR; per (set seed, training seed) run, then mean and "
@@ -145,54 +148,83 @@ def _mean_std(v: list[float]) -> tuple[float | None, float | None]:
     return m, sd
 
 
-def _metrics(runs: list[dict], base: dict, metric: str, full: float | None, hard: bool, w: float) -> dict:
-    """IOR, HLR and the score per paired run, then mean/std, for one accuracy (final or best)."""
+def _metrics(runs: list[dict], base: list[dict], metric: str, full: float | None, hard_runs: list[dict] | None,
+             w: float) -> dict:
+    """IOR, HLR and the score per paired run, then mean/std, for one accuracy (final or best).
+    ``hard_runs``: the same student's hard-label runs on the distilled sets (the runs themselves
+    under the hard-label protocol; another protocol's of this job otherwise), paired by (set seed,
+    training seed); None: no hard-label accuracy, so no HLR."""
     ref = {(r["set_seed"], r["train_seed"]): r[metric] for r in base}
-    pairs = [(r[metric], ref[(r["set_seed"], r["train_seed"])]) for r in runs
-             if (r["set_seed"], r["train_seed"]) in ref]
+    paired = [r for r in runs if (r["set_seed"], r["train_seed"]) in ref]
+    pairs = [(r[metric], ref[(r["set_seed"], r["train_seed"])]) for r in paired]
     acc, _ = _mean_std([r[metric] for r in runs])
     out = {"accuracy": acc, "random_real_accuracy": _mean_std([b for _, b in pairs])[0] if pairs else None,
            "n_pairs": len(pairs)}
     iors = [ior(s, b) for s, b in pairs]
     out["ior"], out["ior_std"] = _mean_std(iors)
-    if full is not None and hard:
-        hlrs = [hlr(full, s) for s, _ in pairs]
-        out["hlr"], out["hlr_std"] = _mean_std(hlrs)
-        out["score"], out["score_std"] = _mean_std([score(i, h, w) for i, h in zip(iors, hlrs)])
+    hard = {(r["set_seed"], r["train_seed"]): r[metric] for r in hard_runs or []}
+    both = [(ior(r[metric], ref[(r["set_seed"], r["train_seed"])]), hlr(full, hard[(r["set_seed"], r["train_seed"])]))
+            for r in paired if (r["set_seed"], r["train_seed"]) in hard] if full is not None else []
+    if both:
+        out["hlr"], out["hlr_std"] = _mean_std([h for _, h in both])
+        out["score"], out["score_std"] = _mean_std([score(i, h, w) for i, h in both])
     else:
         out.update(hlr=None, hlr_std=None, score=None, score_std=None)
     return out
 
 
-def ranking(results: dict, data: dict, image_size: int | None, weight: float = DEFAULT_WEIGHT) -> dict:
-    """The ``ranking`` block of ``results.json``: a row per (dataset kind, student) other than the
-    random-real baseline, with the protocol and IPC, the accuracy, random real's under the same
-    protocol, IOR, HLR (where a full-data accuracy is known and the protocol is hard-label) and
-    the score; each for the final accuracy (``final``) and the best over the periodic evaluations
-    (``best``, what DD-Ranking takes: it is optimistic)."""
+def same_network(protocol: str, other: str) -> bool:
+    """Whether a student name means the same network under the two protocols: hard-label and
+    soft-label build ours (``eval.students``), soft-label-imagenet torchvision's."""
+    return (protocol == SOFT_LABEL_IMAGENET) == (other == SOFT_LABEL_IMAGENET)
+
+
+def ranking(results: dict, data: dict, image_size: int | None, weight: float = DEFAULT_WEIGHT,
+            hard: dict | None = None, hard_image_size: int | None = None) -> dict:
+    """The ``ranking`` block of one protocol's results (``results.json``'s ``protocols`` entries):
+    a row per (dataset kind, student) other than the random-real baseline, with the protocol and
+    IPC, the accuracy, random real's under the same protocol, IOR, HLR and the score; each for the
+    final accuracy (``final``) and the best over the periodic evaluations (``best``, what DD-Ranking
+    takes: it is optimistic). HLR needs the distilled sets' hard-label accuracy and a full-data one:
+    under the hard-label protocol its own runs; under another, ``hard`` (the same job's hard-label
+    protocol's results, trained at ``hard_image_size``) when it ran the same network."""
     proto, ipc = results.get("protocol"), results.get("ipc")
     base = results.get("results", {}).get("random-real", {})
-    hard = proto == HARD_LABEL
+    hard_cells = (hard or {}).get("results", {})
     rows = []
     for kind, by_student in results.get("results", {}).items():
         if kind == "random-real":
             continue
         for student, cell in by_student.items():
-            fd, why = full_data(data, student, image_size, proto)
+            notes = []
+            if proto == HARD_LABEL:
+                fd, why = full_data(data, student, image_size, proto)
+                hard_runs = cell["runs"]
+            else:
+                h = hard_cells.get(kind, {}).get(student)
+                hard_runs = h["runs"] if h and same_network(proto, HARD_LABEL) else None
+                fd, why = full_data(data, student, hard_image_size if hard_runs else image_size,
+                                    HARD_LABEL if hard_runs else proto)
+                if hard_runs is None:
+                    why = (f"HLR needs the sets' hard-label accuracy of {student}; this job's protocol {proto} is not "
+                           f"hard-label and no hard-label protocol of the job trained the same network")
+                    if fd is not None:
+                        notes.append(why + ": HLR and the score not reported")
+                else:
+                    notes.append(f"HLR from the job's hard-label protocol ({hard.get('name', HARD_LABEL)}) runs of "
+                                 f"{student}")
             row = {"protocol": proto, "protocol_version": results.get("protocol_version"), "ipc": ipc,
                    "dataset": kind, "student": student,
                    "full_data_accuracy": fd.accuracy if fd else None, "full_data_source": fd.source if fd else None}
+            if results.get("name") and results.get("name") != proto:
+                row["protocol_name"] = results["name"]
             b = base.get(student, {}).get("runs", [])
             for metric, name in (("final_acc", "final"), ("best_acc", "best")):
-                row[name] = _metrics(cell["runs"], b, metric, fd.accuracy if fd else None, hard, weight)
-            notes = []
+                row[name] = _metrics(cell["runs"], b, metric, fd.accuracy if fd else None, hard_runs, weight)
             if not b:
-                notes.append(f"no random-real runs of {student} in this job: IOR not reported")
+                notes.insert(0, f"no random-real runs of {student} in this job: IOR not reported")
             if fd is None:
                 notes.append(why + ": HLR and the score not reported")
-            elif not hard:
-                notes.append(f"HLR needs the sets' hard-label accuracy; this job ran protocol {proto}: "
-                             "HLR and the score not reported")
             if notes:
                 row["note"] = "; ".join(notes)
             rows.append(row)

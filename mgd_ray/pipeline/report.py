@@ -47,17 +47,19 @@ def status_text(out: str, storage_options: dict | None = None) -> str:
              "  timings (s): " + ", ".join(f"{k} {v}" for k, v in m.get("timings", {}).items()),
              "  stages: " + ", ".join(f"{name} {state}" for name, state in stage_states(st, m))]
     if st.exists("results.json"):
-        r = st.read_json("results.json")
-        lines.append(f"  results ({r['protocol']} v{r['protocol_version']}, ipc {r['ipc']}):")
-        for kind, by in r["results"].items():
-            for student, cell in by.items():
-                gain = cell.get("gain_over_random_real")
-                lines.append(f"    {kind:12s} {student:10s} final {100 * cell['final_acc_mean']:5.1f} "
-                             f"± {100 * cell['final_acc_std']:.1f}  best {100 * cell['best_acc_mean']:5.1f} "
-                             f"± {100 * cell['best_acc_std']:.1f}  (n={len(cell['runs'])})"
-                             + (f"  gain {100 * gain:+.1f}" if gain is not None else ""))
+        from .evaluate import protocol_results
         from .ranking import ranking_lines, results_ranking
-        lines += ranking_lines(results_ranking(r, m))
+        r = st.read_json("results.json")
+        for pr in protocol_results(r):
+            lines.append(f"  results [{pr['name']}] ({pr['protocol']} v{pr['protocol_version']}, ipc {pr['ipc']}):")
+            for kind, by in pr["results"].items():
+                for student, cell in by.items():
+                    gain = cell.get("gain_over_random_real")
+                    lines.append(f"    {kind:12s} {student:10s} final {100 * cell['final_acc_mean']:5.1f} "
+                                 f"± {100 * cell['final_acc_std']:.1f}  best {100 * cell['best_acc_mean']:5.1f} "
+                                 f"± {100 * cell['best_acc_std']:.1f}  (n={len(cell['runs'])})"
+                                 + (f"  gain {100 * gain:+.1f}" if gain is not None else ""))
+            lines += ranking_lines(results_ranking(pr, m), indent="    ")
         dist = r.get("distribution", {}).get("mean")
         if dist:
             lines.append("  distribution (mean over sets): " + ", ".join(
@@ -85,7 +87,8 @@ def stage_states(st: Store, m: dict) -> list[tuple[str, str]]:
             state = ("complete" if c.get("units") and n >= c["units"] else
                      f"started ({n} shards)" if n or st.exists(s.dir, s.SETTINGS) else "not run")
         elif s.name == "evaluate":
-            trials = len([n for n in st.ls(s.dir, suffix=".json") if not n.startswith("_")])
+            trials = sum(len(st.ls(s.dir, d, suffix=".json")) for d in st.ls(s.dir)
+                         if not d.startswith("_") and not d.endswith(".json"))     # eval/<protocol>/<trial>.json
             state = ("complete" if st.exists("results.json") else
                      f"started ({trials} trials)" if st.exists(s.dir, s.SETTINGS) else "not run")
         else:
@@ -140,7 +143,7 @@ def dataset_card(m: dict, results: dict | None, config_yaml: str, seeds: list[in
 
     import yaml
 
-    from .report_page import RESULTS_HEAD, distribution_rows, results_note, results_rows
+    from .report_page import RESULTS_HEAD, distribution_rows, protocol_title, results_note, results_rows
     from .units import SHARD_COLUMNS
     lic_id, lic_text = data_licence(m.get("data", {}))
     method, model, data = m.get("method", {}), m.get("model", {}), m.get("data", {})
@@ -171,7 +174,10 @@ def dataset_card(m: dict, results: dict | None, config_yaml: str, seeds: list[in
                                          ["licence", f"`{lic_id}`: {lic_text}"]]), "",
            "## Results", ""]
     if results:
-        out += [results_note(results), "", md_table(RESULTS_HEAD, results_rows(results)), ""]
+        from .evaluate import protocol_results
+        for pr in protocol_results(results):
+            out += [f"### Protocol {protocol_title(pr)}", "", results_note(pr), "",
+                    md_table(RESULTS_HEAD, results_rows(pr)), ""]
         d = results.get("distribution")
         if d and "sets" in d:
             head, rows = distribution_rows(d)

@@ -233,6 +233,12 @@ def results_rows(r: dict) -> list[list]:
     return rows
 
 
+def protocol_title(r: dict) -> str:
+    """One protocol's heading: its name, and its kind and version where the name is not the kind."""
+    name, kind = r.get("name") or r.get("protocol"), r.get("protocol")
+    return f"{name}" + (f" ({kind} v{r.get('protocol_version')})" if name != kind else f" v{r.get('protocol_version')}")
+
+
 def results_note(r: dict) -> str:
     return (f"protocol {r.get('protocol')} v{r.get('protocol_version')}, IPC {r.get('ipc')}; accuracy in % "
             f"(mean ± std over runs); gain = final accuracy minus random real's, paired on (set seed, "
@@ -249,10 +255,18 @@ def distribution_rows(d: dict) -> tuple[list[str], list[list]]:
 
 
 def results_section(r: dict | None, m: dict | None = None) -> str:
+    """Every evaluation protocol's results apart (``results.json``'s ``protocols``, in the job's
+    order): its name and version, its accuracies beside its own random-real baseline, its ranking."""
     if r is None:
         return "<section id=results><h2>Results</h2><p>not evaluated (no results.json)</p></section>"
-    return (f"<section id=results><h2>Results</h2><p class=muted>{esc(results_note(r))}</p>"
-            + table(RESULTS_HEAD, results_rows(r), left=2) + ranking_html(r, m) + "</section>")
+    from .evaluate import protocol_results
+    parts = []
+    for pr in protocol_results(r):
+        slug = re.sub(r"[^a-z0-9-]", "-", str(pr.get("name") or pr.get("protocol")).lower())
+        parts.append(f"<h3 id=results-{esc(slug)}>Protocol {esc(protocol_title(pr))}</h3>"
+                     f"<p class=muted>{esc(results_note(pr))}</p>"
+                     + table(RESULTS_HEAD, results_rows(pr), left=2) + ranking_html(pr, m))
+    return "<section id=results><h2>Results</h2>" + "".join(parts) + "</section>"
 
 
 def ranking_html(r: dict, m: dict | None = None) -> str:
@@ -265,7 +279,7 @@ def ranking_html(r: dict, m: dict | None = None) -> str:
         return ""
     notes = sorted({f"{x['student']}: full data {x['full_data_source']}" for x in rows if x.get("full_data_source")}
                    | {f"{x['dataset']} / {x['student']}: {x['note']}" for x in rows if x.get("note")})
-    return ("<h3 id=ranking>Ranking metrics</h3><p class=muted>" + esc(block.get("definition", "")) +
+    return ("<h4>Ranking metrics</h4><p class=muted>" + esc(block.get("definition", "")) +
             f"; w = {esc(block.get('weight_ior'))}; on the final accuracy, in % (the score in [0, 1]).</p>"
             + table(ROW_HEAD, [row_cells(x) for x in rows], left=4)
             + "".join(f"<p class=muted>{esc(n)}</p>" for n in notes))

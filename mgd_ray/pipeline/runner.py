@@ -237,23 +237,26 @@ def _merge_task(jd: dict, labels: list[int], seeds: list[int]) -> int:
 # ---- evaluate -------------------------------------------------------------------------------
 def run_evaluate(job: JobConfig, store: Store, source, settings: str = "",
                  shards: dict[int, list[str]] | None = None) -> list[dict]:
-    """All trials in ONE TorchTrainer: worker r trains trials r, r+W, ... (no DDP). ``shards``:
+    """All trials of ``job``'s evaluation protocol (``job.evaluate`` is one protocol: the stage calls
+    this once per protocol, ``JobConfig.evaluations``) in ONE TorchTrainer: worker r trains trials
+    r, r+W, ... (no DDP). ``shards``:
     generation seed -> the job's shard names of that seed (what a trial of the seed trains on;
     default: every shard of the seed under ``shards/``).
 
     Why not a Trainer per trial: on these small students a ``fit()`` costs ~15 s of set-up
     (controller, worker group, gloo) against seconds of training, so one worker group that
     shares out the trials is several times faster; trials are independent, so there is
-    nothing to all-reduce. Each finished trial is committed to ``eval/`` (resumable).
+    nothing to all-reduce. Each finished trial is committed to ``eval/<protocol>/`` (resumable).
 
     The TorchTrainer is built and fitted in a Ray task (``_fit_task``, 0 CPUs), not here:
     ``ray.train.torch`` imports torch, and the driver never does (``mgd_ray.isolated``).
     """
-    from .evaluate import committed_trial, make_trials, trials_progress
+    from .evaluate import committed_trial, make_trials, trial_path, trials_progress
     trials = make_trials(job)
-    todo = [t for t in trials if committed_trial(store, t["name"], settings) is None]
-    _say(f"evaluate: {len(trials)} trials ({len(todo)} to run): {', '.join(t['name'] for t in trials[:6])}"
-         f"{' ...' if len(trials) > 6 else ''}")
+    todo = [t for t in trials if committed_trial(store, t, settings) is None]
+    proto = job.evaluate.label
+    _say(f"evaluate [{proto}]: {len(trials)} trials ({len(todo)} to run): "
+         f"{', '.join(t['name'] for t in trials[:6])}{' ...' if len(trials) > 6 else ''}")
     if todo:
         import ray
         size = job.evaluate.image_size
@@ -281,23 +284,26 @@ def run_evaluate(job: JobConfig, store: Store, source, settings: str = "",
                "shards": {str(k): v for k, v in (shards or {}).items()}}
 
         t0 = time.time()
-        names = [t["name"] for t in todo]
-        fit = ray.remote(_fit_task).options(num_cpus=0, name=f"evaluate-fit-{job.name}")
-        # the Train workers commit eval/<trial>.json and, while training, eval/_progress/<trial>.json
-        with polled(Progress("evaluate", len(todo), "trials", every=10.0), lambda: trials_progress(store, names),
-                    poll=5.0):
-            ray.get(fit.remote(cfg, W, f"eval-{job.name}"))
+        fit = ray.remote(_fit_task).options(num_cpus=0, name=f"evaluate-fit-{job.name}-{proto}")
+        # the Train workers commit eval/<protocol>/<trial>.json and, while training, its progress file
+        with polled(Progress(f"evaluate [{proto}]", len(todo), "trials", every=10.0),
+                    lambda: trials_progress(store, todo), poll=5.0):
+            ray.get(fit.remote(cfg, W, f"eval-{job.name}-{proto}"))
         store.rm("eval", "_progress")
-        _say(f"evaluate: {len(todo)} trials on {W} Train worker(s) in {time.time() - t0:.1f}s")
-    return [store.read_json("eval", f"{t['name']}.json") for t in trials]
+        _say(f"evaluate [{proto}]: {len(todo)} trials on {W} Train worker(s) in {time.time() - t0:.1f}s")
+    return [store.read_json(*trial_path(t)) for t in trials]
 
 
 def run_distribution(job: JobConfig, info, shards: dict[int, list[str]] | None = None) -> dict:
     """The distribution metrics (``metrics.compute_distribution``: FID-style features of the
     distilled and real images) in a Ray task, where torch is: not in the driver."""
     import ray
+
+    from ..inception import uses_inception
     ev = job.evaluate
-    task = ray.remote(_distribution_task).options(num_cpus=min(1.0, ev.cpus_per_worker))
+    # Inception-v3 over ~10,000 real + IPC x classes distilled images at 299 px: on a GPU where the job has them
+    gpus = min(1.0, ev.gpus_per_worker) if uses_inception(job) else 0
+    task = ray.remote(_distribution_task).options(num_cpus=min(1.0, ev.cpus_per_worker), num_gpus=gpus)
     return ray.get(task.remote(job_dict(job), info, shards))
 
 

@@ -50,7 +50,7 @@ class Context:
     classes: list | None = None           # class_keys(source), computed on first use
     _units: list | None = None
     _committed: list | None = None        # committed_units, until a stage runs (footers read once)
-    _trial_hash: str | None = None
+    _trial_hash: dict | None = None       # protocol name -> trial hash
 
     @property
     def labels(self) -> list[int]:
@@ -92,17 +92,23 @@ class Context:
             out.setdefault(u.gen_seed, []).append(u.shard)
         return out
 
-    def trial_hash(self) -> str:
-        """What every evaluation trial is made under: the evaluate stage's key, every class's unit
-        hash (a trial trains on a whole distilled set: all classes of one seed) and the real test
-        split it is scored on (``fingerprint('test')``: its rows, so ``data.test_limit_per_class``,
-        and its files)."""
+    def trial_hash(self, protocol: str | None = None) -> str:
+        """What every trial of evaluation protocol ``protocol`` (its name; default the first) is made
+        under: the evaluate stage's shared key, that protocol's own key, every class's unit hash (a
+        trial trains on a whole distilled set: all classes of one seed) and the real test split it is
+        scored on (``fingerprint('test')``: its rows, so ``data.test_limit_per_class``, and its files).
+        Another protocol's settings are in none of it: adding or dropping one reuses the others."""
+        name = protocol or self.job.evaluate.first.label
         if self._trial_hash is None:
+            self._trial_hash = {}
+        if name not in self._trial_hash:
             per_class = {u.label: u.key for u in self.units}
-            self._trial_hash = key_hash({"settings": key_hash(self.keys["evaluate"]),
-                                         "classes": [per_class[k] for k in self.labels],
-                                         "test": self.source.fingerprint("test")})
-        return self._trial_hash
+            key = self.keys["evaluate"]
+            shared = {k: v for k, v in key.items() if k != "protocols"}
+            self._trial_hash[name] = key_hash({"settings": key_hash(shared), "protocol": key["protocols"][name],
+                                               "classes": [per_class[k] for k in self.labels],
+                                               "test": self.source.fingerprint("test")})
+        return self._trial_hash[name]
 
     def committed_units(self) -> list:
         """Units whose shard is committed with this job's settings and its class's hash (the
@@ -150,6 +156,11 @@ class Stage:
         if store.exists(self.dir, self.SETTINGS) and store.read_json(self.dir, self.SETTINGS).get("key") == key:
             return
         store.write_json({"key": key, "hash": key_hash(key)}, self.dir, self.SETTINGS)
+
+    def diff(self, old: dict, new: dict) -> list[str]:
+        """What differs between the recorded key ``old`` and this job's ``new`` (empty: the outputs
+        are this job's)."""
+        return changed(old, new) if old != new else []
 
     # ---- outputs ---------------------------------------------------------------------------
     def discard(self, store: Store) -> list[str]:
@@ -373,27 +384,57 @@ class GenerateStage(Stage):
 
 
 class EvaluateStage(Stage):
-    """Shards (+ the random-real baselines) -> trained students scored on the real test set,
-    ``eval/<trial>.json`` per trial (Ray Train) -> ``results.json``. A trial is a unit (kind,
-    generation seed, student, training seed) made under ``Context.trial_hash``: the stage's key
-    and every class's hash, since it trains on all classes of its seed. An added seed, student or
-    training seed adds trials and keeps the others; ``eval/_COMPLETE.json`` says which trials
-    ``results.json`` was made from."""
+    """Shards (+ the random-real baselines) -> trained students scored on the real test set, per
+    evaluation protocol (``evaluate`` and ``evaluate.also``): ``eval/<protocol>/<trial>.json`` per
+    trial (Ray Train, one TorchTrainer per protocol) -> ``results.json`` (every protocol apart,
+    with its name and version). A trial is a unit (protocol, kind, generation seed, student,
+    training seed) made under ``Context.trial_hash(protocol)``: the stage's shared key, its
+    protocol's own key, and every class's hash, since it trains on all classes of its seed. An added
+    protocol, seed, student or training seed adds trials and keeps the others; a protocol the job
+    no longer lists keeps its trials on disk, read by nothing; ``eval/_COMPLETE.json`` says which
+    trials ``results.json`` was made from."""
     name, dir, derived = "evaluate", "eval", ("results.json",)
+    # what a protocol's trials depend on beyond its kind: its students and training seeds only add
+    # trials (each trial is a unit named by them), its name only says where they are kept
+    NOT_KEYED = ("students", "train_seeds", "name")
+
+    def protocol_key(self, p) -> dict:
+        return {k: v for k, v in p.model_dump(mode="json").items() if k not in self.NOT_KEYED}
 
     def key(self, job, info, upstream):
-        # students and train seeds only add trials (each trial is a unit named by them, and carries
-        # this key's hash); the FID classifier shapes the metrics, not the trials. The students
-        # train on a GPU or on CPU threads (their sums depend on the count): that is in ``compute``
-        ev = {k: v for k, v in section(job, "evaluate").items() if k not in ("students", "train_seeds", "classifier")}
+        # each protocol's settings are keyed apart (``protocols``), so a protocol added to a finished
+        # job reuses the others' trials (``diff``). The FID classifier and ``metrics`` shape
+        # results.json's distribution block, not a trial (``_made_from``). The students train on a GPU
+        # or on CPU threads (their sums depend on the count): that is in ``compute``
         e = job.evaluate
         where = ({"device": "cuda"} if e.gpus_per_worker > 0 else
                  {"device": "cpu", "threads": cpu_threads(e.cpus_per_worker)})
-        return {**upstream, "evaluate": ev, "compute": dict(upstream["compute"], evaluate=where)}
+        return {**upstream, "protocols": {p.label: self.protocol_key(p) for p in e.protocols},
+                "compute": dict(upstream["compute"], evaluate=where)}
+
+    def diff(self, old, new):
+        """Protocols are units: one the job adds, or no longer lists, is no change; one listed in
+        both must have the same settings (else its finished trials would be silently redone)."""
+        if not isinstance(old.get("protocols"), dict):
+            return super().diff(old, new)            # recorded before protocols were keyed apart
+        common = set(old["protocols"]) & set(new["protocols"])
+        return super().diff({**old, "protocols": {k: old["protocols"][k] for k in sorted(common)}},
+                            {**new, "protocols": {k: new["protocols"][k] for k in sorted(common)}})
+
+    def record_key(self, store, key):
+        """Record this job's key, keeping the protocols recorded before that it no longer lists (their
+        trials stay on disk: listed again, they are checked against the settings that made them)."""
+        old = self.recorded_key(store)
+        if old is not None and isinstance(old.get("protocols"), dict):
+            key = {**key, "protocols": {**old["protocols"], **key["protocols"]}}
+        super().record_key(store, key)
 
     def _made_from(self, ctx) -> dict:
         from .evaluate import make_trials
-        return {"settings": ctx.trial_hash(), "trials": sorted(t["name"] for t in make_trials(ctx.job))}
+        ev = ctx.job.evaluate
+        return {"protocols": {name: {"settings": ctx.trial_hash(name), "trials": sorted(t["name"] for t in make_trials(view))}
+                              for name, view in ctx.job.evaluations()},
+                "metrics": ev.metrics, "classifier": ev.classifier}
 
     def done(self, ctx):
         if not ctx.job.evaluate.enabled:     # nothing to evaluate: done once there is a full set to evaluate
@@ -403,23 +444,28 @@ class EvaluateStage(Stage):
 
     def run(self, ctx):
         from . import runner
-        from .evaluate import summarise
+        from .evaluate import results_document, summarise
         job, store = ctx.job, ctx.store
         self.record_key(store, ctx.keys[self.name])        # before the first trial
         store.rm(self.dir, self.COMPLETE)                  # results.json is made again below
         shards = ctx.shard_names()
-        records = runner.run_evaluate(job, store, ctx.source, ctx.trial_hash(), shards=shards)
-        results = summarise(job, records)
+        summaries, trials = [], 0
+        for name, view in job.evaluations():
+            records = runner.run_evaluate(view, store, ctx.source, ctx.trial_hash(name), shards=shards)
+            summaries.append(summarise(view, records))
+            trials += len(records)
+        results = results_document(job, summaries)
         if job.evaluate.metrics:      # a Ray task: the features need torch, the driver never imports it
             results["distribution"] = runner.run_distribution(job, ctx.info, shards)
         store.write_json(results, "results.json")
         store.write_json(self._made_from(ctx), self.dir, self.COMPLETE)
-        return {"trials": len(records)}
+        return {"trials": trials, "protocols": [n for n, _ in job.evaluations()]}
 
     def placement(self, job, trials: int = 0, **facts):
         e = job.evaluate
-        return (f"1 TorchTrainer, {e.num_workers} workers x ({e.cpus_per_worker} CPU, {e.gpus_per_worker} GPU), "
-                f"{trials} trials")
+        per = (f" ({len(e.protocols)} protocols, one after another)" if len(e.protocols) > 1 else "")
+        return (f"1 TorchTrainer per protocol{per}, {e.num_workers} workers x ({e.cpus_per_worker} CPU, "
+                f"{e.gpus_per_worker} GPU), {trials} trials")
 
 
 ENCODE, CORESET, GENERATE, EVALUATE = EncodeStage(), CoresetStage(), GenerateStage(), EvaluateStage()
@@ -498,8 +544,8 @@ def check_settings(store: Store, keys: dict[str, dict], before: str | None = Non
             old = s.recorded_key(store)
             if old is not None and old.get("key_format") != keys[s.name].get("key_format"):
                 older.append(s.name)
-            elif old is not None and old != keys[s.name]:
-                diffs[s.name] = changed(old, keys[s.name])
+            elif old is not None and s.diff(old, keys[s.name]):
+                diffs[s.name] = s.diff(old, keys[s.name])
     if older:
         # keys of the earlier form held the seeds and the data's fingerprint of all classes: what
         # these outputs were made from cannot be told class by class or seed by seed

@@ -58,7 +58,7 @@ def _plan(job: JobConfig, data: DataFacts, info, stages) -> dict:
     fwd = per_seed * S
     batches = dit_batch_sizes(units, job.generate.batch_size) if job.generative else []
     batch_mean = sum(batches) / len(batches) if batches else 0.0
-    trials = make_trials(job) if job.evaluate.enabled else []
+    trials = [t for _, view in job.evaluations() for t in make_trials(view)] if job.evaluate.enabled else []
     labels = None
     try:
         labels = generator_labels(data.classes, info)

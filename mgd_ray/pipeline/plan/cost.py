@@ -70,7 +70,7 @@ def estimate(job: JobConfig, info, fwd: int, batch_mean: float, data: DataFacts 
         stages["generate_decode"] = {"images": n_images, "gflop_per_image": round(dec_f / 1e9, 3),
                                      "device_hours": round(n_images * dec_f / rate_dec / 3600, 3),
                                      "device_seconds": n_images * dec_f / rate_dec}
-    ev = _evaluation_estimate(job, info, data) if (job.evaluate.enabled and data) else None
+    ev = evaluation_estimates(job, info, data) if (job.evaluate.enabled and data) else None
     if ev:
         stages["evaluate"] = ev
     est["stages"] = stages
@@ -202,14 +202,82 @@ def _evaluation_estimate(job: JobConfig, info, data: DataFacts, alternatives: bo
     return out
 
 
+def evaluation_estimates(job: JobConfig, info, data: DataFacts) -> dict | None:
+    """The evaluation's bill: one :func:`_evaluation_estimate` per protocol (``evaluate``, then
+    ``evaluate.also``: each trains its own students and random-real baseline), and their sum."""
+    per = []
+    for name, view in job.evaluations():
+        e = _evaluation_estimate(view, info, data)
+        if e:
+            per.append({"name": name, **e})
+    if not per:
+        return None
+    secs = sum(e["device_seconds"] for e in per)
+    return {"protocols": per, "trials": sum(e["trials"] for e in per), "device": per[0]["device"],
+            "ipc": job.generate.ipc, "device_hours": round(secs / 3600, 3), "device_seconds": secs}
+
+
 def evaluation_cuts(job: JobConfig, ev: dict, total_seconds: float) -> dict:
     """The evaluation's share of the job's device time and, when it dominates (> EVAL_DOMINATES_SHARE),
-    a message naming the settings that cut it, each with the hours it saves."""
+    a message naming the settings that cut it, each with the hours it saves (per protocol, and the
+    protocols themselves where the job runs several)."""
     h, total = ev["device_seconds"] / 3600, total_seconds / 3600
     share = ev["device_seconds"] / total_seconds if total_seconds > 0 else 0.0
     out = {"share": round(share, 4), "dominates": share > EVAL_DOMINATES_SHARE}
     if not out["dominates"]:
         return out
+    views = dict(job.evaluations())
+    first = job.evaluate.first.label
+    cuts = []
+    if len(ev["protocols"]) > 1:
+        cuts.append("the protocols themselves (drop one from evaluate.also, or move another to the top): " + ", ".join(
+            f"{e['name']} {hours_text(e['device_seconds'] / 3600)}" for e in ev["protocols"]))
+    for e in ev["protocols"]:
+        where = "evaluate" if e["name"] == first else f"evaluate.also.{e['name']}"
+        cuts += _protocol_cuts(views[e["name"]], e, where, tag=len(ev["protocols"]) > 1,
+                               running={x["protocol"] for x in ev["protocols"]})
+    out["cuts"] = cuts
+    out["message"] = (f"the evaluation is {share:.0%} of the job's {hours_text(total)} of device time "
+                      f"({hours_text(h)}): it dominates. Settings that cut it: " + "; ".join(cuts))
+    return out
+
+
+def _protocol_cuts(job: JobConfig, ev: dict, where: str, tag: bool, running: set[str] = frozenset()) -> list[str]:
+    """The settings that cut one protocol's bill (``job.evaluate`` is that protocol; ``where`` is
+    its place in the job file, ``evaluate`` or ``evaluate.also.<name>``; a cheaper protocol the job
+    already runs (``running``) is not offered as a replacement)."""
+    h = ev["device_seconds"] / 3600
+    E = job.evaluate
+    S, T = len(job.generate.seeds), E.train_seeds
+    pre = f"[{ev['name']}] " if tag else ""
+    cuts = []
+    if len(E.students) > 1:
+        cuts.append(f"{pre}{where}.students " + str(list(E.students)) + ": " + ", ".join(
+            f"{s} {hours_text(c['device_hours'])}" for s, c in ev["per_student"].items()))
+    if S > 1:
+        cuts.append(f"{pre}generate.seeds ({S}): {hours_text(h / S)} per generation seed (its sets and their "
+                    "random-real baselines)")
+    if T > 1:
+        cuts.append(f"{pre}{where}.train_seeds ({T}): {hours_text(h / T)} per training seed")
+    if ev.get("baseline_hours"):
+        cuts.append(f"{pre}{where}.baselines: the random-real trials are {hours_text(ev['baseline_hours'])} "
+                    "(dropping them loses the gain over random real, IOR)")
+    if ev["protocol"] == SOFT_LABEL_IMAGENET:
+        cuts.append(f"{pre}(not {where}.n_evals: {ev['protocol']} tests on its own schedule, {ev['n_evals']} passes "
+                    f"per trial, {hours_text(ev['test_hours'])} in all)")
+    else:
+        cuts.append(f"{pre}{where}.n_evals ({E.n_evals}): the test passes are {hours_text(ev['test_hours'])} "
+                    f"({ev['n_evals']} per trial over {ev['test_images']:,} test images) and scale with n_evals")
+    why = "set by the job" if E.epochs else f"the {ev['protocol']} rule at IPC {ev['ipc']}"
+    cuts.append(f"{pre}{where}.epochs ({ev['epochs']}, {why}): training is {hours_text(ev['train_hours'])} and "
+                "scales with the epochs")
+    cheaper = [o for o in ev.get("other_protocols", []) if o["device_hours"] < h and o["protocol"] not in running]
+    if cheaper:
+        cuts.append(f"{pre}{where}.protocol (" + ev["protocol"] + "): " + ", ".join(
+            f"{o['protocol']} ({o['epochs']} epochs, {', '.join(o['students'])}) would take "
+            f"{hours_text(o['device_hours'])}" for o in cheaper)
+            + " (another protocol: its numbers do not compare with this one's)")
+    return cuts
     E = job.evaluate
     S, T = len(job.generate.seeds), E.train_seeds
     cuts = []
@@ -233,7 +301,7 @@ def evaluation_cuts(job: JobConfig, ev: dict, total_seconds: float) -> dict:
     why = "set by the job" if E.epochs else f"the {ev['protocol']} rule at IPC {ev['ipc']}"
     cuts.append(f"evaluate.epochs ({ev['epochs']}, {why}): training is {hours_text(ev['train_hours'])} and scales "
                 "with the epochs")
-    cheaper = [o for o in ev.get("other_protocols", []) if o["device_hours"] < h]
+    cheaper = [o for o in ev.get("other_protocols", []) if o["device_hours"] < h and o["protocol"] not in running]
     if cheaper:
         cuts.append("evaluate.protocol (" + ev["protocol"] + "): " + ", ".join(
             f"{o['protocol']} ({o['epochs']} epochs, {', '.join(o['students'])}) would take "

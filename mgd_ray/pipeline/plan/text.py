@@ -38,14 +38,17 @@ def summary(job: JobConfig, data: DataFacts, info, p: dict) -> list[str]:
             lines.append(f"{label}: {st[key]['images']:,} images x {st[key]['gflop_per_image']:.1f} GFLOP "
                          f"-> {st[key]['device_hours']:.2f} device-hours")
     if "evaluate" in st:
-        ev = st["evaluate"]
-        lines.append(f"evaluate ({ev['protocol']}, IPC {ev['ipc']}): {ev['trials']} trials x {ev['epochs']} epochs at "
-                     f"{ev['image_px']} px, {ev['n_evals']} test passes each -> {ev['device_hours']:.2f} "
-                     f"{ev['device']}-hours [{ev['throughput_basis']}]")
-        for s, c in ev["per_student"].items():
-            lines.append(f"  {c['protocol']} / {s} / IPC {c['ipc']}: {c['trials']} trials ({c['baseline_trials']} "
-                         f"random-real) -> {c['device_hours']:.2f} h (training {c['train_hours']:.2f}, "
-                         f"test passes {c['test_hours']:.2f})")
+        for ev in st["evaluate"]["protocols"]:
+            lines.append(f"evaluate [{ev['name']}] ({ev['protocol']}, IPC {ev['ipc']}): {ev['trials']} trials x "
+                         f"{ev['epochs']} epochs at {ev['image_px']} px, {ev['n_evals']} test passes each -> "
+                         f"{ev['device_hours']:.2f} {ev['device']}-hours [{ev['throughput_basis']}]")
+            for s, c in ev["per_student"].items():
+                lines.append(f"  {c['protocol']} / {s} / IPC {c['ipc']}: {c['trials']} trials "
+                             f"({c['baseline_trials']} random-real) -> {c['device_hours']:.2f} h (training "
+                             f"{c['train_hours']:.2f}, test passes {c['test_hours']:.2f})")
+        if len(st["evaluate"]["protocols"]) > 1:
+            lines.append(f"evaluate, all {len(st['evaluate']['protocols'])} protocols: {st['evaluate']['trials']} "
+                         f"trials -> {st['evaluate']['device_hours']:.2f} {st['evaluate']['device']}-hours")
     lines.append(f"total: {e['total_device_hours']:.2f} {e['device']}-hours (compute only; add node start-up, "
                  "model loading and data transfer)")
     share = e.get("evaluation")
