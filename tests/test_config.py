@@ -304,3 +304,36 @@ def test_guidance_variant_keys_reach_the_guidance():
         job_from_dict({}, ["guidance.t_project=25"])
     with pytest.raises(JobError, match="beta_schedule"):
         job_from_dict({}, ["guidance.beta_schedule=sometimes"])
+
+
+def test_several_evaluation_protocols():
+    """``evaluate`` holds the first protocol, ``evaluate.also`` the others; overrides name an entry by
+    position or name; each protocol's view is a job with that one protocol and the shared settings."""
+    job = job_from_dict({"evaluate": {"protocol": "soft-label", "students": ["convnet6"], "num_workers": 3,
+                                      "also": [{"protocol": "hard-label", "students": ["convnet3"]},
+                                               {"name": "hard-long", "protocol": "hard-label", "epochs": 9}]}},
+                        ["evaluate.also.hard-long.epochs=12", "evaluate.also.0.train_seeds=1",
+                         "evaluate.also.hard-label.n_evals=4"])
+    views = job.evaluations()
+    assert [n for n, _ in views] == ["soft-label", "hard-label", "hard-long"]
+    soft, hard, long_ = (v.evaluate for _, v in views)
+    assert (soft.protocol, soft.students, soft.also) == ("soft-label", ["convnet6"], [])
+    assert (hard.protocol, hard.students, hard.train_seeds, hard.n_evals) == ("hard-label", ["convnet3"], 1, 4)
+    assert (long_.label, long_.epochs, long_.students) == ("hard-long", 12, ["convnet3"])   # its own defaults
+    assert {v.evaluate.num_workers for _, v in views} == {3}                               # shared
+    assert all(v.generate == job.generate for _, v in views)
+    # a view round-trips as the job its workers rebuild
+    assert JobConfig.model_validate(views[2][1].model_dump(mode="json")).evaluate == long_
+    # two protocols of one name would share eval/<name>/: refused, saying how to fix it
+    with pytest.raises(JobError, match=r"more than once.*evaluate.also.0.name"):
+        job_from_dict({"evaluate": {"also": [{"protocol": "hard-label"}]}})
+    with pytest.raises(JobError, match=r"also -> 0 -> name"):
+        job_from_dict({"evaluate": {"also": [{"name": "../x"}]}})
+    # an override into a list must name an entry; a name no entry has is refused with the names there are
+    with pytest.raises(JobError, match="is a list; name one of its entries"):
+        job_from_dict({"evaluate": {"also": [{"protocol": "soft-label"}]}}, ["evaluate.also=[]", "evaluate.also.x=1"])
+    with pytest.raises(JobError, match=r"names no single entry.*\['soft-label'\]"):
+        job_from_dict({"evaluate": {"also": [{"protocol": "soft-label"}]}}, ["evaluate.also.hard-label.epochs=1"])
+    # each protocol's teacher is checked where it is written
+    with pytest.raises(JobError, match=r"evaluate.also.0.protocol soft-label-imagenet needs evaluate.also.0.teacher"):
+        job_from_dict({"evaluate": {"also": [{"protocol": "soft-label-imagenet"}]}})

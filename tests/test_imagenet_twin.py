@@ -85,6 +85,7 @@ def twin_overrides(data_root: Path, models: Path, out: Path) -> list[str]:
         "sampler.steps=4",
         "guidance.t_stop=1", "guidance.warm=1",          # 4 steps: let the guidance act on t = 3, 2
         "evaluate.protocol=hard-label",                   # the soft-label-imagenet run: test_soft_label_imagenet.py
+        "evaluate.also=[]",                               # the job file's second protocol is this one here
         "evaluate.students=[convnet3]", "evaluate.epochs=1", "evaluate.train_seeds=1",
         "evaluate.num_workers=1", "evaluate.cpus_per_worker=0.5", "evaluate.gpus_per_worker=0",
         f"evaluate.image_size={SIZE}",

@@ -264,7 +264,7 @@ def test_added_seed_reuses_everything_else_and_a_removed_one_is_not_read(ray_clu
     m0 = run_job(job_from_dict(twin_dict(out, tiny_prior)))
     assert m0["status"] == "complete" and m0["counts"]["images"] == 20
     seed0 = ("latents/**/*.parquet", "latents/_*.json", "coreset/parts/*-s000.parquet", "shards/s000-*.parquet",
-             "eval/*-s0-*.json")
+             "eval/*/*-s0-*.json")
     before = files_under(out, *seed0)
     assert len([k for k in before if k.startswith("coreset/parts/")]) == 10
     assert len([k for k in before if k.startswith("shards/")]) == 10
@@ -416,3 +416,69 @@ def test_added_seed_on_s3_output(ray_cluster, tiny_prior, tmp_path, moto_s3):
     assert {k: after.get(k) for k in before} == before
     assert len([k for k in after if "/shards/s001-" in k]) == 10
     assert len([k for k in after if "/coreset/parts/" in k and k.endswith("-s001.parquet")]) == 10
+
+
+def test_protocol_keys_are_their_own():
+    """Each evaluation protocol has its own key (no Ray): another protocol's settings, a protocol's
+    students, training seeds and name are in none of the stage keys; the settings check compares only
+    the protocols both the record and the job list."""
+    from mgd_ray.pipeline.stage import EVALUATE
+    base = {"data": {"source": "sklearn-digits"}, "evaluate": {"epochs": 2}}
+    more = {**base, "evaluate": {"epochs": 2, "also": [{"name": "long", "epochs": 5}]}}
+    a, b = keys(base), keys(more)
+    assert differs(a, b) == ["evaluate"] and a["evaluate"]["protocols"]["hard-label"] == b["evaluate"]["protocols"]["hard-label"]
+    assert b["evaluate"]["protocols"]["long"]["epochs"] == 5 and "students" not in b["evaluate"]["protocols"]["long"]
+    assert EVALUATE.diff(a["evaluate"], b["evaluate"]) == [] == EVALUATE.diff(b["evaluate"], a["evaluate"])
+    c = keys({**base, "evaluate": {"epochs": 2, "also": [{"name": "long", "epochs": 6}]}})
+    assert EVALUATE.diff(b["evaluate"], c["evaluate"]) == ["protocols.long.epochs: 5 -> 6"]
+    # students and training seeds add trials (units): no key changes
+    assert keys({**base, "evaluate": {"epochs": 2, "students": ["convnet3", "convnet6"], "train_seeds": 1}}) == a
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_an_added_protocol_reuses_the_others_trials(ray_cluster, tiny_prior, tmp_path):
+    """The twin job with its hard-label protocol, then with a second protocol (``evaluate.also``): the
+    first's trials keep their bytes and mtime, only the second's run, results.json holds both apart.
+    A changed setting of a finished protocol is refused before any work; a dropped protocol's trials
+    stay on disk, unread, and are reused when it is listed again."""
+    import json
+
+    from mgd_ray.pipeline.driver import run_job
+    from mgd_ray.pipeline.report import status_text
+    from tests.test_pipeline import twin_dict
+    out = tmp_path / "out"
+    second = {"name": "hard-3ep", "protocol": "hard-label", "epochs": 3, "train_seeds": 1, "flip": False}
+
+    def job(*also):
+        return job_from_dict(twin_dict(out, tiny_prior, evaluate={"also": list(also)}))
+
+    m0 = run_job(job())
+    assert m0["status"] == "complete", m0.get("reason")
+    first = files_under(out, "eval/hard-label/*.json")
+    assert len(first) == 2 and not (out / "eval" / "hard-3ep").exists()
+
+    m1 = run_job(job(second))
+    assert m1["status"] == "complete", m1.get("reason")
+    assert files_under(out, "eval/hard-label/*.json") == first, "the first protocol's trials were touched"
+    assert m1["generate"]["ran"] == 0 and m1["evaluate"]["protocols"] == ["hard-label", "hard-3ep"]
+    made = files_under(out, "eval/hard-3ep/*.json")
+    assert len(made) == 2 and {json.loads(v[1])["epochs"] for v in made.values()} == {3}
+    doc = json.loads((out / "results.json").read_text())
+    assert [p["name"] for p in doc["protocols"]] == ["hard-label", "hard-3ep"]
+    assert all(r["epochs"] == 2 for r in doc["protocols"][0]["results"]["manifoldgd"]["convnet3"]["runs"])
+    assert all(r["epochs"] == 3 for r in doc["protocols"][1]["results"]["manifoldgd"]["convnet3"]["runs"])
+    assert "results [hard-3ep] (hard-label v1" in status_text(str(out))
+
+    # the second protocol with another epoch count: refused, naming it; nothing discarded
+    with pytest.raises(SettingsChanged, match=r"protocols\.hard-3ep\.epochs: 3 -> 4"):
+        run_job(job(dict(second, epochs=4)))
+    assert files_under(out, "eval/*/*.json") == {**first, **made}
+
+    # dropped: its trials stay on disk and the results no longer list it; listed again: reused
+    m2 = run_job(job())
+    assert m2["status"] == "complete" and files_under(out, "eval/*/*.json") == {**first, **made}
+    assert [p["name"] for p in json.loads((out / "results.json").read_text())["protocols"]] == ["hard-label"]
+    m3 = run_job(job(second))
+    assert m3["status"] == "complete" and files_under(out, "eval/*/*.json") == {**first, **made}
+    assert [p["name"] for p in json.loads((out / "results.json").read_text())["protocols"]] == ["hard-label", "hard-3ep"]

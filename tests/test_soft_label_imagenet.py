@@ -213,7 +213,7 @@ def teacher_env(tmp_path_factory):
 @pytest.mark.slow      # Ray Data + actors + Ray Train, ~3 min on the shared 2-core machine
 @pytest.mark.timeout(900)
 def test_soft_label_imagenet_end_to_end_on_the_twin(teacher_env, tmp_path):
-    from tests.test_imagenet_twin import make_imagefolder, twin_overrides
+    from tests.test_imagenet_twin import SIZE, make_imagefolder, twin_overrides
     from mgd_ray.models import build_dit, build_vae, save_generator
     from mgd_ray.pipeline.driver import run_job
     torch.manual_seed(0)
@@ -221,21 +221,43 @@ def test_soft_label_imagenet_end_to_end_on_the_twin(teacher_env, tmp_path):
                             build_vae(3, (16, 32), 4, sample_size=32, scaling_factor=0.5).eval(),
                             tmp_path / "models", legacy_class_name=True)
     data = make_imagefolder(tmp_path / "imagenet")
-    sets = [s for s in twin_overrides(data, models, tmp_path / "out") if not s.startswith("evaluate.protocol")]
+    # the job file's two protocols, in its order: soft-label-imagenet (a ResNet-18 student), then hard-label
+    # (a ConvNet-3 at the twin's size, one epoch, instead of its three students at 224 px)
+    sets = [s for s in twin_overrides(data, models, tmp_path / "out")
+            if not s.startswith(("evaluate.protocol", "evaluate.also"))]
     sets = [s.replace("evaluate.students=[convnet3]", "evaluate.students=[resnet18]") for s in sets]
+    sets = sets[:-1] + ["evaluate.also.hard-label.students=[convnet3]", "evaluate.also.hard-label.epochs=1",
+                        "evaluate.also.hard-label.n_evals=1", "evaluate.also.hard-label.train_seeds=1",
+                        f"evaluate.also.hard-label.image_size={SIZE}", sets[-1]]
     job = load_job(ROOT / "jobs" / "imagenet1k.yaml", sets)
     assert job.evaluate.protocol == "soft-label-imagenet" and job.evaluate.teacher == SPEC
+    assert [n for n, _ in job.evaluations()] == ["soft-label-imagenet", "hard-label"]
     m = run_job(job)
     assert m["status"] == "complete", m.get("status")
-    res = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert res["protocol"] == "soft-label-imagenet" and res["protocol_version"] == "1"
-    recs = [json.loads(f.read_text()) for f in sorted((tmp_path / "out" / "eval").glob("*.json"))]
-    recs = [r for r in recs if "train_seed" in r]                     # the trial records (eval/ holds more)
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    soft, hard = doc["protocols"]
+    assert soft["name"] == soft["protocol"] == "soft-label-imagenet" and soft["protocol_version"] == "1"
+    assert hard["name"] == hard["protocol"] == "hard-label" and hard["protocol_version"] == "1"
+    for pr, student in ((soft, "resnet18"), (hard, "convnet3")):
+        # each protocol beside its own random-real baseline, under its own name
+        assert set(pr["results"]) == {"manifoldgd", "random-real"} and set(pr["results"]["manifoldgd"]) == {student}
+        assert "gain_over_random_real" in pr["results"]["manifoldgd"][student]
+        assert all(r["protocol"] == pr["protocol"] for r in pr["ranking"]["rows"])
+    recs = [json.loads(f.read_text()) for f in sorted((tmp_path / "out" / "eval" / "soft-label-imagenet").glob("*.json"))]
     assert len(recs) == 2
     assert {r["kind"] for r in recs} == {"manifoldgd", "random-real"}
     for r in recs:
         assert r["protocol"] == "soft-label-imagenet" and r["protocol_version"] == "1" and r["student"] == "resnet18"
         assert r["input_size"] == 28 and r["optimizer"]["temperature"] == 20 and 0 <= r["final_acc"] <= 1
+    hard_recs = [json.loads(f.read_text()) for f in sorted((tmp_path / "out" / "eval" / "hard-label").glob("*.json"))]
+    assert len(hard_recs) == 2 and {r["student"] for r in hard_recs} == {"convnet3"}
+    assert {r["protocol"] for r in hard_recs} == {"hard-label"}
+    # status and the report page show both, apart
+    from mgd_ray.pipeline.report import status_text
+    text = status_text(str(tmp_path / "out"))
+    assert "results [soft-label-imagenet] (soft-label-imagenet v1" in text and "results [hard-label] (hard-label v1" in text
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<h3 id=results-soft-label-imagenet>" in page and "<h3 id=results-hard-label>" in page
     # the door refuses the same job when the teacher is not in the cache, before anything is written
     import shutil
     shutil.rmtree(teacher_env / f"models--{TEACHER.replace('/', '--')}")

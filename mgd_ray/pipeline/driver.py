@@ -228,10 +228,11 @@ def _run_job(job: JobConfig, stages: list[str] | None, dry_run: bool, fresh: str
     if manifest.get("reason"):
         log.info(f"job {job.name}: {manifest['reason']}")
     write_report_page(job)
-    if "results_summary" in manifest:
-        for k, v in manifest["results_summary"].items():
+    for proto, by_kind in manifest.get("results_summary", {}).items():
+        for k, v in by_kind.items():
             for s, m in v.items():
-                log.info(f"  {k:12s} {s:10s} final {100 * m['final_acc_mean']:.1f}%  best {100 * m['best_acc_mean']:.1f}%")
+                log.info(f"  [{proto}] {k:12s} {s:10s} final {100 * m['final_acc_mean']:.1f}%  "
+                         f"best {100 * m['best_acc_mean']:.1f}%")
     return manifest
 
 
