@@ -123,7 +123,8 @@ GPU_PEAK_SOURCE = "NVIDIA H100 SXM datasheet (dense = half the 'with sparsity' f
 # Assumptions of the cost estimate (stated in every plan that uses them; none is a measurement).
 GPU_UTILISATION = 0.40            # DiT and VAE: fraction of the bf16 dense peak reached
 STUDENT_UTILISATION = 0.20        # evaluation students: fp32 training, TF32 convolutions, batch 64
-CPU_FLOPS = 50e9                  # a 2-core CPU, order of magnitude
+CPU_FLOPS = 25e9                  # per CPU core, order of magnitude (a 2-core box: ~50 GFLOP/s); the plan's CPU
+                                  # hours are core-hours, as the evaluation's measured CPU rates are
 
 # ---- the evaluation's throughput model (plan/cost.py; benchmarks/eval_throughput.py) -----------
 # GPU: ResNet-18 training on one A100, from FFCV's published ImageNet table (github.com/libffcv/

@@ -405,7 +405,7 @@ def test_dry_run_small_data_still_lists_the_source(tiny_prior):
     assert p["images_to_encode"] + p["test_images"] == 1797
     assert "config file" in p["model"]["facts_from"]
     assert "FlopCounterMode" in p["estimate"]["stages"]["generate_dit"]["throughput_basis"]   # an estimate ran
-    assert any("device-hours" in line for line in p["summary"])
+    assert any("CPU core-hours" in line for line in p["summary"])   # a CPU job: its hours are core-hours
 
 
 def test_dit_xl_flop_table_matches_a_count():

@@ -157,3 +157,25 @@ def test_the_plans_protocol_names_are_the_eval_modules():
     from mgd_ray.eval import soft_label, soft_label_imagenet
     from mgd_ray.pipeline.plan import cost
     assert (cost.SOFT_LABEL, cost.SOFT_LABEL_IMAGENET) == (soft_label.PROTOCOL, soft_label_imagenet.PROTOCOL)
+
+
+def test_gpu_and_cpu_hours_are_totalled_apart(tmp_path, offline_hf):
+    """A job whose generation is on GPUs and whose evaluation is on CPU workers: the plan totals
+    GPU-hours and CPU core-hours apart (each stage says which it is), and the evaluation's share is
+    of its own kind's hours; the CPU figures are per core, as the measured evaluation rates are."""
+    from mgd_ray import known
+    p = _imagenet1k_plan(tmp_path, ["evaluate.gpus_per_worker=0", "evaluate.also=[]"])
+    e = p["estimate"]
+    st = e["stages"]
+    assert st["generate_dit"]["device"] == "GPU" and st["evaluate"]["device"] == "CPU core"
+    by = e["total_by_device"]
+    assert set(by) == {"GPU", "CPU core"}
+    assert by["CPU core"] == pytest.approx(st["evaluate"]["device_seconds"] / 3600, abs=0.01)
+    assert by["GPU"] == pytest.approx(sum(s["device_seconds"] for s in st.values() if s["device"] == "GPU") / 3600,
+                                      abs=0.01)
+    assert e["total_device_hours"] == by["GPU"]
+    assert e["evaluation"]["share"] == 1.0 and e["evaluation"]["share_of"] == "the job's CPU core-hours"
+    total = next(x for x in p["summary"] if x.startswith("total: "))
+    assert "GPU-hours + " in total and "CPU core-hours" in total and "not added together" in total
+    # the CPU FLOP rate is per core (the evaluation's measured CPU rates are per core too)
+    assert known.CPU_FLOPS == 25e9 and "per core" in known.EVAL_CPU_SOURCE

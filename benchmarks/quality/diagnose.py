@@ -106,12 +106,13 @@ def run_diagnose(args) -> None:
         runner.init_ray(job)
         EVALUATE.run(Context(job=job, store=store, source=source, info=info, keys=stage_keys(job, info)))
         results = json.loads((out / "results.json").read_text())
-        results["results"] = {name: results["results"][job.method]}
+        pr = results["protocols"][0]                  # the cell's one protocol
+        pr["results"] = {name: pr["results"][job.method]}
         results["diagnostic"] = DIAG[name]
         results["distribution"] = compute_distribution(job, Store(str(src_cell)), source, info, sets)  # cached
         (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
         (out / "manifest.json").write_text(json.dumps({"timings": {"diagnose": round(time.time() - t0, 1)}}))
         (out / "config.yaml").write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
-        cell = next(iter(results["results"][name].values()))
+        cell = next(iter(pr["results"][name].values()))
         log.info(f"bench quality: {name}: final {100 * cell['final_acc_mean']:.1f} +- "
                  f"{100 * cell['final_acc_std']:.1f}%")

@@ -22,13 +22,15 @@ def read_cell(d: Path) -> dict | None:
     res = json.loads((d / "results.json").read_text())
     man = json.loads((d / "manifest.json").read_text())
     cfg = yaml.safe_load((d / "config.yaml").read_text())
-    kind, by_student = next(iter(res["results"].items()))
+    from mgd_ray.pipeline.evaluate import protocol_results
+    pr = protocol_results(res)[0]             # a cell runs one protocol (either results.json layout)
+    kind, by_student = next(iter(pr["results"].items()))
     student, cell = next(iter(by_student.items()))
     dist = res.get("distribution", {})
     row = {"cell": d.name, "dir": relative_to_repo(d), "ipc": res["ipc"], "method": kind, "student": student,
            "basis": cfg["guidance"]["basis"] if kind == "manifoldgd" else "",
            "selection": cfg["coreset"]["selection"] if kind == "manifoldgd" else "",
-           "variant": cell_variant(d.name, kind), "protocol": res.get("protocol", "hard-label"),
+           "variant": cell_variant(d.name, kind), "protocol": pr.get("protocol", "hard-label"),
            "final_mean": 100 * cell["final_acc_mean"], "final_std": 100 * cell["final_acc_std"],
            "best_mean": 100 * cell["best_acc_mean"], "best_std": 100 * cell["best_acc_std"],
            "runs": len(cell["runs"]), "seeds": sorted({r["set_seed"] for r in cell["runs"]}),

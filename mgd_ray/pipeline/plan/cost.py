@@ -14,6 +14,7 @@ from ...config import JobConfig
 from .data_facts import DataFacts
 from .flops import dit_forward_flops, student_flops, vae_flops
 
+GPU, CPU_CORE = "GPU", "CPU core"   # the two kinds of device-hours the plan counts (never added together)
 
 
 def forward_seconds_estimate(info, gpu: bool) -> tuple[float, str]:
@@ -23,7 +24,7 @@ def forward_seconds_estimate(info, gpu: bool) -> tuple[float, str]:
         peak = known.H100_SXM_BF16_DENSE
         return flops / (known.GPU_UTILISATION * peak), (f"{src}; at {known.GPU_UTILISATION:.0%} (assumed) of "
                                                          f"{peak / 1e12:.0f} TFLOP/s bf16 ({known.GPU_PEAK_SOURCE})")
-    return flops / known.CPU_FLOPS, f"{src}; at an assumed {known.CPU_FLOPS / 1e9:.0f} GFLOP/s CPU"
+    return flops / known.CPU_FLOPS, f"{src}; at an assumed {known.CPU_FLOPS / 1e9:.0f} GFLOP/s per CPU core"
 
 
 def estimate(job: JobConfig, info, fwd: int, batch_mean: float, data: DataFacts | None = None) -> dict:
@@ -44,7 +45,7 @@ def estimate(job: JobConfig, info, fwd: int, batch_mean: float, data: DataFacts 
                               "effective_batch_images": bs, "effective_batch_rows_with_cfg":
                                   bs * (2 if job.sampler.cfg_scale != 1.0 else 1),
                               "device_hours": round(gen_s / 3600, 3), "device_seconds": gen_s,
-                              "throughput_basis": basis}
+                              "device": GPU if gpu_gen else CPU_CORE, "throughput_basis": basis}
     if bs < 32 and gpu_gen:
         stages["generate_dit"]["note"] = (
             f"a DiT call holds {bs} images on average (generate.batch_size {job.generate.batch_size}); "
@@ -65,20 +66,28 @@ def estimate(job: JobConfig, info, fwd: int, batch_mean: float, data: DataFacts 
                                 "throughput_basis": (f"{vsrc}; at {known.GPU_UTILISATION:.0%} of "
                                                      f"{known.H100_SXM_BF16_DENSE / 1e12:.0f} TFLOP/s bf16 "
                                                      f"({known.GPU_PEAK_SOURCE})") if dev_enc else
-                                f"{vsrc}; at an assumed {known.CPU_FLOPS / 1e9:.0f} GFLOP/s CPU",
+                                f"{vsrc}; at an assumed {known.CPU_FLOPS / 1e9:.0f} GFLOP/s per CPU core",
+                                "device": GPU if dev_enc else CPU_CORE,
                                 "note": "VAE compute only; JPEG decoding and resizing run on CPUs in parallel"}
         stages["generate_decode"] = {"images": n_images, "gflop_per_image": round(dec_f / 1e9, 3),
                                      "device_hours": round(n_images * dec_f / rate_dec / 3600, 3),
-                                     "device_seconds": n_images * dec_f / rate_dec}
+                                     "device_seconds": n_images * dec_f / rate_dec,
+                                     "device": GPU if gpu_gen else CPU_CORE}
     ev = evaluation_estimates(job, info, data) if (job.evaluate.enabled and data) else None
     if ev:
         stages["evaluate"] = ev
     est["stages"] = stages
-    total = sum(v.get("device_hours", 0.0) for v in stages.values())
-    est["total_device_hours"] = round(total, 2)
-    if ev:       # the share from the unrounded seconds (a small job's hours round to 0)
-        est["evaluation"] = evaluation_cuts(job, ev, sum(v.get("device_seconds", 0.0) for v in stages.values()))
-    est["device"] = "GPU" if (gpu_gen or job.encode.num_gpus > 0 or job.evaluate.gpus_per_worker > 0) else "CPU"
+    # GPU-hours and CPU core-hours are totalled apart: an hour of one is not an hour of the other
+    by_dev: dict[str, float] = {}
+    for v in stages.values():
+        by_dev[v["device"]] = by_dev.get(v["device"], 0.0) + v.get("device_seconds", 0.0)
+    est["total_by_device"] = {d: round(sec / 3600, 2) for d, sec in by_dev.items()}
+    est["device"] = GPU if GPU in by_dev else CPU_CORE
+    est["total_device_hours"] = round(by_dev.get(est["device"], 0.0) / 3600, 2)
+    if ev:       # the share from the unrounded seconds (a small job's hours round to 0), among its own kind's
+        est["evaluation"] = evaluation_cuts(job, ev, by_dev[ev["device"]])
+        if len(by_dev) > 1:
+            est["evaluation"]["share_of"] = f"the job's {ev['device']}-hours"
     est["generate_wall_hours_with_actors"] = {"actors": actors, "hours": round(gen_s / actors / 3600, 3)}
     return est
 
@@ -101,12 +110,12 @@ def eval_rates(gpu: bool) -> dict:
     CPU: all three measured here (``known.EVAL_CPU_RESNET18_224``, benchmarks/eval_throughput.py)."""
     if gpu:
         train, src = known.a100_resnet18_train_images_per_s(224)
-        return {"train": train, "teacher_s": 1.0 / (3 * train), "test": 3 * train, "device": "GPU",
+        return {"train": train, "teacher_s": 1.0 / (3 * train), "test": 3 * train, "device": GPU,
                 "basis": f"GPU {train:,.0f} ResNet-18 training images/s at 224 px [{src}]; a teacher forward and a "
                          "test forward at 1/3 of a training step (FLOPs)"}
     c = known.EVAL_CPU_RESNET18_224
     return {"train": c["train"], "teacher_s": max(0.0, 1.0 / c["train_with_teacher"] - 1.0 / c["train"]),
-            "test": c["test_forward"], "device": "CPU",
+            "test": c["test_forward"], "device": CPU_CORE,
             "basis": f"CPU {c['train']:.2f} ResNet-18 training images/s per core at 224 px, "
                      f"{c['train_with_teacher']:.2f} with a frozen teacher, {c['test_forward']:.2f} test-forward "
                      f"images/s, measured on the project's 2-core box ({known.EVAL_CPU_SOURCE}); the hours are core-hours (a worker with k threads takes "

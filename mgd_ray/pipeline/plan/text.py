@@ -30,13 +30,13 @@ def summary(job: JobConfig, data: DataFacts, info, p: dict) -> list[str]:
         lines.append(f"{C * ipc:,} real images selected per seed x {S} seed(s); no generation")
     g = st["generate_dit"]
     lines.append(f"DiT: {g['seconds_per_forward_per_image'] * 1e3:.3f} ms per forward per image "
-                 f"[{g['throughput_basis']}] -> {g['device_hours']:.2f} device-hours; "
+                 f"[{g['throughput_basis']}] -> {g['device_hours']:.2f} {g['device']}-hours; "
                  f"{e['generate_wall_hours_with_actors']['hours']:.2f} h wall on "
                  f"{e['generate_wall_hours_with_actors']['actors']} actors")
     for key, label in (("encode_vae", "VAE encode"), ("generate_decode", "VAE decode")):
         if key in st:
             lines.append(f"{label}: {st[key]['images']:,} images x {st[key]['gflop_per_image']:.1f} GFLOP "
-                         f"-> {st[key]['device_hours']:.2f} device-hours")
+                         f"-> {st[key]['device_hours']:.2f} {st[key]['device']}-hours")
     if "evaluate" in st:
         for ev in st["evaluate"]["protocols"]:
             lines.append(f"evaluate [{ev['name']}] ({ev['protocol']}, IPC {ev['ipc']}): {ev['trials']} trials x "
@@ -49,11 +49,12 @@ def summary(job: JobConfig, data: DataFacts, info, p: dict) -> list[str]:
         if len(st["evaluate"]["protocols"]) > 1:
             lines.append(f"evaluate, all {len(st['evaluate']['protocols'])} protocols: {st['evaluate']['trials']} "
                          f"trials -> {st['evaluate']['device_hours']:.2f} {st['evaluate']['device']}-hours")
-    lines.append(f"total: {e['total_device_hours']:.2f} {e['device']}-hours (compute only; add node start-up, "
-                 "model loading and data transfer)")
+    lines.append("total: " + " + ".join(f"{h:.2f} {d}-hours" for d, h in e["total_by_device"].items())
+                 + " (compute only; add node start-up, model loading and data transfer"
+                 + ("; GPU- and CPU core-hours are not added together)" if len(e["total_by_device"]) > 1 else ")"))
     share = e.get("evaluation")
     if share:
-        lines.append(f"the evaluation's share of the job: {share['share']:.0%}")
+        lines.append(f"the evaluation's share of {share.get('share_of', 'the job')}: {share['share']:.0%}")
         if share["dominates"]:
             lines.append("WARNING: " + share["message"])
     return lines
