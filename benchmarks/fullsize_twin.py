@@ -313,6 +313,9 @@ def probe(name: str, repeats: int = 3) -> dict:
                     times.append(time.perf_counter() - s)
                     cpu.append(time.process_time() - c)
         per_image, basis = forward_seconds_estimate(info, gpu=False)
+        # the cost model's CPU seconds are core-seconds: this call runs on torch_threads cores
+        per_image /= max(1, torch.get_num_threads())
+        basis += f", over {torch.get_num_threads()} threads"
         flops, fsrc = dit_forward_flops(info)
         med = statistics.median(times)
         rec.update(forward={
