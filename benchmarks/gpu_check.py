@@ -390,28 +390,34 @@ def section_vae_encode(ctx: Ctx, fig: dict):
 
 
 def section_student_epoch(ctx: Ctx, fig: dict):
+    """One training epoch of each student of each of the job's evaluation protocols (``evaluate``,
+    then ``evaluate.also``), keyed ``<protocol>/<student>``, at that protocol's size and batch."""
     from mgd_ray.eval.train import TrainConfig, train_and_evaluate
-    S, ev = ctx.sizes, ctx.job.evaluate
-    px = S.student_px or ev.image_size
+    S = ctx.sizes
     n, classes = S.student_images, 1000
-    bs = S.student_batch or ev.batch_size
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(n, 3, px, px, generator=g) * 2 - 1
-    y = torch.arange(n) % classes
-    xt, yt = x[:64], y[:64]
-    fig.update(image_px=px, images=n, num_classes=classes, batch_size=bs, students={})
-    for name in ev.students:
-        cfg = TrainConfig.build(ev, epochs=1, n_evals=1, batch_size=bs, student=name, device=ctx.device,
-                                width=S.student_width)
-        teacher = None
-        if ev.protocol == "soft-label-imagenet":       # its teacher's cost counts: a random torchvision ResNet-18
-            from mgd_ray.eval.soft_label_imagenet import build_torchvision
-            teacher = build_torchvision("resnet18", classes)
-        t0 = time.perf_counter()
-        r = train_and_evaluate(x, y, xt, yt, classes, cfg, teacher=teacher)
-        ctx.sync()
-        fig["students"][name] = {"train_images_per_s": r["images_per_s"], "epoch_s": n / r["images_per_s"],
-                                 "total_s": time.perf_counter() - t0, "augment": r["augment"]}
+    fig.update(images=n, num_classes=classes, students={})
+    for pname, view in ctx.job.evaluations():
+        ev = view.evaluate
+        px = S.student_px or ev.image_size
+        bs = S.student_batch or ev.batch_size
+        g = torch.Generator().manual_seed(3)
+        x = torch.rand(n, 3, px, px, generator=g) * 2 - 1
+        y = torch.arange(n) % classes
+        xt, yt = x[:64], y[:64]
+        for name in ev.students:
+            cfg = TrainConfig.build(ev, epochs=1, n_evals=1, batch_size=bs, student=name, device=ctx.device,
+                                    width=S.student_width)
+            teacher = None
+            if ev.protocol == "soft-label-imagenet":   # its teacher's cost counts: a random torchvision ResNet-18
+                from mgd_ray.eval.soft_label_imagenet import build_torchvision
+                teacher = build_torchvision("resnet18", classes)
+            t0 = time.perf_counter()
+            r = train_and_evaluate(x, y, xt, yt, classes, cfg, teacher=teacher)
+            ctx.sync()
+            fig["students"][f"{pname}/{name}"] = {
+                "protocol": ev.protocol, "image_px": px, "batch_size": bs,
+                "train_images_per_s": r["images_per_s"], "epoch_s": n / r["images_per_s"],
+                "total_s": time.perf_counter() - t0, "augment": r["augment"]}
 
 
 def section_twin_e2e(ctx: Ctx, fig: dict, budget_s: float):

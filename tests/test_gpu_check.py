@@ -60,7 +60,10 @@ def test_dry_run_writes_a_complete_report(tmp_path):
 
     st = data["sections"]["student_epoch"]["figures"]
     from mgd_ray.config import load_job
-    assert list(st["students"]) == load_job(ROOT / "jobs" / "imagenet1k.yaml").evaluate.students
+    # every student of both protocols of the job file, each at its protocol's settings
+    job = load_job(ROOT / "jobs" / "imagenet1k.yaml")
+    assert list(st["students"]) == [f"{n}/{s}" for n, v in job.evaluations() for s in v.evaluate.students]
+    assert {s["protocol"] for s in st["students"].values()} == {"soft-label-imagenet", "hard-label"}
     for name, s in st["students"].items():
         assert s["train_images_per_s"] > 0 and s["epoch_s"] == pytest.approx(st["images"] / s["train_images_per_s"])
 
