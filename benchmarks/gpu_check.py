@@ -20,8 +20,9 @@ Sections (each with its own time budget; a failure or timeout is recorded, the n
                   2 layers per block, 4 latent channels, scaling 0.18215) with random weights: encode
                   images/s at 256 px at the job's encode batch (256), and decode images/s (batch 64)
   student_epoch   one training epoch (``mgd_ray.eval.train.train_and_evaluate``: the protocol's
-                  augmentation, CutMix, SGD) of each of the job's students at 224 px, 1000 classes, on
-                  1000 synthetic images: training images/s and epoch seconds
+                  augmentation, CutMix, optimiser, and soft-label-imagenet's teacher forward) of each
+                  student of each of the job's protocols at its size, 1000 classes, on 1000 synthetic
+                  images: training images/s and epoch seconds
   twin_e2e        ``python -m mgd_ray.distill jobs/imagenet1k-twin.yaml --set model.device=cuda
                   --set output.dir=...`` (a subprocess) on a 10-class twin written by
                   ``benchmarks.imagenet_twin.make_twin`` (tiny random models of the real classes,
