@@ -20,6 +20,12 @@ patterns select with its size and sha256, compares them with the hub's file list
 holds one (LFS files by sha256, small files by git blob id), checks the files the loader needs are
 all there, and loads each job's models with ``mgd_ray.models.load_generator(allow_download=False)``.
 Anything missing or different: :class:`FetchError` (the CLI exits 2) naming the file and the fix.
+
+One file a job may load is not a hub repo: the FID Inception-v3 weights of an ImageNet-family job with
+distribution metrics (``plan``'s ``files``: torch-fidelity's release file, pinned URL + size + sha256,
+``mgd_ray/inception.py``). The fetch downloads it to torch.hub's checkpoints directory (kept when the pinned
+file is already there); the offline check verifies its size and sha256 and loads it into torch-fidelity's
+network with network use blocked.
 """
 
 from __future__ import annotations
@@ -124,27 +130,32 @@ def _is_hub_id(spec: str) -> bool:
 TEACHER_ROLE = "soft-label-imagenet teacher"
 
 
-def _hub_teacher(job) -> str | None:
-    """The job's hub teacher (``evaluate.teacher`` = ``hub:ORG/NAME[@REV]``) when its evaluation reads one."""
+def _hub_teachers(job) -> list[str]:
+    """The job's hub teachers (``teacher`` = ``hub:ORG/NAME[@REV]`` of each soft-label-imagenet
+    protocol, ``evaluate`` and ``evaluate.also``) when its evaluation runs."""
     from .teachers import is_hub_teacher
-    ev = job.evaluate
-    return ev.teacher if ev.enabled and ev.protocol == "soft-label-imagenet" and is_hub_teacher(ev.teacher) else None
+    if not job.evaluate.enabled:
+        return []
+    out = [p.teacher for p in job.evaluate.protocols
+           if p.protocol == "soft-label-imagenet" and is_hub_teacher(p.teacher)]
+    return list(dict.fromkeys(out))
 
 
 def _job_parts(job) -> list[tuple[str, str, str | None]]:
-    """(role, spec, subfolder) of every model the job loads: the generator's parts, the
-    soft-label-imagenet teacher (a hub repo: ``TEACHER_ROLE``, spec ``ORG/NAME@REV``); the soft-label
-    ``evaluate.teacher`` and ``evaluate.classifier`` are local directories (their loaders take nothing else)."""
+    """(role, spec, subfolder) of every model the job loads: the generator's parts, each
+    soft-label-imagenet teacher (a hub repo: ``TEACHER_ROLE``, spec ``ORG/NAME@REV``); a soft-label
+    protocol's ``teacher`` and ``evaluate.classifier`` are local directories (their loaders take nothing else)."""
     from .models import generator_parts
+    from .teachers import parse_teacher
     parts = [(f"generator {role}", spec, sub) for role, spec, sub in
              generator_parts(job.model.generator, job.model.vae)]
     ev = job.evaluate
-    if _hub_teacher(job):
-        from .teachers import parse_teacher
-        repo, rev = parse_teacher(_hub_teacher(job))
+    for t in _hub_teachers(job):
+        repo, rev = parse_teacher(t)
         parts.append((TEACHER_ROLE, f"{repo}@{rev}", None))
-    if ev.enabled and ev.protocol == "soft-label" and ev.teacher:
-        parts.append(("soft-label teacher (local directory)", ev.teacher, None))
+    for p in ev.protocols if ev.enabled else []:
+        if p.protocol == "soft-label" and p.teacher:
+            parts.append(("soft-label teacher (local directory)", p.teacher, None))
     if ev.enabled and ev.classifier:
         parts.append(("feature classifier (local directory)", ev.classifier, None))
     return parts
@@ -214,7 +225,15 @@ def plan(jobs) -> dict:
             "local": [{"role": lm.role, "spec": lm.spec, "path": lm.path, "exists": Path(lm.path).exists()}
                       for lm in local],
             "check_loads": _loads(jobs),
-            "check_teachers": sorted({t for j in jobs if (t := _hub_teacher(j))})}
+            "check_teachers": sorted({t for j in jobs for t in _hub_teachers(j)}),
+            "files": _files(jobs)}
+
+
+def _files(jobs) -> list[dict]:
+    """Files the jobs load that are not hub repos, each a pinned URL + sha256: the FID Inception-v3 weights
+    of an ImageNet-family job with distribution metrics (``mgd_ray/inception.py``)."""
+    from .inception import file_entry, uses_inception
+    return [file_entry()] if any(uses_inception(j) for j in jobs) else []
 
 
 def _loads(jobs) -> list[dict]:
@@ -224,8 +243,9 @@ def _loads(jobs) -> list[dict]:
 
 # ---- fetch, then prove it offline ---------------------------------------------------------------
 def fetch_models(jobs, *, download: bool = True, echo: Callable[[str], None] = print) -> dict:
-    """Download what ``jobs`` need into the hub cache, then check it offline in a subprocess
-    (files, sizes, sha256, the hub listing, a load through ``load_generator``). Returns the check's
+    """Download what ``jobs`` need into the hub cache (and the pinned files of ``plan``'s ``files``, the FID
+    Inception weights, to their paths), then check it offline in a subprocess (files, sizes, sha256, the hub
+    listing, a load through ``load_generator``; the files' pinned sha256 and a load). Returns the check's
     report; raises :class:`FetchError` when something is missing, differs, or does not load."""
     p = plan(jobs)
     cache = p["cache_dir"]
@@ -242,6 +262,16 @@ def fetch_models(jobs, *, download: bool = True, echo: Callable[[str], None] = p
         except Exception as e:  # noqa: BLE001 - reported; the offline check below decides
             errors[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e).strip() else ''}"
             echo(f"  download did not complete ({errors[name]}); checking what the cache holds")
+    for f in p.get("files", []):
+        echo(f"{'fetch' if download else 'check'} {f['role']}: {f['url']} -> {f['path']} (sha256 {f['sha256']})")
+        if not download:
+            continue
+        try:
+            from .inception import download as download_file
+            echo(f"  {download_file(f, echo=echo)}")
+        except Exception as e:  # noqa: BLE001 - reported; the offline check below decides
+            errors[f["path"]] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e).strip() else ''}"
+            echo(f"  download did not complete ({errors[f['path']]}); checking what is on disk")
     for lm in p["local"]:
         echo(f"local {lm['role']}: {lm['spec']} ({lm['path']}{'' if lm['exists'] else ', not on this machine'})")
     report = _run_check(p, cache, echo)
@@ -253,7 +283,9 @@ def fetch_models(jobs, *, download: bool = True, echo: Callable[[str], None] = p
             + "\nFix: rerun `mgd-ray models fetch JOB.yaml` where huggingface.co is reachable (HF_HUB_OFFLINE unset; "
               "HF_TOKEN set for gated repos), or point model.generator / model.vae at local directories in the "
               "diffusers layout. Only safetensors weights are fetched; a repo that has only pickled .bin weights "
-              "needs a converted copy.")
+              "needs a converted copy."
+            + "".join(f"\nThe {f['role']} come from {f['url']}: rerun where github.com is reachable, or copy that "
+                      f"file (sha256 {f['sha256']}) to {f['path']} (TORCH_HOME moves it)." for f in p.get("files", [])))
     report["download_errors"] = errors
     return report
 
@@ -374,6 +406,22 @@ def _hub_listing(storage: Path, commit: str) -> dict | None:
         return None
 
 
+def _check_file(f: dict, report: dict) -> list[str]:
+    """One pinned file (``plan``'s ``files``): present, of the pinned size and sha256."""
+    path = Path(f["path"])
+    rec = {"path": str(path), "url": f["url"], "expected_sha256": f["sha256"], "present": path.is_file()}
+    report.setdefault("files", []).append(rec)
+    if not path.is_file():
+        return [f"{f['role']}: missing {path} (from {f['url']})"]
+    rec.update(size=path.stat().st_size, sha256=_sha256(path))
+    ok = rec["size"] == f["size"] and rec["sha256"] == f["sha256"]
+    print(f"{f['role']}: {path}  {rec['size']:>15,} B  sha256 {rec['sha256']}{'  = pinned' if ok else '  != PINNED'}")
+    if not ok:
+        return [f"{f['role']}: {path} is not the pinned file (sha256 {rec['sha256']}, {rec['size']:,} B; expected "
+                f"{f['sha256']}, {f['size']:,} B); delete it and fetch again"]
+    return []
+
+
 def _check_main(spec_path: str, report_path: str) -> int:
     import warnings
     _block_network()
@@ -401,6 +449,8 @@ def _check_main(spec_path: str, report_path: str) -> int:
         for f in rec["files"]:
             hub = {True: "  = hub listing", False: "  != HUB LISTING"}.get(f.get("matches_hub"), "")
             print(f"  {f['path']:<58} {f['size']:>15,} B  sha256 {f['sha256']}{hub}")
+    for f in p.get("files", []):
+        report["problems"] += _check_file(f, report)
     if report["problems"]:
         for prob in report["problems"]:
             print(f"PROBLEM: {prob}")
@@ -441,6 +491,21 @@ def _check_main(spec_path: str, report_path: str) -> int:
         report["loads"].append(rec)
         print(f"loaded offline into torchvision.models.{TEACHER_ARCH} (strict): {spec}, {n:,} params, "
               f"{rec['num_classes']} classes (expected {TEACHER_CLASSES}); weights sha256[:16] {rec['weights_sha256']}")
+        del net
+    for f in p.get("files", []):
+        try:
+            from .eval.inception import load_inception
+            net = load_inception(f["path"], pinned=f["sha256"])
+        except Exception as e:  # noqa: BLE001 - an unpicklable or mismatched file: reported, exit 2
+            report["problems"].append(f"{f['path']}: does not load offline: {e}")
+            print(f"PROBLEM: {report['problems'][-1]}")
+            return done(2)
+        n = sum(x.numel() for x in net.parameters())
+        rec = {"file": f["path"], "architecture": "torch_fidelity FeatureExtractorInceptionV3", "strict": True,
+               "params": n, "weights_sha256": net.weights["sha256"][:16]}
+        report["loads"].append(rec)
+        print(f"loaded offline into torch_fidelity's FeatureExtractorInceptionV3 (strict, torch.load weights_only): "
+              f"{f['path']}, {n:,} params; weights sha256[:16] {rec['weights_sha256']}")
         del net
     return done(0)
 
