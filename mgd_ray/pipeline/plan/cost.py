@@ -287,36 +287,3 @@ def _protocol_cuts(job: JobConfig, ev: dict, where: str, tag: bool, running: set
             f"{hours_text(o['device_hours'])}" for o in cheaper)
             + " (another protocol: its numbers do not compare with this one's)")
     return cuts
-    E = job.evaluate
-    S, T = len(job.generate.seeds), E.train_seeds
-    cuts = []
-    if len(E.students) > 1:
-        cuts.append("evaluate.students " + str(list(E.students)) + ": " + ", ".join(
-            f"{s} {hours_text(c['device_hours'])}" for s, c in ev["per_student"].items()))
-    if S > 1:
-        cuts.append(f"generate.seeds ({S}): {hours_text(h / S)} per generation seed (its sets and their random-real "
-                    "baselines)")
-    if T > 1:
-        cuts.append(f"evaluate.train_seeds ({T}): {hours_text(h / T)} per training seed")
-    if ev.get("baseline_hours"):
-        cuts.append(f"evaluate.baselines: the random-real trials are {hours_text(ev['baseline_hours'])} (dropping them "
-                    "loses the gain over random real, IOR)")
-    if ev["protocol"] == SOFT_LABEL_IMAGENET:
-        cuts.append(f"(not evaluate.n_evals: {ev['protocol']} tests on its own schedule, {ev['n_evals']} passes per "
-                    f"trial, {hours_text(ev['test_hours'])} in all)")
-    else:
-        cuts.append(f"evaluate.n_evals ({E.n_evals}): the test passes are {hours_text(ev['test_hours'])} "
-                    f"({ev['n_evals']} per trial over {ev['test_images']:,} test images) and scale with n_evals")
-    why = "set by the job" if E.epochs else f"the {ev['protocol']} rule at IPC {ev['ipc']}"
-    cuts.append(f"evaluate.epochs ({ev['epochs']}, {why}): training is {hours_text(ev['train_hours'])} and scales "
-                "with the epochs")
-    cheaper = [o for o in ev.get("other_protocols", []) if o["device_hours"] < h and o["protocol"] not in running]
-    if cheaper:
-        cuts.append("evaluate.protocol (" + ev["protocol"] + "): " + ", ".join(
-            f"{o['protocol']} ({o['epochs']} epochs, {', '.join(o['students'])}) would take "
-            f"{hours_text(o['device_hours'])}" for o in cheaper)
-            + " (another protocol: its numbers do not compare with this one's)")
-    out["cuts"] = cuts
-    out["message"] = (f"the evaluation is {share:.0%} of the job's {hours_text(total)} of device time "
-                      f"({hours_text(h)}): it dominates. Settings that cut it: " + "; ".join(cuts))
-    return out
