@@ -49,7 +49,8 @@ def row_overrides(twin: Path, wnids: list[str], out: Path, ipc: int, steps: int,
     ov = [f"data.root={twin / 'imagefolder'}", f"model.generator={twin / 'models'}", f"output.dir={out}",
           f"generate.ipc={ipc}", f"generate.targets_per_unit={ipc}",      # as imagenet1k.yaml's ipc50 variant
           f"sampler.steps={steps}", f"guidance.t_stop={max(0, steps // 2 - 1)}", "guidance.warm=1",
-          "encode.num_gpus=0", "generate.num_gpus=0", "evaluate.gpus_per_worker=0", "output.preview=false"]
+          "encode.num_gpus=0", "generate.num_gpus=0", "evaluate.gpus_per_worker=0", "output.preview=false",
+          "evaluate.metrics=false"]       # the control plane's cost: Inception over 10,000 real images is not it
     if not evaluate:
         ov.append("evaluate.enabled=false")
     if len(wnids) < 1000:

@@ -262,7 +262,7 @@ class JobConfig(_Model):
             if ev.protocol == "soft-label":
                 raise ValueError(f"{where}.teacher {ev.teacher!r} is a hub id: only protocol "
                                  f"soft-label-imagenet reads one (soft-label takes a local directory)")
-            if ev.protocol == "hard-label":
+            if ev.protocol in ("hard-label", "hard-label-imagenet"):
                 return                           # the teacher is not read (e.g. the CPU twin of imagenet1k.yaml)
             if enabled and ev.teacher is None:
                 raise ValueError(f"{where}.protocol soft-label-imagenet needs {where}.teacher: the hub id of "

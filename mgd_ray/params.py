@@ -30,7 +30,7 @@ ENGINES = ("auto", "faiss", "numpy")
 BASES = ("noised", "expected", "members", "reference")
 RADIUS_KINDS = ("exp", "linear", "cosine", "none")
 BETA_SCHEDULES = ("constant", "anneal", "ramp", "decay")
-PROTOCOLS = ("hard-label", "soft-label", "soft-label-imagenet")
+PROTOCOLS = ("hard-label", "soft-label", "soft-label-imagenet", "hard-label-imagenet")
 AUGMENTS = ("auto", "dsa-grey", "rgb", "none")
 
 CoresetKind = Literal["divisive", "kmeans", "random", "herding", "kcenter"]
@@ -122,8 +122,10 @@ class GuidanceParams(Params):
 class TrainSettings(Params):
     """How a student is trained and scored, as a job sets it for every trial (``eval.train``);
     ``eval.train.TrainConfig`` adds what is per trial (student, seed, device)."""
-    protocol: Literal["hard-label", "soft-label", "soft-label-imagenet"] = Field(
-        default="hard-label", description="soft-label-imagenet: RDED's ImageNet-1K recipe with torchvision's "
+    protocol: Literal["hard-label", "soft-label", "soft-label-imagenet", "hard-label-imagenet"] = Field(
+        default="hard-label", description="hard-label-imagenet: the same recipe with the hard labels (CutMix-mixed "
+        "cross-entropy, no teacher): the hard-label accuracy of torchvision's ResNet-18 that HLR needs. "
+        "soft-label-imagenet: RDED's ImageNet-1K recipe with torchvision's "
         "ResNet-18 teacher and student (mgd_ray/eval/soft_label_imagenet.py)")
     temperature: float = Field(default=20.0, gt=0, description="soft-label: KL temperature (SRe2L/RDED use 20)")
     epochs: int | None = Field(default=None, gt=0, description="None = the protocol's rule")

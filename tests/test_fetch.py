@@ -68,11 +68,30 @@ def repos(tmp_path_factory):
             TEACHER: teacher_files()}
 
 
+@pytest.fixture(scope="module")
+def inception_stand_in(tmp_path_factory) -> bytes:
+    """The FID Inception-v3 network with random weights (the ImageNet jobs' metrics fetch its file)."""
+    from mgd_ray import inception as spec
+    from mgd_ray.eval.inception import write_stand_in
+    return write_stand_in(tmp_path_factory.mktemp("inception") / spec.FILE_NAME).read_bytes()
+
+
 @pytest.fixture
-def hub(offline_hf):
-    """An empty hub cache that this process and its children use, offline (conftest's ``offline_hf``)."""
+def hub(offline_hf, tmp_path, monkeypatch, inception_stand_in):
+    """An empty hub cache that this process and its children use, offline (conftest's ``offline_hf``);
+    and a torch hub directory already holding the FID Inception weights, pinned here as the stand-in's
+    (so the fetch finds them and downloads nothing; tests/test_inception_metrics.py fetches them)."""
+    import hashlib
+
     from huggingface_hub import constants
+
+    from mgd_ray import inception as spec
     assert constants.HF_HUB_OFFLINE
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    spec.weights_path().parent.mkdir(parents=True)
+    spec.weights_path().write_bytes(inception_stand_in)
+    monkeypatch.setattr(spec, "SHA256", hashlib.sha256(inception_stand_in).hexdigest())
+    monkeypatch.setattr(spec, "SIZE", len(inception_stand_in))
     return offline_hf
 
 
@@ -229,8 +248,10 @@ def test_fetch_finds_loads_and_proves_offline(hub, repos):
             assert f"{len(b):,} B" in line and _sha256(b) in line and "= hub listing" in line
         assert sorted(f["path"] for r in rep["repos"] if r["repo_id"] == repo for f in r["files"]) == sorted(files)
     assert ".bin" not in out and "model_index.json" not in out
-    ld, teacher = rep["loads"]
+    ld, teacher, inception = rep["loads"]
     assert teacher["architecture"] == "torchvision.models.resnet18" and teacher["num_classes"] == 1000
+    from mgd_ray import inception as spec                 # the metrics' network: the file in place, loaded strictly
+    assert inception["strict"] and inception["weights_sha256"] == spec.SHA256[:16]
     assert ld["transformer"] == "DiTTransformer2DModel" and ld["vae"] == "AutoencoderKL"
     assert ld["num_classes"] == 1000 and ld["latent_size"] == 4 and ld["scaling_factor"] == pytest.approx(0.18215)
     t_sha = _sha256(repos[DIT]["transformer/diffusion_pytorch_model.safetensors"])[:16]

@@ -89,6 +89,7 @@ def twin_overrides(data_root: Path, models: Path, out: Path) -> list[str]:
         "evaluate.students=[convnet3]", "evaluate.epochs=1", "evaluate.train_seeds=1",
         "evaluate.num_workers=1", "evaluate.cpus_per_worker=0.5", "evaluate.gpus_per_worker=0",
         f"evaluate.image_size={SIZE}",
+        "evaluate.metrics=false",     # Inception features on the twin: test_soft_label_imagenet.py (a stand-in)
         f"output.dir={out}",
     ]
 

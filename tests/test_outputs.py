@@ -335,7 +335,7 @@ def test_report_sections_match_their_files(job_out):
     assert [r[0] for r in rows] == ["manifoldgd", "random-real"]
     # distribution: a row per numeric metric, a column per set and the mean
     head, *rows = s["distribution"]["tables"][0]
-    dist = res["distribution"]
+    dist = doc["distribution"]
     assert head == ["metric", "set 0", "set 1", "mean"]
     # the caption names the classifier once, where it is, and its accuracy in % (not a raw fraction)
     assert s["distribution"]["p"] == ("in the features of the real-data classifier shipped beside "

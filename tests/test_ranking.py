@@ -187,3 +187,42 @@ def test_a_soft_label_protocol_takes_its_hlr_from_the_jobs_hard_label_protocol(t
     html = build_html(st)
     assert html.index("<h3 id=results-soft-label>") < html.index("<h3 id=results-hard-label>")
     assert html.count("<h4>Ranking metrics</h4>") == 2
+
+
+def test_imagenet1k_soft_label_rows_take_hlr_from_hard_label_imagenet():
+    """ImageNet-1K: soft-label-imagenet's torchvision ResNet-18 gets its HLR from hard-label-imagenet (the same
+    network, hard labels) against torchvision's full-data 69.758, never from the paper's hard-label protocol
+    (its resnet18 is the instance-norm network)."""
+    from mgd_ray.pipeline.evaluate import results_document, summarise
+    data = {"source": "imagefolder", "root": "/x", "class_list": "imagenet1k"}
+
+    def job(*protocols):
+        first, *also = protocols
+        return job_from_dict({"data": data, "generate": {"ipc": 10, "seeds": [0, 1]},
+                              "evaluate": {**first, "also": also}})
+    soft = {"protocol": "soft-label-imagenet", "teacher": "hub:timm/resnet18.tv_in1k", "students": ["resnet18"],
+            "train_seeds": 1, "image_size": 256}
+    hard_tv = {"protocol": "hard-label-imagenet", "students": ["resnet18"], "train_seeds": 1, "image_size": 256}
+    paper = {"protocol": "hard-label", "students": ["resnet18"], "train_seeds": 1, "image_size": 224}
+    recs = [_rec("manifoldgd", 0, "resnet18", 0.42, 0.43), _rec("manifoldgd", 1, "resnet18", 0.44, 0.45),
+            _rec("random-real", 0, "resnet18", 0.26, 0.27), _rec("random-real", 1, "resnet18", 0.25, 0.26)]
+    hard_recs = [_rec("manifoldgd", 0, "resnet18", 0.20, 0.21), _rec("manifoldgd", 1, "resnet18", 0.22, 0.23),
+                 _rec("random-real", 0, "resnet18", 0.04, 0.05), _rec("random-real", 1, "resnet18", 0.04, 0.05)]
+    j = job(soft, paper, hard_tv)
+    views = dict(j.evaluations())
+    doc = results_document(j, [summarise(views["soft-label-imagenet"], recs), summarise(views["hard-label"], hard_recs),
+                               summarise(views["hard-label-imagenet"], hard_recs)])
+    row = doc["protocols"][0]["ranking"]["rows"][0]
+    f = row["final"]
+    assert row["full_data_accuracy"] == pytest.approx(0.69758) and "hard-label-imagenet" in row["note"]
+    assert f["ior"] == pytest.approx(0.175) and f["hlr"] == pytest.approx(0.69758 - 0.21)
+    assert f["score"] == pytest.approx((_lrs(0.16, 0.69758 - 0.20) + _lrs(0.19, 0.69758 - 0.22)) / 2)
+    # hard-label-imagenet's own rows: HLR against the same figure; the paper's protocol: none (no figure for it)
+    assert doc["protocols"][2]["ranking"]["rows"][0]["final"]["hlr"] == pytest.approx(0.69758 - 0.21)
+    assert doc["protocols"][1]["ranking"]["rows"][0]["final"]["hlr"] is None
+    # with only the paper's hard-label protocol beside it, soft-label-imagenet reports no HLR and says why
+    j2 = job(soft, paper)
+    v2 = dict(j2.evaluations())
+    doc2 = results_document(j2, [summarise(v2["soft-label-imagenet"], recs), summarise(v2["hard-label"], hard_recs)])
+    row2 = doc2["protocols"][0]["ranking"]["rows"][0]
+    assert row2["final"]["hlr"] is None and "no hard-label protocol of the job trained the same network" in row2["note"]

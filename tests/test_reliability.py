@@ -138,7 +138,7 @@ def test_evaluation_key_names_trial_settings_and_ignores_placement(tmp_path):
     with pytest.raises(SettingsChanged) as e:
         check_settings(store, stage_keys(other, info))
     msg = str(e.value)
-    assert "evaluate: evaluate.epochs: 5 -> 6" in msg and "--fresh evaluate" in msg
+    assert "evaluate: protocols.hard-label.epochs: 5 -> 6" in msg and "--fresh evaluate" in msg
     assert "students" not in msg
     assert "generate:" not in msg   # earlier stages unchanged: only the evaluation is named
     assert discard_from(store, "evaluate") == ["eval"]
@@ -299,7 +299,7 @@ def matrix_job(out: Path, prior, stage: str) -> dict:
 
 # what must be committed before the kill, per stage (relative globs), and how many there are in all
 IN_STAGE = {"encode": ("latents/_SETTINGS.json", None), "coreset": ("coreset/parts/c*.parquet", 10),
-            "generate": ("shards/s*.parquet", 20), "evaluate": ("eval/*-t[0-9]*.json", 6)}
+            "generate": ("shards/s*.parquet", 20), "evaluate": ("eval/hard-label/*-t[0-9]*.json", 6)}
 
 
 def files(out: Path, pattern: str) -> dict:

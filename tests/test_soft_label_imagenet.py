@@ -128,6 +128,40 @@ def test_teacher_labels_each_mixed_batch_on_the_device():
     assert res["optimizer"]["batch_size"] == 12 and res["input_size"] == 28 and "RDED" in res["optimizer"]["source"]
 
 
+def test_hard_label_imagenet_is_the_recipe_with_mixed_hard_labels():
+    """hard-label-imagenet: the same student, augmentation and CutMix, no teacher; its loss is CutMix's label rule
+    on one-hot labels, checked against the cross-entropy to the mixed one-hot targets written out here."""
+    from mgd_ray.eval import TrainConfig, train_and_evaluate
+    from mgd_ray.eval import soft_label_imagenet as P
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 3, 20, 20, generator=g)
+    _, perm, _, box = P.cutmix(x, torch.Generator().manual_seed(5))
+    y1, y2, x1, x2 = box
+    a = (y2 - y1) * (x2 - x1) / 400.0
+    assert 0 < a < 1, "seed gives an empty or full box: pick another"
+    logits, y = torch.randn(6, 7, generator=g).double(), torch.tensor([0, 1, 2, 3, 4, 5])
+    target = (1 - a) * np.eye(7)[y.numpy()] + a * np.eye(7)[y[perm].numpy()]
+    lz = logits.numpy() - logits.numpy().max(1, keepdims=True)
+    log_p = lz - np.log(np.exp(lz).sum(1, keepdims=True))
+    ref = float(-(target * log_p).sum(1).mean())
+    assert float(P.hard_cutmix_loss(logits, y, perm, box, 20, 20)) == pytest.approx(ref, rel=1e-9)
+    # trains without a teacher (soft-label-imagenet refuses to), on the same view; the record says which labels
+    torch.set_num_threads(1)
+    xs = torch.randint(0, 256, (12, 32, 32, 3), generator=g, dtype=torch.uint8)
+    ys = torch.arange(3).repeat_interleave(4)
+    res = train_and_evaluate(xs, ys, xs, ys, 3, TrainConfig(protocol="hard-label-imagenet", student="resnet18",
+                                                            epochs=1, seed=0))
+    assert res["protocol"] == "hard-label-imagenet" and res["labels"].startswith("hard")
+    assert res["input_size"] == 28 and res["optimizer"]["temperature"] is None and 0 <= res["final_acc"] <= 1
+    from mgd_ray.eval.soft_label import TeacherError
+    with pytest.raises(TeacherError):
+        train_and_evaluate(xs, ys, xs, ys, 3, TrainConfig(protocol="soft-label-imagenet", student="resnet18", epochs=1))
+    # the job reads no teacher for it; the ranking takes HLR from it for soft-label-imagenet's torchvision student
+    job = job_from_dict({}, ["evaluate.protocol=hard-label-imagenet", f"evaluate.teacher={SPEC}"])
+    from mgd_ray.hub import required_models
+    assert required_models(job) == [] or all(m.repo_id != TEACHER for m in required_models(job))
+
+
 # ---- the teacher: fetched into the hub cache, loaded offline into torchvision -------------------------
 def test_fetch_lists_exactly_the_teacher_files():
     from mgd_ray.hub import required_models
@@ -197,6 +231,10 @@ def teacher_env(tmp_path_factory):
     mp.setenv("HF_HUB_CACHE", str(hub))
     mp.setenv("HF_HUB_OFFLINE", "1")
     mp.setattr(constants, "HF_HUB_CACHE", str(hub))
+    # the FID Inception-v3 network with random weights, where `models fetch` puts the real file
+    mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch")))
+    from mgd_ray.eval.inception import write_stand_in
+    write_stand_in()
     import ray
     if ray.is_initialized():              # a cluster started without the cache in its environment
         ray.shutdown()
@@ -224,7 +262,7 @@ def test_soft_label_imagenet_end_to_end_on_the_twin(teacher_env, tmp_path):
     # the job file's two protocols, in its order: soft-label-imagenet (a ResNet-18 student), then hard-label
     # (a ConvNet-3 at the twin's size, one epoch, instead of its three students at 224 px)
     sets = [s for s in twin_overrides(data, models, tmp_path / "out")
-            if not s.startswith(("evaluate.protocol", "evaluate.also"))]
+            if not s.startswith(("evaluate.protocol", "evaluate.also", "evaluate.metrics"))]   # the job's metrics
     sets = [s.replace("evaluate.students=[convnet3]", "evaluate.students=[resnet18]") for s in sets]
     sets = sets[:-1] + ["evaluate.also.hard-label.students=[convnet3]", "evaluate.also.hard-label.epochs=1",
                         "evaluate.also.hard-label.n_evals=1", "evaluate.also.hard-label.train_seeds=1",
@@ -258,6 +296,10 @@ def test_soft_label_imagenet_end_to_end_on_the_twin(teacher_env, tmp_path):
     assert "results [soft-label-imagenet] (soft-label-imagenet v1" in text and "results [hard-label] (hard-label v1" in text
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<h3 id=results-soft-label-imagenet>" in page and "<h3 id=results-hard-label>" in page
+    # the distribution metrics of the ImageNet family: in the FID Inception-v3 features (here the random stand-in)
+    dist = doc["distribution"]
+    assert "Inception" in dist["feature_space"] and "STAND-IN" in dist["feature_space"]
+    assert set(dist["sets"]) == {"0"} and dist["sets"]["0"]["fid"] >= 0
     # the door refuses the same job when the teacher is not in the cache, before anything is written
     import shutil
     shutil.rmtree(teacher_env / f"models--{TEACHER.replace('/', '--')}")

@@ -50,6 +50,13 @@ The recipe (RDED's line in brackets):
   epochs, and after the last one (always, here: the record needs a final accuracy); ``best_acc`` is their
   maximum (optimistic, as the papers report).
 
+The `hard-label-imagenet` protocol, version "1", is this recipe with the hard labels in place of the teacher
+(ours, not RDED's: what DD-Ranking's HLR needs, the same torchvision student's accuracy on the distilled set
+with hard labels, beside torchvision's full-data figure for that network): the same student, augmentation,
+CutMix, optimiser, schedule, epochs, batch size and test view; the loss is cross-entropy to the CutMix-mixed
+one-hot labels, ``(1 - a) CE(y) + a CE(y[perm])`` with ``a`` the pasted box's share of the image (CutMix's
+label rule); no teacher is read.
+
 Differences that remain: random draws come from a seeded ``torch.Generator`` per trial (RDED: the global RNG
 in DataLoader workers); the crop/resize runs on the worker's device with torchvision's functional ops on
 the uint8->float batch (RDED: per image on PIL->tensor in the loader); the pipeline's resize to 256 is its
@@ -73,6 +80,7 @@ from .soft_label import TeacherError, freeze
 from .train import EvalPoints, evaluate, pixel_geometry, pixel_layout, register_protocol, to_float_images
 
 PROTOCOL = "soft-label-imagenet"
+HARD_PROTOCOL = "hard-label-imagenet"    # the same recipe, hard labels (CutMix-mixed cross-entropy), no teacher
 PROTOCOL_VERSION = "1"
 SOURCE = ("LINs-lab/RDED@3f6453d8b18b validation/main.py, validation/utils.py, argument.py, "
           "scripts/imagenet-1k_10ipc_resnet-18_to_resnet-18_cr5.sh")
@@ -273,6 +281,15 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
                     reduction="batchmean")
 
 
+def hard_cutmix_loss(logits: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, box: tuple[int, int, int, int],
+                     height: int, width: int) -> torch.Tensor:
+    """CutMix's label rule on hard labels: ``(1 - a) CE(logits, y) + a CE(logits, y[perm])``, ``a`` the pasted
+    box's share of the ``height`` x ``width`` image (``box`` = (y1, y2, x1, x2) as :func:`cutmix` returns it)."""
+    y1, y2, x1, x2 = box
+    a = (y2 - y1) * (x2 - x1) / float(height * width)
+    return (1.0 - a) * F.cross_entropy(logits, y) + a * F.cross_entropy(logits, y[perm])
+
+
 class EvalView(nn.Module):
     """The student as the test set sees it: [-1, 1] batch -> centre crop ``size`` -> Normalize -> student."""
 
@@ -296,7 +313,8 @@ def train_and_evaluate(x_train, y_train, x_test, y_test, num_classes: int, cfg, 
     ImageNet teacher for a subset). Pixels: uint8 (any layout ``to_float_images`` takes) or float [-1, 1]."""
     t0 = time.perf_counter()
     y_train, y_test = torch.as_tensor(y_train).long(), torch.as_tensor(y_test).long()
-    if teacher is None:
+    hard = cfg.protocol == HARD_PROTOCOL
+    if teacher is None and not hard:
         raise TeacherError(f"protocol {PROTOCOL} needs its teacher (torchvision's ImageNet ResNet-18)")
     train_u8 = x_train.dtype == torch.uint8
     layout = pixel_layout(x_train) if train_u8 else "NCHW"
@@ -318,7 +336,8 @@ def train_and_evaluate(x_train, y_train, x_test, y_test, num_classes: int, cfg, 
     else:
         device = torch.device(cfg.device)
         student = student.to(device)
-    teacher = freeze(teacher).to(device)
+    teacher = None if hard else freeze(teacher).to(device)
+    y_dev = y_train.to(device)
     opt = torch.optim.AdamW(param_groups(student), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1009 + 7919 * (rank + 1))
@@ -346,10 +365,13 @@ def train_and_evaluate(x_train, y_train, x_test, y_test, num_classes: int, cfg, 
             xb = x_dev[idx]
             xb = to_float_images(xb, layout) if train_u8 else xb
             xb = train_augment((xb + 1) / 2, aug_gen, size)
-            xb = cutmix(xb, aug_gen)[0]
-            with torch.no_grad():
-                t_logits = teacher(xb)                     # soft labels of this mixed batch, on the device
-            loss = kd_loss(student(xb), t_logits, temperature)
+            xb, mix, _, box = cutmix(xb, aug_gen)
+            if hard:                                       # the box's share of the image is the pasted label's
+                loss = hard_cutmix_loss(student(xb), y_dev[idx], mix.to(device), box, xb.shape[-2], xb.shape[-1])
+            else:
+                with torch.no_grad():
+                    t_logits = teacher(xb)                 # soft labels of this mixed batch, on the device
+                loss = kd_loss(student(xb), t_logits, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -362,10 +384,12 @@ def train_and_evaluate(x_train, y_train, x_test, y_test, num_classes: int, cfg, 
                                                       test_layout), lr, loss_val)
     return {
         **points.results(), "epochs": epochs, "seconds": time.perf_counter() - t0,
-        "protocol": PROTOCOL, "protocol_version": PROTOCOL_VERSION,
+        "protocol": cfg.protocol, "protocol_version": PROTOCOL_VERSION,
+        "labels": "hard: CutMix-mixed cross-entropy" if hard else f"soft: the teacher's, KL at T = {temperature:g}",
         "optimizer": {"name": "AdamW", "lr": LR, "betas": list(BETAS), "weight_decay": WEIGHT_DECAY,
                       "weight_decay_on": "weights with ndim > 1 (RDED get_parameters)",
-                      "schedule": "per epoch x 0.5 (1 + cos(pi e / E / 2)) (RDED)", "temperature": temperature,
+                      "schedule": "per epoch x 0.5 (1 + cos(pi e / E / 2)) (RDED)",
+                      "temperature": None if hard else temperature,
                       "batch_size": bs, "bn_momentum": BN_MOMENTUM, "source": SOURCE},
         "student": cfg.student, "augment": f"rded: shuffle-patches {FACTOR}, random-resized-crop {size} "
                                            f"scale (1/{FACTOR}, 1), flip, imagenet normalize; cutmix Beta(1,1)",
@@ -388,3 +412,4 @@ def load_job_classes_teacher(spec: str, class_names: list[str] | None = None, de
 
 
 register_protocol(PROTOCOL, PROTOCOL_VERSION, train_and_evaluate)
+register_protocol(HARD_PROTOCOL, PROTOCOL_VERSION, train_and_evaluate)

@@ -270,13 +270,17 @@ def results_document(job: JobConfig, summaries: list[dict]) -> dict:
     """``results.json``: every protocol's summary apart, in the job's order, each with its name and
     version on its numbers. A protocol other than hard-label takes its HLR from the job's hard-label
     protocol where that trained the same network (``ranking.ranking``)."""
-    from .ranking import HARD_LABEL, ranking
-    hard = next((s for s in summaries if s["protocol"] == HARD_LABEL), None)
-    if hard is not None:
-        for s in summaries:
-            if s["protocol"] != HARD_LABEL:
-                s["ranking"] = ranking(s, job.data.model_dump(), s.get("image_size"), hard=hard,
-                                       hard_image_size=hard.get("image_size"))
+    from .ranking import HARD_PROTOCOLS, ranking, same_network
+    for s in summaries:
+        if s["protocol"] in HARD_PROTOCOLS:
+            continue
+        # the job's hard-label protocol that trains the same networks (hard-label for soft-label,
+        # hard-label-imagenet for soft-label-imagenet)
+        hard = next((h for h in summaries if h["protocol"] in HARD_PROTOCOLS
+                     and same_network(s["protocol"], h["protocol"])), None)
+        if hard is not None:
+            s["ranking"] = ranking(s, job.data.model_dump(), s.get("image_size"), hard=hard,
+                                   hard_image_size=hard.get("image_size"))
     return {"ipc": job.generate.ipc, "protocols": summaries,
             "note": "one entry per evaluation protocol (evaluate, then evaluate.also), each with its own random-real "
                     "baseline; best_acc is the maximum over periodic test evaluations (optimistic, as papers "

@@ -46,8 +46,9 @@ HLR needs the hard-label accuracy of the distilled set. Under ``hard-label`` tha
 protocol's own runs. Under ``soft-label`` it is the same job's hard-label protocol's runs of the
 same student (a job may run several protocols, ``evaluate.also``), paired by (set seed, training
 seed) with the soft-label IOR for the score; without one the row says so. ``soft-label-imagenet``
-trains torchvision's batch-norm ResNet-18, which no hard-label protocol here trains (their
-``resnet18`` is the instance-norm one), so its rows show the full-data figure but no HLR.
+trains torchvision's batch-norm ResNet-18, whose hard-label counterpart is ``hard-label-imagenet`` (the
+same recipe with hard labels; the paper's ``hard-label`` protocol trains the instance-norm ``resnet18``,
+another network): a job that runs both gets HLR and the score against torchvision's full-data 69.758.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ from dataclasses import dataclass
 DEFAULT_WEIGHT = 0.5          # w: DD-Ranking's leaderboard default
 HARD_LABEL = "hard-label"
 SOFT_LABEL_IMAGENET = "soft-label-imagenet"
+HARD_LABEL_IMAGENET = "hard-label-imagenet"       # RDED's recipe with hard labels: torchvision's student
+HARD_PROTOCOLS = (HARD_LABEL, HARD_LABEL_IMAGENET)
+TORCHVISION_PROTOCOLS = (SOFT_LABEL_IMAGENET, HARD_LABEL_IMAGENET)   # a student name is torchvision's network
 DEFINITION = ("DD-Ranking (Li et al. 2025, arXiv 2505.13300): IOR = acc(syn) - acc(random real), same protocol; "
               "HLR = acc(full real data, hard labels) - acc(syn, hard labels); score (LRS) = "
               "(e^a - e^-1)/(e - e^-1), a = w*IOR - (1-w)*HLR; per (set seed, training seed) run, then mean and "
@@ -106,10 +110,11 @@ FULL_DATA: dict[tuple[str, str], FullData] = {
         "Table 1, ConvNet on the whole training set)",
         "ConvNet-3 (width 128, instance norm), as the DC protocol trains it"),
     ("imagenet1k", "resnet18"): FullData(
-        0.69758, ("soft-label-imagenet",), (256,),
+        0.69758, ("soft-label-imagenet", "hard-label-imagenet"), (256,),
         "torchvision ResNet18_Weights.IMAGENET1K_V1, acc@1 69.758 "
         "(pytorch.org/vision/stable/models/generated/torchvision.models.resnet18.html)",
-        "torchvision's batch-norm ResNet-18 (the soft-label-imagenet student) by its reference recipe (90 epochs, "
+        "torchvision's batch-norm ResNet-18 (the soft-label-imagenet and hard-label-imagenet student) by its "
+        "reference recipe (90 epochs, "
         "SGD), tested at 256 px centre-cropped to 224 as that protocol tests; the hard-label protocols' "
         "instance-norm resnet18 has no published full-data figure"),
 }
@@ -175,8 +180,8 @@ def _metrics(runs: list[dict], base: list[dict], metric: str, full: float | None
 
 def same_network(protocol: str, other: str) -> bool:
     """Whether a student name means the same network under the two protocols: hard-label and
-    soft-label build ours (``eval.students``), soft-label-imagenet torchvision's."""
-    return (protocol == SOFT_LABEL_IMAGENET) == (other == SOFT_LABEL_IMAGENET)
+    soft-label build ours (``eval.students``), soft-label-imagenet and hard-label-imagenet torchvision's."""
+    return (protocol in TORCHVISION_PROTOCOLS) == (other in TORCHVISION_PROTOCOLS)
 
 
 def ranking(results: dict, data: dict, image_size: int | None, weight: float = DEFAULT_WEIGHT,
@@ -197,22 +202,23 @@ def ranking(results: dict, data: dict, image_size: int | None, weight: float = D
             continue
         for student, cell in by_student.items():
             notes = []
-            if proto == HARD_LABEL:
+            if proto in HARD_PROTOCOLS:
                 fd, why = full_data(data, student, image_size, proto)
                 hard_runs = cell["runs"]
             else:
                 h = hard_cells.get(kind, {}).get(student)
-                hard_runs = h["runs"] if h and same_network(proto, HARD_LABEL) else None
+                hard_proto = (hard or {}).get("protocol")
+                hard_runs = h["runs"] if h and same_network(proto, hard_proto) else None
                 fd, why = full_data(data, student, hard_image_size if hard_runs else image_size,
-                                    HARD_LABEL if hard_runs else proto)
+                                    hard_proto if hard_runs else proto)
                 if hard_runs is None:
                     why = (f"HLR needs the sets' hard-label accuracy of {student}; this job's protocol {proto} is not "
                            f"hard-label and no hard-label protocol of the job trained the same network")
                     if fd is not None:
                         notes.append(why + ": HLR and the score not reported")
                 else:
-                    notes.append(f"HLR from the job's hard-label protocol ({hard.get('name', HARD_LABEL)}) runs of "
-                                 f"{student}")
+                    notes.append(f"HLR from the job's hard-label protocol {hard.get('name', hard_proto)} ({hard_proto}) "
+                                 f"runs of {student}")
             row = {"protocol": proto, "protocol_version": results.get("protocol_version"), "ipc": ipc,
                    "dataset": kind, "student": student,
                    "full_data_accuracy": fd.accuracy if fd else None, "full_data_source": fd.source if fd else None}

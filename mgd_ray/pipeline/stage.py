@@ -434,7 +434,7 @@ class EvaluateStage(Stage):
         ev = ctx.job.evaluate
         return {"protocols": {name: {"settings": ctx.trial_hash(name), "trials": sorted(t["name"] for t in make_trials(view))}
                               for name, view in ctx.job.evaluations()},
-                "metrics": ev.metrics, "classifier": ev.classifier}
+                "metrics": ev.metrics, "classifier": ev.classifier, "features": ev.features}
 
     def done(self, ctx):
         if not ctx.job.evaluate.enabled:     # nothing to evaluate: done once there is a full set to evaluate

@@ -123,6 +123,8 @@ def eval_rates(gpu: bool) -> dict:
 
 
 SOFT_LABEL, SOFT_LABEL_IMAGENET = "soft-label", "soft-label-imagenet"   # eval/soft_label*.py PROTOCOL (torch-free here)
+HARD_LABEL_IMAGENET = "hard-label-imagenet"                            # soft_label_imagenet.HARD_PROTOCOL
+RDED_RECIPE = (SOFT_LABEL_IMAGENET, HARD_LABEL_IMAGENET)               # RDED's epochs, test schedule and crop
 
 
 def _protocol_facts(protocol: str, ipc: int, classes: int, size: int, epochs: int | None,
@@ -131,7 +133,8 @@ def _protocol_facts(protocol: str, ipc: int, classes: int, size: int, epochs: in
     (run through ``isolated``: they import torch, the driver does not)."""
     from ...eval import soft_label_imagenet
     from ...eval.train import eval_epochs, protocol_epochs
-    if protocol == soft_label_imagenet.PROTOCOL:         # RDED's recipe: its epochs, its test schedule, a crop
+    if protocol in (soft_label_imagenet.PROTOCOL, soft_label_imagenet.HARD_PROTOCOL):   # RDED's recipe: its
+        # epochs, its test schedule, a crop
         e = epochs or soft_label_imagenet.EPOCHS
         return e, len(soft_label_imagenet.eval_epochs(e)), soft_label_imagenet.input_size(size)
     e = epochs or protocol_epochs(ipc, classes, size, protocol)
@@ -271,7 +274,7 @@ def _protocol_cuts(job: JobConfig, ev: dict, where: str, tag: bool, running: set
     if ev.get("baseline_hours"):
         cuts.append(f"{pre}{where}.baselines: the random-real trials are {hours_text(ev['baseline_hours'])} "
                     "(dropping them loses the gain over random real, IOR)")
-    if ev["protocol"] == SOFT_LABEL_IMAGENET:
+    if ev["protocol"] in RDED_RECIPE:
         cuts.append(f"{pre}(not {where}.n_evals: {ev['protocol']} tests on its own schedule, {ev['n_evals']} passes "
                     f"per trial, {hours_text(ev['test_hours'])} in all)")
     else:
