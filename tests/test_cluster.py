@@ -307,14 +307,16 @@ def test_dry_run_imagenet1k_without_data_or_model(moto_s3, offline_hf):
     assert "ILSVRC-2012" in p["data_basis"] and p["data_fallback"]["reason"]
     assert p["model"]["facts_from"].count("known table") == 2
     assert p["generator_labels"]["first"] == [0, 1, 2, 3, 4] and p["generator_labels"]["last"] == 999
-    soft, hard = p["estimate"]["stages"]["evaluate"]["protocols"]
+    soft, hard, hard_tv = p["estimate"]["stages"]["evaluate"]["protocols"]
     # first the soft-label ImageNet protocol (RDED's): torchvision's ResNet-18, distilled + random-real x 3 seeds
     assert soft["name"] == "soft-label-imagenet" and soft["trials"] == 6 and soft["image_px"] == 224
     assert set(soft["per_student"]) == {"resnet18"}
     # then the paper's hard-label protocol: its three instance-norm students, 224 px
     assert hard["name"] == "hard-label" and hard["trials"] == 18 and hard["image_px"] == 224
     assert list(hard["per_student"]) == ["resnetap10", "convnet6", "resnet18"]
-    assert p["resources"]["evaluate"].startswith("1 TorchTrainer per protocol (2 protocols, one after another)")
+    # and RDED's recipe with hard labels: the first protocol's student, for its HLR
+    assert hard_tv["name"] == "hard-label-imagenet" and hard_tv["trials"] == 6 and set(hard_tv["per_student"]) == {"resnet18"}
+    assert p["resources"]["evaluate"].startswith("1 TorchTrainer per protocol (3 protocols, one after another)")
     assert not any(offline_hf.iterdir())                    # nothing was downloaded
 
 

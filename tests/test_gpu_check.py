@@ -63,7 +63,8 @@ def test_dry_run_writes_a_complete_report(tmp_path):
     # every student of both protocols of the job file, each at its protocol's settings
     job = load_job(ROOT / "jobs" / "imagenet1k.yaml")
     assert list(st["students"]) == [f"{n}/{s}" for n, v in job.evaluations() for s in v.evaluate.students]
-    assert {s["protocol"] for s in st["students"].values()} == {"soft-label-imagenet", "hard-label"}
+    assert {s["protocol"] for s in st["students"].values()} == {"soft-label-imagenet", "hard-label",
+                                                                  "hard-label-imagenet"}
     for name, s in st["students"].items():
         assert s["train_images_per_s"] > 0 and s["epoch_s"] == pytest.approx(st["images"] / s["train_images_per_s"])
 

@@ -56,19 +56,21 @@ def test_a100_figure_follows_from_the_published_numbers():
 
 def test_evaluation_hours_follow_from_the_throughput_model(tmp_path, offline_hf):
     """Each protocol's bill from the throughput model, and the job's evaluation = their sum: the job
-    file runs RDED's soft-label protocol first and the paper's hard-label one second."""
+    file runs RDED's soft-label protocol first, the paper's hard-label one second, and RDED's recipe with
+    hard labels third."""
     from mgd_ray import known
     from mgd_ray.pipeline.plan.flops import student_flops
     p = _imagenet1k_plan(tmp_path, IPC50)
     all_ = p["estimate"]["stages"]["evaluate"]
-    assert [e["name"] for e in all_["protocols"]] == ["soft-label-imagenet", "hard-label"]
+    assert [e["name"] for e in all_["protocols"]] == ["soft-label-imagenet", "hard-label", "hard-label-imagenet"]
     r, _ = known.a100_resnet18_train_images_per_s(224)
     for ev in all_["protocols"]:
-        if ev["protocol"] == "soft-label-imagenet":      # RDED's recipe
+        if ev["protocol"] in ("soft-label-imagenet", "hard-label-imagenet"):      # RDED's recipe
             # 300 epochs; 256 px cropped to 224; tests after epochs 250, 260, ..., 300 (RDED: every 10 after 80 %)
             assert ev["epochs"] == 300 and ev["image_px"] == 224 and ev["n_evals"] == 6
             assert list(ev["per_student"]) == ["resnet18"]
-            teacher = 1 / (3 * r)                        # a frozen ResNet-18 forward per training image
+            # a frozen ResNet-18 forward per training image, soft labels only
+            teacher = 1 / (3 * r) if ev["protocol"] == "soft-label-imagenet" else 0.0
         else:
             # the protocol's rule at IPC 50: 1,000 epochs; ~n_evals test passes; its three students at 224 px
             assert ev["epochs"] == 1000 and ev["n_evals"] == 100 and ev["image_px"] == 224
@@ -88,7 +90,7 @@ def test_evaluation_hours_follow_from_the_throughput_model(tmp_path, offline_hf)
                                                    abs=0.01)
     e = p["estimate"]
     assert all_["device_seconds"] == pytest.approx(sum(ev["device_seconds"] for ev in all_["protocols"]))
-    assert all_["trials"] == 6 + 18
+    assert all_["trials"] == 6 + 18 + 6
     assert e["evaluation"]["share"] == pytest.approx(all_["device_hours"] / e["total_device_hours"], rel=1e-2)
 
 
@@ -118,7 +120,7 @@ def test_imagenet1k_ipc50_warns_that_the_evaluation_dominates(tmp_path, offline_
     lines = [x for x in p["summary"] if x.startswith("evaluate")]
     assert lines[0].startswith("evaluate [soft-label-imagenet]") and any(x.startswith("evaluate [hard-label]")
                                                                           for x in lines)
-    assert lines[-1].startswith("evaluate, all 2 protocols: 24 trials")
+    assert lines[-1].startswith("evaluate, all 3 protocols: 30 trials")
 
 
 def test_a_small_job_has_no_warning(tmp_path, offline_hf):

@@ -259,24 +259,26 @@ def test_soft_label_imagenet_end_to_end_on_the_twin(teacher_env, tmp_path):
                             build_vae(3, (16, 32), 4, sample_size=32, scaling_factor=0.5).eval(),
                             tmp_path / "models", legacy_class_name=True)
     data = make_imagefolder(tmp_path / "imagenet")
-    # the job file's two protocols, in its order: soft-label-imagenet (a ResNet-18 student), then hard-label
-    # (a ConvNet-3 at the twin's size, one epoch, instead of its three students at 224 px)
+    # the job file's three protocols, in its order: soft-label-imagenet (a ResNet-18 student), hard-label (a
+    # ConvNet-3 at the twin's size, one epoch, instead of its three students at 224 px), hard-label-imagenet
     sets = [s for s in twin_overrides(data, models, tmp_path / "out")
             if not s.startswith(("evaluate.protocol", "evaluate.also", "evaluate.metrics"))]   # the job's metrics
     sets = [s.replace("evaluate.students=[convnet3]", "evaluate.students=[resnet18]") for s in sets]
     sets = sets[:-1] + ["evaluate.also.hard-label.students=[convnet3]", "evaluate.also.hard-label.epochs=1",
                         "evaluate.also.hard-label.n_evals=1", "evaluate.also.hard-label.train_seeds=1",
-                        f"evaluate.also.hard-label.image_size={SIZE}", sets[-1]]
+                        f"evaluate.also.hard-label.image_size={SIZE}", "evaluate.also.hard-label-imagenet.epochs=1",
+                        f"evaluate.also.hard-label-imagenet.image_size={SIZE}", sets[-1]]
     job = load_job(ROOT / "jobs" / "imagenet1k.yaml", sets)
     assert job.evaluate.protocol == "soft-label-imagenet" and job.evaluate.teacher == SPEC
-    assert [n for n, _ in job.evaluations()] == ["soft-label-imagenet", "hard-label"]
+    assert [n for n, _ in job.evaluations()] == ["soft-label-imagenet", "hard-label", "hard-label-imagenet"]
     m = run_job(job)
     assert m["status"] == "complete", m.get("status")
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
-    soft, hard = doc["protocols"]
+    soft, hard, hard_tv = doc["protocols"]
     assert soft["name"] == soft["protocol"] == "soft-label-imagenet" and soft["protocol_version"] == "1"
     assert hard["name"] == hard["protocol"] == "hard-label" and hard["protocol_version"] == "1"
-    for pr, student in ((soft, "resnet18"), (hard, "convnet3")):
+    assert hard_tv["name"] == "hard-label-imagenet" and hard_tv["protocol_version"] == "1"
+    for pr, student in ((soft, "resnet18"), (hard, "convnet3"), (hard_tv, "resnet18")):
         # each protocol beside its own random-real baseline, under its own name
         assert set(pr["results"]) == {"manifoldgd", "random-real"} and set(pr["results"]["manifoldgd"]) == {student}
         assert "gain_over_random_real" in pr["results"]["manifoldgd"][student]
