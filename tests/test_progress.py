@@ -218,7 +218,7 @@ def test_twin_job_logs_encode_and_evaluate_progress(ray_cluster, tiny_prior, tmp
     run_job(job_from_dict(twin_dict(out, tiny_prior)))
     log = capsys.readouterr().out
     enc = [int(m) for m in re.findall(r"encode: (\d+)/120 images", log)]
-    ev = [float(m) for m in re.findall(r"evaluate: ([\d.]+)/2 trials", log)]
+    ev = [float(m) for m in re.findall(r"evaluate \[hard-label\]: ([\d.]+)/2 trials", log)]   # its protocol named
     gen = [int(m) for m in re.findall(r"generate: (\d+)/20 images", log)]
     assert enc and enc[-1] == 120 and enc == sorted(enc), log   # the counter holds every row at the end
     assert ev and max(ev) >= 1 and ev == sorted(ev), log
