@@ -285,9 +285,10 @@ def hard_cutmix_loss(logits: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, 
                      height: int, width: int) -> torch.Tensor:
     """CutMix's label rule on hard labels: ``(1 - a) CE(logits, y) + a CE(logits, y[perm])``, ``a`` the pasted
     box's share of the ``height`` x ``width`` image (``box`` = (y1, y2, x1, x2) as :func:`cutmix` returns it)."""
+    from .augment import cutmix_loss                   # the hard-label loop's own label rule
     y1, y2, x1, x2 = box
     a = (y2 - y1) * (x2 - x1) / float(height * width)
-    return (1.0 - a) * F.cross_entropy(logits, y) + a * F.cross_entropy(logits, y[perm])
+    return cutmix_loss(logits, y, y[perm], 1.0 - a)
 
 
 class EvalView(nn.Module):
