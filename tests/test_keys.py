@@ -479,6 +479,9 @@ def test_an_added_protocol_reuses_the_others_trials(ray_cluster, tiny_prior, tmp
     m2 = run_job(job())
     assert m2["status"] == "complete" and files_under(out, "eval/*/*.json") == {**first, **made}
     assert [p["name"] for p in json.loads((out / "results.json").read_text())["protocols"]] == ["hard-label"]
+    # the dropped protocol's settings stay recorded: listed again with other settings, it is still refused
+    with pytest.raises(SettingsChanged, match=r"protocols\.hard-3ep\.epochs: 3 -> 4"):
+        run_job(job(dict(second, epochs=4)))
     m3 = run_job(job(second))
     assert m3["status"] == "complete" and files_under(out, "eval/*/*.json") == {**first, **made}
     assert [p["name"] for p in json.loads((out / "results.json").read_text())["protocols"]] == ["hard-label", "hard-3ep"]
